@@ -1,0 +1,9 @@
+"""vitfast's fused Triton kernels and their eager oracles (installed as ``vitfast.kernels``).
+
+Importing this package does not need Triton: the kernel files import it through ``_triton`` and
+only the ``"triton"`` backend requires it.
+"""
+
+from .flash_attention import attention
+
+__all__ = ["attention"]

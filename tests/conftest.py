@@ -1,0 +1,28 @@
+"""Test setup: without CUDA, Triton kernels run on CPU tensors through the interpreter.
+
+TRITON_INTERPRET is read when a kernel is decorated, so it is set here, before any vitfast import.
+"""
+
+import os
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def device() -> torch.device:
+    """Where kernel tests run: the GPU when there is one, else the CPU under the Triton interpreter."""
+    return torch.device("cuda" if HAS_CUDA else "cpu")
