@@ -42,7 +42,7 @@ def bench_attention(
                               help="bf16, fp16, fp32, or auto: bf16 on CUDA, fp32 on CPU."),
     seq_lens: str = typer.Option("197,257,577,1025,2048,4096", "--seq-lens",
                                  help="Comma-separated sequence lengths N."),
-    backends: str = typer.Option("triton,sdpa,eager", "--backends", help="Comma-separated backends."),
+    backends: str = typer.Option("triton,sdpa,eager", "--backends", help="Comma-separated: triton, sdpa, eager; or SDPA pinned to one kernel: sdpa-flash, sdpa-efficient, sdpa-cudnn, sdpa-math."),
     modes: str = typer.Option("fwd,fwd+bwd", "--modes", help="Comma-separated: fwd, fwd+bwd."),
     causal: bool = typer.Option(False, "--causal/--no-causal", help="Causal masking (FLOPs halved)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),

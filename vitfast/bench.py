@@ -35,6 +35,11 @@ import vitfast
 from vitfast.kernels import attention
 
 BACKENDS = ("triton", "sdpa", "eager")
+# SDPA pinned to one of its kernels, so Triton can be compared with SDPA's best, not only with the
+# kernel SDPA's dispatcher happens to pick. Opt-in (`--backends triton,sdpa-flash,sdpa-cudnn,...`).
+SDPA_KERNELS = {"sdpa-flash": "FLASH_ATTENTION", "sdpa-efficient": "EFFICIENT_ATTENTION",
+                "sdpa-cudnn": "CUDNN_ATTENTION", "sdpa-math": "MATH"}
+KNOWN_BACKENDS = BACKENDS + tuple(SDPA_KERNELS)
 MODES = ("fwd", "fwd+bwd")
 DEFAULT_SEQ_LENS = (197, 257, 577, 1025, 2048, 4096)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -156,7 +161,8 @@ def bench_attention(
         batch, heads, head_dim: the shape of q, k and v besides the sequence length.
         dtype: dtype of q, k and v.
         seq_lens: the sequence lengths N to sweep.
-        backends: any of "triton", "sdpa", "eager".
+        backends: any of "triton", "sdpa", "eager", or SDPA pinned to one kernel: "sdpa-flash",
+            "sdpa-efficient", "sdpa-cudnn", "sdpa-math".
         modes: "fwd" (forward, no autograd graph) and/or "fwd+bwd" (forward and backward).
         causal: causal masking (FLOPs are halved).
         device: where to run; defaults to the GPU when there is one, else the CPU.
@@ -209,7 +215,7 @@ def validate_attention_sweep(*, batch: int, heads: int, head_dim: int, dtype: to
         raise ValueError(f"dtype must be one of {', '.join(map(str, DTYPES.values()))}; got {dtype}.")
     if not seq_lens or any(n < 1 for n in seq_lens):
         raise ValueError(f"sequence lengths must be positive integers; got {list(seq_lens)}.")
-    for kind, given, known in (("backend", backends, BACKENDS), ("mode", modes, MODES)):
+    for kind, given, known in (("backend", backends, KNOWN_BACKENDS), ("mode", modes, MODES)):
         unknown = [x for x in given if x not in known]
         if unknown or not given:
             raise ValueError(f"unknown {kind} {', '.join(map(repr, unknown)) or '(none given)'}; "
@@ -287,7 +293,8 @@ def plot_time_vs_memory(rows: Sequence[AttentionBenchRow], path: str | os.PathLi
     modes = [m for m in MODES if any(r.mode == m for r in rows)]
     fig = Figure(figsize=(6.2 * max(1, len(modes)), 5.4), layout="constrained")
     axes = fig.subplots(1, max(1, len(modes)), squeeze=False)[0]
-    colors = {"triton": "tab:red", "sdpa": "tab:blue", "eager": "tab:green"}
+    colors = {"triton": "tab:red", "sdpa": "tab:blue", "eager": "tab:green", "sdpa-flash": "tab:purple",
+              "sdpa-efficient": "tab:orange", "sdpa-cudnn": "tab:brown", "sdpa-math": "tab:gray"}
     markers = {"triton": "o", "sdpa": "s", "eager": "^"}
     for ax, mode in zip(axes, modes):
         ok = [r for r in rows if r.mode == mode and r.ok]
@@ -378,10 +385,17 @@ def _make_call(backend: str, mode: str, shape: tuple[int, int, int, int], dtype:
                causal: bool, device: torch.device) -> Callable[[], None]:
     gen = torch.Generator(device=device).manual_seed(0)
     q, k, v = (torch.randn(shape, generator=gen, dtype=dtype, device=device) for _ in range(3))
+    op_backend, kernel_scope = backend, contextlib.nullcontext
+    if backend in SDPA_KERNELS:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        op_backend = "sdpa"
+        pinned = getattr(SDPBackend, SDPA_KERNELS[backend])
+        kernel_scope = lambda: sdpa_kernel(pinned)  # noqa: E731
     if mode == "fwd":
         def fwd() -> None:
-            with torch.no_grad():
-                attention(q, k, v, causal=causal, backend=backend)
+            with torch.no_grad(), kernel_scope():
+                attention(q, k, v, causal=causal, backend=op_backend)
 
         return fwd
 
@@ -390,7 +404,8 @@ def _make_call(backend: str, mode: str, shape: tuple[int, int, int, int], dtype:
     grad_out = torch.randn(shape, generator=gen, dtype=dtype, device=device)
 
     def fwd_bwd() -> None:
-        out = attention(q, k, v, causal=causal, backend=backend)
+        with kernel_scope():
+            out = attention(q, k, v, causal=causal, backend=op_backend)
         # autograd.grad returns fresh gradients instead of accumulating into .grad, so reps stay
         # identical and nothing needs zeroing between them.
         torch.autograd.grad(out, (q, k, v), grad_out)
