@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one call: the gpu-marked tests and the attention benchmarks that
+# the performance goals are read from. Writes logs, JSON and PNGs under $OUT (default
+# benchmarks/results/latest); commit the JSON under benchmarks/results/ with the device in its name.
+# Works offline: installs vitfast without fetching anything (torch, triton, typer, rich, matplotlib
+# and pytest must already be there).
+set -uo pipefail
+out=${OUT:-benchmarks/results/latest}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 TRITON_PRINT_AUTOTUNING=1
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || exit 1
+python3 -c "import torch, triton; print(torch.cuda.get_device_name(), torch.__version__, triton.__version__)"
+
+python3 -m pytest -m gpu -q -rs tests 2>&1 | tee "$out/gpu_tests.log"
+
+sdpa_all=sdpa,sdpa-flash,sdpa-efficient,sdpa-cudnn
+{
+  # Goal 1: fwd+bwd at the ViT-B/16 training shape, against every SDPA kernel.
+  vitfast bench attention -b 64 --heads 12 --head-dim 64 --dtype bf16 \
+    --seq-lens 197,257,577,1025 --backends triton,$sdpa_all,eager \
+    --json "$out/attention_vitb_bf16.json" --plot "$out/attention_vitb_bf16.png"
+  # Goal 2: forward TFLOP/s at long sequences, head dim 128 (16k tokens per batch row group).
+  vitfast bench attention -b 4 --heads 16 --head-dim 128 --dtype bf16 \
+    --seq-lens 1024,2048,4096,8192,16384 --backends triton,$sdpa_all \
+    --json "$out/attention_d128_bf16.json" --plot "$out/attention_d128_bf16.png"
+  # CLIP text tower: causal, short.
+  vitfast bench attention -b 256 --heads 8 --head-dim 64 --dtype bf16 --causal \
+    --seq-lens 77 --backends triton,$sdpa_all,eager --json "$out/attention_causal77_bf16.json"
+} 2>&1 | tee "$out/bench.log"
