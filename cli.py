@@ -31,6 +31,142 @@ def _root() -> None:
     """Vision transformers (ViT, Swin, CLIP) on fused Triton kernels."""
 
 
+@app.command("train")
+def train_command(
+    model: str = typer.Option("vit_micro_patch4_32", "--model", "-m", help="Model name (see --list-models)."),
+    data_dir: Path | None = typer.Option(None, "--data-dir",
+                                         help="ImageFolder root with train/ and val/. Default: the built-in set."),
+    epochs: int = typer.Option(10, "--epochs", min=1),
+    batch_size: int = typer.Option(128, "--batch-size", "-b", min=1, help="Per process."),
+    lr: float = typer.Option(2e-3, "--lr", help="Peak learning rate (AdamW)."),
+    min_lr: float = typer.Option(1e-5, "--min-lr", help="Cosine schedule floor."),
+    weight_decay: float = typer.Option(0.05, "--weight-decay"),
+    warmup_epochs: float = typer.Option(1.0, "--warmup-epochs"),
+    amp_dtype: str = typer.Option("auto", "--amp-dtype", help="bf16, fp16, fp32; auto: bf16 on CUDA, fp32 on CPU."),
+    grad_accum_steps: int = typer.Option(1, "--grad-accum-steps", min=1),
+    grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing"),
+    clip_grad: float | None = typer.Option(None, "--clip-grad", help="Clip the gradient norm to this."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    attn_backend: str = typer.Option("auto", "--attn-backend", help="auto, triton, sdpa or eager."),
+    output: Path = typer.Option(Path("output/train"), "--output", "-o", help="Checkpoints and metrics go here."),
+    resume: str | None = typer.Option(None, "--resume", help="A checkpoint folder, or 'latest' (in --output)."),
+    seed: int = typer.Option(42, "--seed"),
+    workers: int = typer.Option(2, "--workers", "-j", min=0, help="DataLoader worker processes."),
+    img_size: int | None = typer.Option(None, "--img-size", help="Default: the model's."),
+    drop_path: float | None = typer.Option(None, "--drop-path", help="Stochastic depth rate."),
+    skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="Skip (and count) unreadable images."),
+    list_models: bool = typer.Option(False, "--list-models", help="Print the model names and exit."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines on stderr."),
+) -> None:
+    """Train an image classifier; on a GPU, or on several with `torchrun --nproc_per_node N`."""
+    if list_models:
+        import vitfast
+
+        print("\n".join(vitfast.list_models()))
+        return
+    from vitfast.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        model=model, data_dir=None if data_dir is None else str(data_dir), output=str(output), epochs=epochs,
+        batch_size=batch_size, lr=lr, min_lr=min_lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+        amp_dtype=amp_dtype, grad_accum_steps=grad_accum_steps, grad_checkpointing=grad_checkpointing,
+        clip_grad=clip_grad, compile=compile, attn_backend=attn_backend, resume=resume, seed=seed,
+        workers=workers, img_size=img_size, drop_path=drop_path, skip_bad_images=skip_bad_images, quiet=quiet,
+    )
+    err = _stderr()
+    log = (lambda msg: None) if quiet else (lambda msg: err.print(msg, markup=False))
+    with _user_errors():
+        metrics = train(cfg, progress_factory=None if quiet else _epoch_progress(err), log=log)
+    if metrics:
+        _print_result(metrics, json_out=False)
+
+
+@app.command("eval")
+def eval_command(
+    model_dir: Path = typer.Option(..., "--model-dir", help="A model folder written by `vitfast train` or `save`."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="ImageFolder root; default: the built-in set."),
+    batch_size: int = typer.Option(256, "--batch-size", "-b", min=1),
+    workers: int = typer.Option(2, "--workers", "-j", min=0),
+    amp_dtype: str = typer.Option("auto", "--amp-dtype", help="bf16, fp16, fp32; auto: bf16 on CUDA, fp32 on CPU."),
+    attn_backend: str = typer.Option("auto", "--attn-backend"),
+    json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    skip_bad_images: bool = typer.Option(False, "--skip-bad-images"),
+) -> None:
+    """Top-1, top-5, loss and images/s of a saved model on the val split."""
+    from vitfast.evaluate import evaluate_folder
+
+    with _user_errors():
+        metrics = evaluate_folder(model_dir, data_dir, batch_size=batch_size, workers=workers,
+                                  amp_dtype=amp_dtype, attn_backend=attn_backend,
+                                  skip_bad_images=skip_bad_images)
+    _print_result(metrics, json_out=json_out)
+
+
+def _stderr():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class _user_errors:
+    """Turn the library's user-facing errors into a one-line message and a non-zero exit."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is None:
+            return False
+        from vitfast.checkpoint import CheckpointError
+        from vitfast.data import DataError
+        from vitfast.train import TrainingError
+
+        if isinstance(exc, KeyboardInterrupt):
+            raise typer.Exit(130)
+        if isinstance(exc, (DataError, CheckpointError, TrainingError, ValueError)):
+            raise _fail(str(exc), 1)
+        return False
+
+
+def _epoch_progress(err):
+    """A factory of per-epoch rich progress bars on stderr (silent when stderr is not a terminal)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    def start(epoch: int, total: int, done: int):
+        progress = Progress(TextColumn(f"epoch {epoch + 1}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=err,
+                            transient=True, disable=not err.is_terminal)
+        task = progress.add_task("train", total=total, completed=done, info="")
+        progress.start()
+
+        def update(step, **m):
+            if step is None:
+                progress.stop()
+                return
+            info = (f"loss {m['loss']:.4f}  lr {m['lr']:.2e}  {m['images_per_s']:.0f} img/s  "
+                    f"data {1e3 * m['data_time']:.0f} ms")
+            progress.update(task, completed=step, info=info)
+
+        return update
+
+    return start
+
+
+def _print_result(metrics: dict, json_out: bool) -> None:
+    import json
+
+    if json_out:
+        print(json.dumps(metrics, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None)
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    Console(highlight=False).print(table)
+
+
 @bench_app.command("attention")
 def bench_attention(
     batch_size: int | None = typer.Option(

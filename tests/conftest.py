@@ -26,3 +26,13 @@ def pytest_collection_modifyitems(config, items):
 def device() -> torch.device:
     """Where kernel tests run: the GPU when there is one, else the CPU under the Triton interpreter."""
     return torch.device("cuda" if HAS_CUDA else "cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_image_folder(tmp_path_factory):
+    """A 4-class, 16×16 shapes ImageFolder (24 train / 8 val images per class) for fast training tests."""
+    from vitfast.data import write_shapes_dataset
+
+    root = tmp_path_factory.mktemp("tiny-shapes")
+    return write_shapes_dataset(root, per_class={"train": 24, "val": 8},
+                                classes=("circle", "square", "hstripes", "checker"), size=16)

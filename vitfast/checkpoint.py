@@ -1,0 +1,185 @@
+"""Model folders (config.json + model.safetensors) and atomic file writes.
+
+A saved model is a directory: ``config.json`` and ``model.safetensors``, or, past ``max_shard_size``,
+``model-00001-of-0000N.safetensors`` shards with ``model.safetensors.index.json``. The config is
+also in each safetensors file's ``__metadata__``, so a lone file is self-describing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from vitfast.models import build_config, build_model, model_family
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+_METADATA_KEY = "vitfast_config"
+
+
+class CheckpointError(ValueError):
+    """A model folder or file that cannot be read: the message names the file and the fix."""
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> None:
+    """Write `path` through `write(tmp_path)` to a temp file beside it, fsync, then rename over it.
+
+    A crash mid-write leaves the previous file intact, never a truncated one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def model_config_dict(model: nn.Module) -> dict:
+    """What config.json holds: the family, the model name it was created from, and every field."""
+    return {
+        "family": model_family(model),
+        "model_name": getattr(model, "model_name", None),
+        "config": dataclasses.asdict(model.config),
+    }
+
+
+def _parse_size(size: int | str) -> int:
+    if isinstance(size, int):
+        return size
+    text = size.strip().upper()
+    for unit, factor in (("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("GB", 10**9), ("MB", 10**6),
+                         ("KB", 10**3), ("B", 1)):
+        if text.endswith(unit):
+            try:
+                return int(float(text[: -len(unit)]) * factor)
+            except ValueError:
+                break
+    raise ValueError(f"cannot read the size {size!r}; write it like 5GB, 500MB or 2GiB.")
+
+
+def save(model: nn.Module, directory: str | os.PathLike[str], *, max_shard_size: int | str = "5GB") -> Path:
+    """Save `model` as a model folder (config.json + safetensors weights, sharded past max_shard_size)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = model_config_dict(model)
+    metadata = {_METADATA_KEY: json.dumps(config)}
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    limit = _parse_size(max_shard_size)
+
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > limit:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+
+    if len(shards) == 1:
+        atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(shards[0], str(p), metadata=metadata))
+        (directory / INDEX_NAME).unlink(missing_ok=True)
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards, 1):
+            name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            atomic_write(directory / name, lambda p, s=shard: save_file(s, str(p), metadata=metadata))
+            weight_map.update({k: name for k in shard})
+        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+                 "weight_map": weight_map}
+        atomic_write(directory / INDEX_NAME, lambda p: p.write_text(json.dumps(index, indent=2)))
+        (directory / WEIGHTS_NAME).unlink(missing_ok=True)
+    atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    return directory
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}. Re-save the model or restore the file.") from None
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, metadata
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing. Re-save the model.") from None
+    except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc}). "
+                              "It may be truncated or corrupt; re-save or re-convert it.") from None
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config.json contents, state dict) of a model folder or a lone .safetensors file."""
+    path = Path(path)
+    if path.is_file():
+        state, metadata = _read_safetensors(path)
+        if _METADATA_KEY not in metadata:
+            raise CheckpointError(f"{path} has no vitfast config in its metadata; load its folder instead.")
+        return json.loads(metadata[_METADATA_KEY]), state
+    if not path.is_dir():
+        raise CheckpointError(f"model folder {path} does not exist.")
+    if not (path / CONFIG_NAME).is_file():
+        raise CheckpointError(f"{path} has no {CONFIG_NAME}; is it a vitfast model folder (see `vitfast.save`)?")
+    config = _read_json(path / CONFIG_NAME)
+    if (path / INDEX_NAME).is_file():
+        index = _read_json(path / INDEX_NAME)
+        state = {}
+        for shard in sorted(set(index.get("weight_map", {}).values())):
+            state.update(_read_safetensors(path / shard)[0])
+    else:
+        state = _read_safetensors(path / WEIGHTS_NAME)[0]
+    return config, state
+
+
+def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu", **overrides) -> nn.Module:
+    """Load a model folder (or a lone safetensors file) saved by :func:`save`.
+
+    `overrides` replace config fields that do not change the weights (e.g. ``attn_backend="sdpa"``).
+    """
+    config, state = read_state_dict(path)
+    try:
+        family, fields = config["family"], {**config["config"], **overrides}
+        model = build_model(family, build_config(family, fields))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"the config in {path} is not a valid vitfast config ({exc}).") from None
+    model.model_name = config.get("model_name")
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        detail = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"{path}: the weights do not match config.json ({detail}).") from None
+    problems = []
+    if result.missing_keys:
+        problems.append(f"missing {', '.join(result.missing_keys[:5])}")
+    if result.unexpected_keys:
+        problems.append(f"unexpected {', '.join(result.unexpected_keys[:5])}")
+    if problems:
+        raise CheckpointError(f"{path}: the weights do not match config.json ({'; '.join(problems)}).")
+    return model.to(map_location)

@@ -1,0 +1,212 @@
+"""Image classification data: ImageFolder splits, transforms, loaders, and the built-in default set.
+
+User data follows timm's layout, ``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg`` (with
+the usual synonyms). With no data dir, :func:`default_data_dir` generates vitfast's own set once
+into a cache folder as a real ImageFolder, so it goes through exactly the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+TRAIN_SYNONYMS = ("train", "training")
+VAL_SYNONYMS = ("val", "valid", "validation", "eval", "evaluation", "test")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DataError(ValueError):
+    """Data that cannot be used: the message names the folder or file and the fix."""
+
+
+# --------------------------------------------------------------------------------------------------
+# The built-in default data
+# --------------------------------------------------------------------------------------------------
+
+DEFAULT_CLASSES = ("circle", "square", "triangle", "cross", "ring",
+                   "hstripes", "vstripes", "checker", "dots", "diamond")
+DEFAULT_IMAGE_SIZE = 32
+DEFAULT_PER_CLASS = {"train": 600, "val": 100}
+_DEFAULT_VERSION = 1  # bump when the generator changes, so caches regenerate
+
+
+def cache_dir() -> Path:
+    """Where vitfast keeps generated data: $VITFAST_CACHE, else $XDG_CACHE_HOME/vitfast, else ~/.cache/vitfast."""
+    if os.environ.get("VITFAST_CACHE"):
+        return Path(os.environ["VITFAST_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "vitfast"
+
+
+def _render(kind: str, rng: np.random.Generator, size: int) -> np.ndarray:
+    """One 8-bit RGB image of a shape class: random colours, position, scale, plus noise."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    bg = rng.uniform(0, 255, 3)
+    fg = rng.uniform(0, 255, 3)
+    while np.abs(fg - bg).sum() < 180:  # keep the shape visible
+        fg = rng.uniform(0, 255, 3)
+    cx, cy = rng.uniform(0.35, 0.65, 2) * size
+    r = rng.uniform(0.22, 0.38) * size
+    dx, dy = xx - cx, yy - cy
+    period = rng.uniform(0.18, 0.3) * size
+    phase = rng.uniform(0, period)
+    if kind == "circle":
+        mask = dx**2 + dy**2 <= r**2
+    elif kind == "square":
+        mask = (np.abs(dx) <= r * 0.85) & (np.abs(dy) <= r * 0.85)
+    elif kind == "triangle":
+        mask = (dy <= r * 0.8) & (dy >= -r) & (np.abs(dx) <= (dy + r) * 0.6)
+    elif kind == "cross":
+        w = r * 0.3
+        mask = ((np.abs(dx) <= w) & (np.abs(dy) <= r)) | ((np.abs(dy) <= w) & (np.abs(dx) <= r))
+    elif kind == "ring":
+        d2 = dx**2 + dy**2
+        mask = (d2 <= r**2) & (d2 >= (r * 0.6) ** 2)
+    elif kind == "hstripes":
+        mask = ((yy + phase) % period) < period / 2
+    elif kind == "vstripes":
+        mask = ((xx + phase) % period) < period / 2
+    elif kind == "checker":
+        mask = (((xx + phase) // period + (yy + phase) // period) % 2) == 0
+    elif kind == "dots":
+        mask = (((xx + phase) % period - period / 2) ** 2 + ((yy + phase) % period - period / 2) ** 2
+                <= (period * 0.28) ** 2)
+    elif kind == "diamond":
+        mask = np.abs(dx) + np.abs(dy) <= r
+    else:
+        raise ValueError(f"unknown default-data class {kind!r}")
+    img = np.where(mask[..., None], fg, bg) + rng.normal(0, 12, (size, size, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_shapes_dataset(folder: str | os.PathLike[str], *, per_class: dict[str, int],
+                         classes: tuple[str, ...] = DEFAULT_CLASSES, size: int = DEFAULT_IMAGE_SIZE,
+                         seed: int = _DEFAULT_VERSION) -> Path:
+    """Render the shapes set as an ImageFolder (`folder/<split>/<class>/NNNNN.png`), deterministically."""
+    from PIL import Image
+
+    folder = Path(folder)
+    for split_index, (split, count) in enumerate(per_class.items()):
+        rng = np.random.default_rng([seed, split_index])
+        for kind in classes:
+            out = folder / split / kind
+            out.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                Image.fromarray(_render(kind, rng, size)).save(out / f"{i:05d}.png")
+    return folder
+
+
+def default_data_dir(root: str | os.PathLike[str] | None = None) -> Path:
+    """The built-in set, generated on first use: 10 shape classes, 32×32 PNGs, 600/100 per class.
+
+    Generation is deterministic (fixed seeds); a completed folder carries a ``vitfast_data.json``
+    stamp, and an interrupted one is regenerated.
+    """
+    folder = Path(root) if root is not None else cache_dir() / f"default-shapes-v{_DEFAULT_VERSION}"
+    stamp = folder / "vitfast_data.json"
+    if stamp.is_file():
+        return folder
+    write_shapes_dataset(folder, per_class=DEFAULT_PER_CLASS)
+    stamp.write_text(json.dumps({"classes": list(DEFAULT_CLASSES), "image_size": DEFAULT_IMAGE_SIZE,
+                                 "per_class": DEFAULT_PER_CLASS, "version": _DEFAULT_VERSION}) + "\n")
+    return folder
+
+
+# --------------------------------------------------------------------------------------------------
+# ImageFolder splits
+# --------------------------------------------------------------------------------------------------
+
+
+def find_split(root: str | os.PathLike[str], split: str) -> Path:
+    """The folder of `split` ("train" or "val") under `root`, accepting timm's synonyms."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist.")
+    names = TRAIN_SYNONYMS if split == "train" else VAL_SYNONYMS
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    raise DataError(f"{root} has no {split} split: expected a sub-folder named one of {', '.join(names)}, "
+                    f"each holding one folder of images per class.")
+
+
+class ImageFolderDataset(Dataset):
+    """torchvision's ImageFolder with errors that name the bad file (or skip it, when asked)."""
+
+    def __init__(self, root: Path, transform=None, skip_bad_images: bool = False):
+        from torchvision.datasets import ImageFolder
+
+        try:
+            self.folder = ImageFolder(str(root), transform=transform)
+        except FileNotFoundError as exc:
+            raise DataError(f"{root}: {exc}. Each class folder needs at least one image "
+                            "(.jpg, .png, ...).") from None
+        self.skip_bad_images = skip_bad_images
+
+    @property
+    def classes(self) -> list[str]:
+        return self.folder.classes
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, index: int):
+        path = self.folder.samples[index][0]
+        try:
+            return self.folder[index]
+        except Exception as exc:  # PIL raises several types for truncated or foreign files
+            if self.skip_bad_images:
+                return None
+            raise DataError(f"cannot read image {path} ({type(exc).__name__}: {exc}). Remove or replace "
+                            "it, or pass --skip-bad-images to skip unreadable images.") from None
+
+
+def collate_skipping_bad(batch):
+    """Stack a batch, dropping samples that came back None (unreadable, skipped); returns the count."""
+    good = [s for s in batch if s is not None]
+    skipped = len(batch) - len(good)
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
+    images, labels = torch.utils.data.default_collate(good)
+    return images, labels, skipped
+
+
+@dataclass(frozen=True)
+class TransformConfig:
+    img_size: int
+    scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop's area range, as timm
+    crop_pct: float = 0.875  # eval: resize to img_size / crop_pct, then center-crop img_size
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+def build_transform(cfg: TransformConfig, train: bool):
+    from torchvision.transforms import v2
+
+    if train:
+        geometry = [v2.RandomResizedCrop(cfg.img_size, scale=cfg.scale, antialias=True), v2.RandomHorizontalFlip()]
+    else:
+        geometry = [v2.Resize(int(math.floor(cfg.img_size / cfg.crop_pct)), antialias=True),
+                    v2.CenterCrop(cfg.img_size)]
+    return v2.Compose([v2.ToImage(), *geometry, v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(cfg.mean, cfg.std)])
+
+
+def build_loader(dataset: Dataset, *, batch_size: int, train: bool, workers: int, seed: int,
+                 distributed: bool = False) -> DataLoader:
+    """A DataLoader with pinned memory on CUDA hosts, a seeded shuffle, and a DistributedSampler under DDP."""
+    sampler = DistributedSampler(dataset, shuffle=train, seed=seed, drop_last=train) if distributed else None
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
+        num_workers=workers, pin_memory=torch.cuda.is_available(), drop_last=train,
+        collate_fn=collate_skipping_bad, generator=generator, persistent_workers=workers > 0,
+    )

@@ -1,0 +1,61 @@
+"""Model registry: timm-style names to configs, and `create_model` / `list_models`."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+
+import torch.nn as nn
+
+from .vit import VIT_CONFIGS, ViTConfig, VisionTransformer
+
+# family name -> (config class, model class); the family is stored in config.json.
+FAMILIES: dict[str, tuple[type, type[nn.Module]]] = {"vit": (ViTConfig, VisionTransformer)}
+_REGISTRY: dict[str, tuple[str, object]] = {name: ("vit", cfg) for name, cfg in VIT_CONFIGS.items()}
+
+
+def list_models(pattern: str = "") -> list[str]:
+    """Names of the models vitfast can create, sorted; those containing `pattern` if given."""
+    return sorted(name for name in _REGISTRY if pattern in name)
+
+
+def model_family(model: nn.Module) -> str:
+    for family, (_, cls) in FAMILIES.items():
+        if isinstance(model, cls):
+            return family
+    raise ValueError(f"{type(model).__name__} is not a vitfast model.")
+
+
+def build_config(family: str, fields: dict):
+    """A config of `family` from a dict (e.g. config.json), rejecting unknown fields by name."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}.")
+    config_cls = FAMILIES[family][0]
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"unknown {family} config field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
+    return config_cls(**fields)
+
+
+def build_model(family: str, config) -> nn.Module:
+    return FAMILIES[family][1](config)
+
+
+def create_model(name: str, **overrides) -> nn.Module:
+    """A randomly initialized model by timm/open_clip name, with config fields overridden.
+
+    Example: ``create_model("vit_base_patch16_224", num_classes=10, attn_backend="sdpa")``.
+    """
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else " See `vitfast.list_models()`."
+        raise ValueError(f"unknown model {name!r}.{hint}")
+    family, base = _REGISTRY[name]
+    config = build_config(family, {**dataclasses.asdict(base), **overrides})
+    model = build_model(family, config)
+    model.model_name = name
+    return model
+
+
+__all__ = ["ViTConfig", "VisionTransformer", "create_model", "list_models"]

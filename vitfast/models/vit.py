@@ -1,0 +1,244 @@
+"""Vision Transformer (Dosovitskiy et al., 2020), laid out exactly like timm's VisionTransformer.
+
+Parameter and buffer names match timm's for the same model name, so a timm state dict loads with
+``strict=True`` and gives the same logits. Every block's attention goes through
+``vitfast.kernels.attention`` with the backend from the config.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from vitfast.kernels import attention
+
+
+@dataclass
+class ViTConfig:
+    """Hyper-parameters of a ViT; `vitfast.create_model(name, **overrides)` starts from a named one."""
+
+    img_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    class_token: bool = True
+    global_pool: str = "token"  # "token" (class token) or "avg" (mean of patch tokens, then fc_norm)
+    drop_rate: float = 0.0  # dropout before the head
+    drop_path_rate: float = 0.0  # stochastic depth, rising linearly to this value over the blocks
+    attn_backend: str = "auto"  # see vitfast.kernels.attention
+
+    def validate(self) -> None:
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}.")
+        if self.global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool must be 'token' or 'avg'; got {self.global_pool!r}.")
+        if self.global_pool == "token" and not self.class_token:
+            raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg'.")
+        if self.img_size % self.patch_size:
+            raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}.")
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch for a random subset of samples."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, _, h, w = x.shape
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(f"image size {h}×{w} is not a multiple of the patch size {self.patch_size}.")
+        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, backend: str, causal: bool = False):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.backend = backend
+        self.causal = causal
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        # q, k, v stay strided views of the packed projection; the kernel reads them in place.
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        x = attention(q, k, v, causal=self.causal, backend=self.backend)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, act: type[nn.Module] = nn.GELU):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = act()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop_path: float,
+                 backend: str, causal: bool = False, act: type[nn.Module] = nn.GELU, norm_eps: float = 1e-6):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias, backend, causal)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], num_prefix: int) -> torch.Tensor:
+    """Bicubically resize the patch part of a (1, prefix + H·W, D) position embedding to `new_grid`.
+
+    The old grid is taken to be square, as for every named ViT.
+    """
+    prefix, grid = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
+    old = int(math.isqrt(grid.shape[1]))
+    if old * old != grid.shape[1]:
+        raise ValueError(f"cannot resample a position embedding of {grid.shape[1]} patches (not square).")
+    if (old, old) == tuple(new_grid):
+        return pos_embed
+    dim = grid.shape[-1]
+    grid = grid.reshape(1, old, old, dim).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=new_grid, mode="bicubic", antialias=True, align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)
+    return torch.cat([prefix, grid], dim=1)
+
+
+class VisionTransformer(nn.Module):
+    """ViT with timm's module names: patch_embed, cls_token, pos_embed, blocks, norm/fc_norm, head."""
+
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        dim = config.embed_dim
+        self.num_prefix_tokens = 1 if config.class_token else 0
+        self.grad_checkpointing = False
+        self.patch_embed = PatchEmbed(config.patch_size, config.in_chans, dim)
+        grid = config.img_size // config.patch_size
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if config.class_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + grid * grid, dim))
+        rates = torch.linspace(0, config.drop_path_rate, config.depth).tolist()
+        self.blocks = nn.Sequential(*[
+            Block(dim, config.num_heads, config.mlp_ratio, config.qkv_bias, rate, config.attn_backend)
+            for rate in rates
+        ])
+        use_fc_norm = config.global_pool == "avg"
+        self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(dim, eps=1e-6)
+        self.fc_norm = nn.LayerNorm(dim, eps=1e-6) if use_fc_norm else nn.Identity()
+        self.head_drop = nn.Dropout(config.drop_rate)
+        self.head = nn.Linear(dim, config.num_classes) if config.num_classes > 0 else nn.Identity()
+        self.init_weights()
+        # Checkpoints at another image size get their position embedding resized on load.
+        self._register_load_state_dict_pre_hook(self._resample_loaded_pos_embed)
+
+    def init_weights(self) -> None:
+        """timm's default ('jax'-free) init: truncated normal 0.02 for linears and position embedding."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def _resample_loaded_pos_embed(self, state_dict, prefix, *args) -> None:
+        key = prefix + "pos_embed"
+        if key in state_dict and state_dict[key].shape != self.pos_embed.shape:
+            grid = self.config.img_size // self.config.patch_size
+            state_dict[key] = resample_pos_embed(state_dict[key], (grid, grid), self.num_prefix_tokens)
+
+    def _pos_embed(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        pos = self.pos_embed
+        stored = self.config.img_size // self.config.patch_size
+        if grid != (stored, stored):  # another input size: resize the learned grid to match
+            pos = resample_pos_embed(pos, grid, self.num_prefix_tokens)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return x + pos
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images to (B, prefix + N, D) normalized tokens."""
+        grid = (x.shape[-2] // self.config.patch_size, x.shape[-1] // self.config.patch_size)
+        x = self._pos_embed(self.patch_embed(x), grid)
+        for block in self.blocks:
+            if self.grad_checkpointing and self.training:
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.config.global_pool == "avg":
+            x = x[:, self.num_prefix_tokens:].mean(dim=1)
+        else:
+            x = x[:, 0]
+        x = self.head_drop(self.fc_norm(x))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _named(patch: int, dim: int, depth: int, heads: int, img: int = 224, **kw) -> ViTConfig:
+    return ViTConfig(img_size=img, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads, **kw)
+
+
+# timm's names and shapes (timm has no 384 variant of ViT-H/14). `vit_micro_patch4_32` is vitfast's
+# own: sized for the built-in default data (32×32 images, 10 classes) so that training it on a
+# 2-core CPU takes minutes.
+VIT_CONFIGS: dict[str, ViTConfig] = {
+    "vit_tiny_patch16_224": _named(16, 192, 12, 3),
+    "vit_tiny_patch16_384": _named(16, 192, 12, 3, img=384),
+    "vit_small_patch16_224": _named(16, 384, 12, 6),
+    "vit_small_patch16_384": _named(16, 384, 12, 6, img=384),
+    "vit_base_patch16_224": _named(16, 768, 12, 12),
+    "vit_base_patch16_384": _named(16, 768, 12, 12, img=384),
+    "vit_base_patch32_224": _named(32, 768, 12, 12),
+    "vit_base_patch32_384": _named(32, 768, 12, 12, img=384),
+    "vit_large_patch16_224": _named(16, 1024, 24, 16),
+    "vit_large_patch16_384": _named(16, 1024, 24, 16, img=384),
+    "vit_huge_patch14_224": _named(14, 1280, 32, 16, num_classes=0),  # timm: in21k features, no head
+    "vit_micro_patch4_32": _named(4, 128, 6, 4, img=32, num_classes=10, global_pool="avg"),
+}

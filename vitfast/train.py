@@ -1,0 +1,475 @@
+"""Training loop for image classifiers: AdamW, warmup + cosine, AMP, accumulation, DDP, exact resume.
+
+Reproducibility is by construction, so that a resumed run and a multi-process run can be compared
+with an uninterrupted single-process one:
+- the sample order of epoch e is a permutation seeded by (seed, e), split across ranks the way
+  DistributedSampler splits it (one process is world size 1 of the same scheme);
+- each sample's augmentation is seeded by (seed, epoch, index), whatever worker or rank loads it;
+- the checkpoint's training state holds the model, optimizer, scheduler, scaler, position (epoch
+  and step within it) and the RNG states.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from vitfast import data as vdata
+from vitfast.checkpoint import CheckpointError, atomic_write, save
+from vitfast.evaluate import evaluate
+from vitfast.models import create_model
+
+STATE_NAME = "train_state.pt"
+METRICS_NAME = "metrics.jsonl"
+
+
+class TrainingError(RuntimeError):
+    """Training stopped (non-finite loss, bad resume state): the message says what is kept and what to try."""
+
+
+class _StopRequested(Exception):
+    """Raised between optimizer steps after Ctrl-C, so the saved state is never half a step."""
+
+
+@contextlib.contextmanager
+def _deferred_sigint(flag: dict) -> Iterator[None]:
+    """The first Ctrl-C sets flag["stop"] (the loop saves and stops after the step in flight); a
+    second one interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum, frame):
+        flag["stop"] = True
+        signal.signal(signal.SIGINT, previous)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@dataclass
+class TrainConfig:
+    model: str = "vit_micro_patch4_32"
+    data_dir: str | None = None  # None: the built-in default data
+    output: str = "output/train"
+    epochs: int = 15
+    batch_size: int = 128  # per process
+    lr: float = 2e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    amp_dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    grad_accum_steps: int = 1
+    grad_checkpointing: bool = False
+    clip_grad: float | None = None
+    compile: bool = False
+    attn_backend: str = "auto"
+    resume: str | None = None  # a checkpoint folder / train_state.pt, or "latest" (in --output)
+    seed: int = 42
+    workers: int = 2
+    img_size: int | None = None  # default: the model's
+    scale: tuple[float, float] | None = None  # RandomResizedCrop area range; default (0.08, 1), default data (0.35, 1)
+    drop_path: float | None = None
+    skip_bad_images: bool = False
+    quiet: bool = False
+    max_steps_per_epoch: int | None = field(default=None, repr=False)  # for tests and smoke runs
+
+
+# --------------------------------------------------------------------------------------------------
+# Deterministic data order and augmentation
+# --------------------------------------------------------------------------------------------------
+
+
+class EpochSampler(Sampler[int]):
+    """DistributedSampler's order (permutation seeded by seed + epoch, rank r takes every world-th
+    index), resumable from a given number of samples into the epoch."""
+
+    def __init__(self, n: int, *, shuffle: bool, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.shuffle, self.seed, self.rank, self.world = n, shuffle, seed, rank, world
+        self.epoch = 0
+        self.skip = 0
+        self.per_rank = n // world if shuffle else math.ceil(n / world)
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()[: self.per_rank * self.world]
+        else:
+            order = list(range(self.n))
+        mine = order[self.rank:: self.world]
+        return iter(mine[self.skip:])
+
+    def __len__(self) -> int:
+        mine = self.per_rank if self.shuffle else len(range(self.rank, self.n, self.world))
+        return max(0, mine - self.skip)
+
+
+class SeededAugment(Dataset):
+    """Wraps a dataset so sample i of epoch e is augmented with the RNG seeded by (seed, e, i)."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        # fork_rng: with workers=0 this runs in the training process, whose RNG drives dropout.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+            return self.dataset[index]
+
+
+# --------------------------------------------------------------------------------------------------
+# Optimizer and schedule
+# --------------------------------------------------------------------------------------------------
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups as timm: no weight decay on biases, norms, position embeddings and tokens."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or name.endswith(("pos_embed", "cls_token")):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> Callable[[int], float]:
+    """LR multiplier per optimizer step: linear warmup from 0, then cosine down to min_lr."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return (min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))) / lr
+    return factor
+
+
+# --------------------------------------------------------------------------------------------------
+# Distributed setup
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_runtime() -> Runtime:
+    """One process, or one of torchrun's: NCCL on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local)
+            device = torch.device("cuda", local)
+        else:
+            device = torch.device("cpu")
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return Runtime(device, dist.get_rank(), world)
+    return Runtime(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def amp_dtype_for(name: str, device: torch.device) -> torch.dtype | None:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+    if name not in table:
+        raise ValueError(f"unknown --amp-dtype {name!r}; choose bf16, fp16 or fp32.")
+    if table[name] is not None and device.type != "cuda":
+        raise ValueError(f"--amp-dtype {name} needs a CUDA GPU (autocast runs on CUDA); use fp32 on CPU.")
+    return table[name]
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------------
+
+
+def _rng_state() -> dict:
+    # numpy's state is a tuple holding an array; stored as a tensor so weights_only loading accepts it.
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                   "has_gauss": has_gauss, "gauss": gauss}
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resolve_resume(resume: str, output: Path) -> Path:
+    path = output if resume == "latest" else Path(resume)
+    if path.is_dir():
+        path = path / STATE_NAME
+    if not path.is_file():
+        where = f"in {output} (--output)" if resume == "latest" else f"at {resume}"
+        raise CheckpointError(f"no training state {where}: expected {STATE_NAME} from an earlier `vitfast train`.")
+    return path
+
+
+def load_train_state(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, foreign pickle, ...
+        raise CheckpointError(f"cannot read the training state {path} ({type(exc).__name__}: {exc}). "
+                              "It may be corrupt; resume from another checkpoint or start afresh.") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None] = print) -> dict:
+    """Train `cfg.model` on `cfg.data_dir` (or the default data); returns the last epoch's metrics.
+
+    Writes under cfg.output: the model folder (config.json + model.safetensors) and train_state.pt
+    after every epoch, and metrics.jsonl.
+    """
+    rt = init_runtime()
+    output = Path(cfg.output)
+    default_data = cfg.data_dir is None
+    root = vdata.default_data_dir() if default_data else Path(cfg.data_dir)
+    if rt.world > 1:
+        dist.barrier()  # rank 0 may have generated the default data; others wait until it is there
+
+    amp = amp_dtype_for(cfg.amp_dtype, rt.device)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+
+    train_root, val_root = vdata.find_split(root, "train"), vdata.find_split(root, "val")
+    probe = vdata.ImageFolderDataset(train_root)
+    num_classes = len(probe.classes)
+    overrides = {"num_classes": num_classes, "attn_backend": cfg.attn_backend}
+    if cfg.img_size is not None:
+        overrides["img_size"] = cfg.img_size
+    if cfg.drop_path is not None:
+        overrides["drop_path_rate"] = cfg.drop_path
+    model = create_model(cfg.model, **overrides)
+    img_size = model.config.img_size
+    scale = cfg.scale or ((0.35, 1.0) if default_data else (0.08, 1.0))
+    tcfg = vdata.TransformConfig(img_size, scale=scale)
+    train_set = SeededAugment(vdata.ImageFolderDataset(train_root, vdata.build_transform(tcfg, True),
+                                                       cfg.skip_bad_images), cfg.seed)
+    val_set = vdata.ImageFolderDataset(val_root, vdata.build_transform(tcfg, False), cfg.skip_bad_images)
+    if val_set.classes != probe.classes:
+        raise vdata.DataError(f"the train and val splits of {root} have different class folders.")
+    sampler = EpochSampler(len(train_set), shuffle=True, seed=cfg.seed, rank=rt.rank, world=rt.world)
+    # Each loader draws its worker seeds from its own generator, never from the global RNG that
+    # drives dropout, so starting an iterator mid-epoch after a resume changes nothing downstream.
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                        pin_memory=rt.device.type == "cuda", drop_last=True,
+                        collate_fn=vdata.collate_skipping_bad, generator=torch.Generator().manual_seed(cfg.seed))
+    val_sampler = EpochSampler(len(val_set), shuffle=False, seed=0, rank=rt.rank, world=rt.world)
+    val_loader = DataLoader(val_set, batch_size=cfg.batch_size, sampler=val_sampler, num_workers=cfg.workers,
+                            collate_fn=vdata.collate_skipping_bad, generator=torch.Generator().manual_seed(cfg.seed))
+    steps_per_epoch = len(loader) // cfg.grad_accum_steps
+    if cfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    if steps_per_epoch < 1:
+        raise vdata.DataError(f"{train_root} has {len(train_set)} images: too few for one step of "
+                              f"batch size {cfg.batch_size} × {rt.world} process(es) × "
+                              f"{cfg.grad_accum_steps} accumulation steps. Lower --batch-size.")
+
+    model.to(rt.device)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+    total = steps_per_epoch * cfg.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(total, int(cfg.warmup_epochs * steps_per_epoch), cfg.lr, cfg.min_lr))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+
+    start_epoch, start_step = 0, 0
+    if cfg.resume:
+        state = load_train_state(resolve_resume(cfg.resume, output))
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"the training state does not fit model {cfg.model} with these flags "
+                                  f"({' '.join(str(exc).split())[:200]}).") from None
+        start_epoch, start_step = state["epoch"], state["step_in_epoch"]
+        _set_rng_state(state["rng"])
+        if rt.is_main:
+            log(f"resumed from {cfg.resume} at epoch {start_epoch + 1}, step {start_step}")
+
+    ddp_model = model
+    if rt.world > 1:
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    run_model = torch.compile(ddp_model) if cfg.compile else ddp_model
+
+    def save_checkpoint(epoch: int, step_in_epoch: int) -> None:
+        if not rt.is_main:
+            return
+        save(model, output)
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                 "epoch": epoch, "step_in_epoch": step_in_epoch, "rng": _rng_state(),
+                 "config": asdict(cfg)}
+        atomic_write(output / STATE_NAME, lambda p: torch.save(state, p))
+
+    if rt.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "train_args.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        n_params = sum(p.numel() for p in model.parameters())
+        log(f"{cfg.model}: {n_params / 1e6:.2f}M params, {num_classes} classes, {len(train_set)} train / "
+            f"{len(val_set)} val images from {root}; {rt.world} process(es) on {rt.device}, "
+            f"{cfg.epochs} epochs of {steps_per_epoch} steps")
+
+    metrics: dict = {}
+    epoch = start_epoch
+    step_in_epoch = start_step
+    # optimizer steps done in the current epoch, and whether Ctrl-C asked to stop
+    position = {"step": start_step, "stop": False}
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            train_set.epoch = epoch
+            skip = step_in_epoch * cfg.grad_accum_steps * cfg.batch_size if epoch == start_epoch else 0
+            if epoch != start_epoch:
+                step_in_epoch = 0
+            sampler.set_epoch(epoch, skip=skip)
+            position["step"] = step_in_epoch
+            with _deferred_sigint(position):
+                stats = _train_epoch(run_model, model, loader, optimizer, scheduler, scaler, cfg, rt, amp,
+                                     epoch, position, steps_per_epoch, progress_factory)
+            step_in_epoch = steps_per_epoch
+            val = evaluate(model, val_loader, rt.device, amp, distributed=rt.world > 1)
+            metrics = {"epoch": epoch + 1, **stats, **{f"val_{k}": v for k, v in val.items()}}
+            if rt.is_main:
+                with open(output / METRICS_NAME, "a") as f:
+                    f.write(json.dumps(metrics) + "\n")
+                log(f"epoch {epoch + 1}/{cfg.epochs}: loss {stats['train_loss']:.4f}, "
+                    f"val top-1 {val['top1']:.2f}%, top-5 {val['top5']:.2f}%, {stats['images_per_s']:.0f} img/s")
+            save_checkpoint(epoch + 1, 0)
+    except _StopRequested:
+        done = position["step"]
+        save_checkpoint(epoch, done)
+        if rt.is_main:
+            log(f"interrupted: saved a checkpoint at epoch {epoch + 1}, step {done} in {output}; "
+                f"continue with --resume latest --output {output}")
+        raise KeyboardInterrupt from None
+    finally:
+        if rt.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+    return metrics
+
+
+def _any_rank(flag: bool, rt: Runtime) -> bool:
+    """True if `flag` is set on any rank (every rank must stop at the same step)."""
+    if rt.world == 1:
+        return flag
+    t = torch.tensor(float(flag), device=rt.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _train_epoch(run_model, model, loader, optimizer, scheduler, scaler, cfg: TrainConfig, rt: Runtime,
+                 amp: torch.dtype | None, epoch: int, position: dict, steps: int, progress_factory) -> dict:
+    run_model.train()
+    accum = cfg.grad_accum_steps
+    start_step = step = position["step"]
+    seen = n_loss = micro = bad_images = 0
+    loss_sum = torch.zeros((), device=rt.device)
+    data_time = 0.0
+    t0 = tick = time.perf_counter()
+    progress = progress_factory(epoch, steps, start_step) if progress_factory and rt.is_main else None
+    try:
+        for images, labels, skipped in loader:
+            if step >= steps:
+                break
+            bad_images += skipped
+            data_time += time.perf_counter() - tick
+            images = images.to(rt.device, non_blocking=True)
+            labels = labels.to(rt.device, non_blocking=True)
+            # Under DDP, gradients are all-reduced only on the micro-batch that ends a step.
+            sync = contextlib.nullcontext() if micro == accum - 1 or rt.world == 1 else run_model.no_sync()
+            with sync, torch.autocast(rt.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                loss = F.cross_entropy(run_model(images), labels)
+                scaler.scale(loss / accum).backward()
+            value = loss.detach()
+            if not torch.isfinite(value):
+                raise TrainingError(
+                    f"the loss became {value.item()} at epoch {epoch + 1}, step {step + 1}; stopped without "
+                    f"saving, so {cfg.output} keeps the last good checkpoint. Try a lower --lr, --clip-grad 1.0, "
+                    "or --amp-dtype bf16/fp32.")
+            loss_sum += value
+            n_loss += 1
+            seen += images.shape[0]
+            micro += 1
+            tick = time.perf_counter()
+            if micro < accum:
+                continue
+            micro = 0
+            if cfg.clip_grad is not None:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            position["step"] = step
+            if progress is not None:
+                elapsed = time.perf_counter() - t0
+                progress(step, loss=value.item(), lr=optimizer.param_groups[0]["lr"],
+                         images_per_s=seen * rt.world / max(elapsed, 1e-9), data_time=data_time / n_loss)
+            if _any_rank(position["stop"], rt):
+                raise _StopRequested
+            tick = time.perf_counter()
+    finally:
+        if progress is not None:
+            progress(None)
+    elapsed = time.perf_counter() - t0
+    if rt.world > 1:
+        totals = torch.stack([loss_sum, torch.tensor(float(n_loss), device=rt.device)])
+        dist.all_reduce(totals)
+        loss_sum, n_loss = totals[0], int(totals[1].item())
+    return {"train_loss": (loss_sum / max(1, n_loss)).item(), "lr": optimizer.param_groups[0]["lr"],
+            "images_per_s": seen * rt.world / max(elapsed, 1e-9), "data_time_s": data_time,
+            "epoch_time_s": elapsed, "bad_images_skipped": bad_images}
