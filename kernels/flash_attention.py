@@ -330,32 +330,29 @@ class TileConfig:
                              num_warps=self.num_warps, num_stages=self.num_stages)
 
 
-# The autotuner's candidates on a GPU. Small tiles suit ViT lengths (197-577) where a 128-row tile
-# leaves SMs idle; large tiles suit long sequences. The compile gate builds every one of them.
-FWD_CONFIGS = (
-    TileConfig(64, 32, 4, 3),
-    TileConfig(64, 64, 4, 3),
-    TileConfig(128, 32, 4, 3),
-    TileConfig(128, 64, 4, 3),
-    TileConfig(128, 64, 8, 3),
-    TileConfig(128, 128, 8, 2),
-)
-# dK/dV kernel: BLOCK_N keys held, BLOCK_M queries streamed.
-BWD_DKDV_CONFIGS = (
-    TileConfig(32, 32, 4, 2),
-    TileConfig(32, 64, 4, 3),
-    TileConfig(64, 64, 4, 2),
-    TileConfig(64, 64, 8, 3),
-    TileConfig(32, 128, 8, 2),
-)
-# dQ kernel: BLOCK_M queries held, BLOCK_N keys streamed.
-BWD_DQ_CONFIGS = (
-    TileConfig(32, 32, 4, 2),
-    TileConfig(64, 32, 4, 3),
-    TileConfig(64, 64, 4, 2),
-    TileConfig(128, 32, 8, 3),
-    TileConfig(128, 64, 8, 2),
-)
+# The autotuner's candidates on a GPU, per kernel and input width; the compile gate
+# (tests/test_flash_attention_compile.py) builds each for sm_80 and sm_90 and checks shared memory,
+# spills and tensor cores. On sm_90 a dot needs M >= 64 rows for wgmma: the M of every dot is
+# BLOCK_M in the forward and dQ kernels and BLOCK_N in the dK/dV kernel. Small tiles suit ViT
+# lengths (197-577), where a 128-row tile leaves SMs idle; large tiles suit long sequences.
+CONFIGS: dict[str, dict[str, tuple[TileConfig, ...]]] = {
+    "fwd": {
+        "16bit": (TileConfig(64, 32, 4, 3), TileConfig(64, 64, 4, 3),
+                  TileConfig(128, 64, 8, 3), TileConfig(128, 128, 8, 2)),
+        # float32 tiles take twice the registers: 8 warps keep them spill-free in TF32.
+        "fp32": (TileConfig(64, 32, 8, 2),),
+    },
+    # dK/dV kernel: BLOCK_N keys held, BLOCK_M queries streamed.
+    "dkdv": {
+        "16bit": (TileConfig(32, 64, 4, 3), TileConfig(64, 64, 8, 3), TileConfig(32, 128, 8, 2)),
+        "fp32": (TileConfig(32, 64, 8, 2),),
+    },
+    # dQ kernel: BLOCK_M queries held, BLOCK_N keys streamed.
+    "dq": {
+        "16bit": (TileConfig(64, 32, 4, 3), TileConfig(64, 64, 4, 2), TileConfig(128, 32, 8, 3)),
+        "fp32": (TileConfig(64, 32, 8, 2), TileConfig(64, 16, 4, 2)),
+    },
+}
 # The interpreter runs one program at a time in numpy and cannot autotune over several configs.
 INTERPRETER_CONFIG = TileConfig(64, 32, 1, 1)
 DELTA_BLOCK_M = 64
@@ -365,51 +362,29 @@ def _block_d(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
-def _shared_memory_estimate(cfg: TileConfig, block_d: int, elem_bytes: int) -> int:
-    """Bytes of shared memory for the resident tile plus the pipelined K/V (or Q/dO) stages."""
-    resident = max(cfg.block_m, cfg.block_n) * block_d
-    streamed = 2 * cfg.num_stages * min(cfg.block_m, cfg.block_n) * block_d
-    return (resident + streamed) * elem_bytes
+def candidate_configs(kernel: str, dtype: torch.dtype) -> tuple[TileConfig, ...]:
+    """The configs the autotuner tries for `kernel` ("fwd", "dkdv", "dq") on inputs of `dtype`."""
+    return CONFIGS[kernel]["fp32" if dtype == torch.float32 else "16bit"]
 
 
-def _fits(cfg: TileConfig, block_d: int, elem_bytes: int) -> bool:
-    # 160 KiB keeps every config launchable on sm_80 (163 KiB per block) as well as sm_90 (227 KiB).
-    return _shared_memory_estimate(cfg, block_d, elem_bytes) <= 160 * 1024
+_tuned: dict[tuple[str, torch.dtype], object] = {}
 
 
-def candidate_configs(configs: tuple[TileConfig, ...], head_dim: int, dtype: torch.dtype) -> list[TileConfig]:
-    """The configs the autotuner may try for this head dim and dtype (those that fit in shared memory)."""
-    elem = torch.empty((), dtype=dtype).element_size()
-    return [c for c in configs if _fits(c, _block_d(head_dim), elem)]
-
-
-_tuned: dict[str, object] = {}
-
-
-def _kernel_for(name: str, kernel, configs: tuple[TileConfig, ...], config: TileConfig | None):
+def _kernel_for(name: str, kernel, dtype: torch.dtype, config: TileConfig | None):
     """`kernel` with its block sizes chosen: fixed (`config`, or the interpreter's), or autotuned."""
     if config is None and interpreting():
         config = INTERPRETER_CONFIG
     if config is not None:
         return kernel, {"BLOCK_M": config.block_m, "BLOCK_N": config.block_n,
                         "num_warps": config.num_warps, "num_stages": config.num_stages}
-    if name not in _tuned:
-        def prune(candidates, named_args, **kwargs):
-            elem = named_args["Q"].element_size()
-            block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
-            kept = [c for c in candidates
-                    if _fits(TileConfig(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps,
-                                        c.num_stages), block_d, elem)]
-            return kept or candidates[:1]
-
-        _tuned[name] = triton.autotune(
-            configs=[c.as_triton() for c in configs],
+    if (name, dtype) not in _tuned:
+        _tuned[name, dtype] = triton.autotune(
+            configs=[c.as_triton() for c in candidate_configs(name, dtype)],
             # Tuned once per sequence length (and dtype, which Triton adds to the key): a training run
             # tunes once; nothing is written in place, so re-running a config during tuning is safe.
             key=["N", "HEAD_DIM", "CAUSAL", "PRECISION"],
-            prune_configs_by={"early_config_prune": prune},
         )(kernel)
-    return _tuned[name], {}
+    return _tuned[name, dtype], {}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -469,7 +444,7 @@ def attention_forward(
     B, H, N, D = q.shape
     out = torch.empty((B, H, N, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B * H, N), dtype=torch.float32, device=q.device)
-    kernel, fixed = _kernel_for("fwd", _attn_fwd_kernel, FWD_CONFIGS, config)
+    kernel, fixed = _kernel_for("fwd", _attn_fwd_kernel, q.dtype, config)
     kernel[_grid(lambda meta: B * H * triton.cdiv(N, meta["BLOCK_M"]))](
         q, k, v, out, lse,
         *_strides(q), *_strides(k), *_strides(v), *_strides(out),
@@ -499,13 +474,13 @@ def attention_backward(
     dv = torch.empty((B, H, N, D), dtype=v.dtype, device=v.device)
     common = dict(CAUSAL=causal, HEAD_DIM=D, BLOCK_D=block_d, PRECISION=precision)
 
-    kernel, fixed = _kernel_for("dkdv", _attn_bwd_dkdv_kernel, BWD_DKDV_CONFIGS, dkdv_config)
+    kernel, fixed = _kernel_for("dkdv", _attn_bwd_dkdv_kernel, q.dtype, dkdv_config)
     kernel[_grid(lambda meta: B * H * triton.cdiv(N, meta["BLOCK_N"]))](
         q, k, v, do, dk, dv, lse, delta,
         *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
         H, N, scale * LOG2E, scale, **common, **fixed,
     )
-    kernel, fixed = _kernel_for("dq", _attn_bwd_dq_kernel, BWD_DQ_CONFIGS, dq_config)
+    kernel, fixed = _kernel_for("dq", _attn_bwd_dq_kernel, q.dtype, dq_config)
     kernel[_grid(lambda meta: B * H * triton.cdiv(N, meta["BLOCK_M"]))](
         q, k, v, do, dq, lse, delta,
         *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq),

@@ -82,15 +82,16 @@ def test_custom_scale_and_batch_heads(causal, device):
 # The GPU autotuner's tile configs, run through the interpreter: block-size logic (tails, the causal
 # diagonal spanning several key blocks, key blocks larger than query blocks) must hold for each. The
 # lists differ in length, so the shorter ones wrap around until every config has run.
-_N_CONFIG_CASES = max(len(fa.FWD_CONFIGS), len(fa.BWD_DKDV_CONFIGS), len(fa.BWD_DQ_CONFIGS))
+def _config_cases():
+    for dtype in (torch.float16, torch.float32):
+        lists = [fa.candidate_configs(k, dtype) for k in ("fwd", "dkdv", "dq")]
+        for i in range(max(map(len, lists))):
+            yield pytest.param(dtype, *(c[i % len(c)] for c in lists), id=f"{str(dtype)[6:]}-{i}")
 
 
-@pytest.mark.parametrize("case", range(_N_CONFIG_CASES))
-def test_each_tile_config(case, device):
-    fwd_cfg = fa.FWD_CONFIGS[case % len(fa.FWD_CONFIGS)]
-    dkdv_cfg = fa.BWD_DKDV_CONFIGS[case % len(fa.BWD_DKDV_CONFIGS)]
-    dq_cfg = fa.BWD_DQ_CONFIGS[case % len(fa.BWD_DQ_CONFIGS)]
-    q, k, v, do = _inputs((1, 2, 197, 64), torch.float16, device, seed=3)
+@pytest.mark.parametrize("dtype, fwd_cfg, dkdv_cfg, dq_cfg", list(_config_cases()))
+def test_each_tile_config(dtype, fwd_cfg, dkdv_cfg, dq_cfg, device):
+    q, k, v, do = _inputs((1, 2, 197, 64), dtype, device, seed=3)
     scale = 64**-0.5
     for causal in (False, True):
         out, lse = fa.attention_forward(q, k, v, causal, scale, config=fwd_cfg)
