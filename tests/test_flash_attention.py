@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vitfast.kernels import attention, reference
+from vitfast.kernels import attention
 from vitfast.kernels import flash_attention as fa
 
 DTYPES = [torch.float32, torch.float16]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 TRAIN_SYNONYMS = ("train", "training")
 VAL_SYNONYMS = ("val", "valid", "validation", "eval", "evaluation", "test")
@@ -200,13 +200,13 @@ def build_transform(cfg: TransformConfig, train: bool):
                        v2.Normalize(cfg.mean, cfg.std)])
 
 
-def build_loader(dataset: Dataset, *, batch_size: int, train: bool, workers: int, seed: int,
-                 distributed: bool = False) -> DataLoader:
-    """A DataLoader with pinned memory on CUDA hosts, a seeded shuffle, and a DistributedSampler under DDP."""
-    sampler = DistributedSampler(dataset, shuffle=train, seed=seed, drop_last=train) if distributed else None
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
-        num_workers=workers, pin_memory=torch.cuda.is_available(), drop_last=train,
-        collate_fn=collate_skipping_bad, generator=generator, persistent_workers=workers > 0,
-    )
+def build_loader(dataset: Dataset, *, batch_size: int, workers: int, sampler=None, drop_last: bool = False,
+                 seed: int = 0) -> DataLoader:
+    """A DataLoader over an ImageFolderDataset: skipped-image collation, pinned memory on CUDA hosts.
+
+    Worker seeds come from the loader's own generator, never from the global RNG that drives
+    dropout, so starting an iterator mid-epoch (after a resume) changes nothing downstream.
+    """
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=torch.cuda.is_available(), drop_last=drop_last,
+                      collate_fn=collate_skipping_bad, generator=torch.Generator().manual_seed(seed))

@@ -63,6 +63,5 @@ def evaluate_folder(model_dir, data_dir=None, *, batch_size: int = 256, workers:
     if len(val.classes) != model.config.num_classes:
         raise vdata.DataError(f"{root} has {len(val.classes)} classes but the model in {model_dir} predicts "
                               f"{model.config.num_classes}; evaluate it on the data it was trained for.")
-    loader = DataLoader(val, batch_size=batch_size, num_workers=workers, collate_fn=vdata.collate_skipping_bad,
-                        pin_memory=device.type == "cuda")
+    loader = vdata.build_loader(val, batch_size=batch_size, workers=workers)
     return evaluate(model, loader, device, amp_dtype_for(amp_dtype, device))

@@ -19,7 +19,7 @@ import random
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -28,12 +28,12 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
 from vitfast import data as vdata
 from vitfast.checkpoint import CheckpointError, atomic_write, save
 from vitfast.evaluate import evaluate
-from vitfast.models import create_model
+from vitfast.models import check_model_name, create_model
 
 STATE_NAME = "train_state.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -91,7 +91,6 @@ class TrainConfig:
     drop_path: float | None = None
     skip_bad_images: bool = False
     quiet: bool = False
-    max_steps_per_epoch: int | None = field(default=None, repr=False)  # for tests and smoke runs
 
 
 # --------------------------------------------------------------------------------------------------
@@ -267,14 +266,15 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
     Writes under cfg.output: the model folder (config.json + model.safetensors) and train_state.pt
     after every epoch, and metrics.jsonl.
     """
+    check_model_name(cfg.model)  # before any data work: a typo fails at once
     rt = init_runtime()
+    amp = amp_dtype_for(cfg.amp_dtype, rt.device)
     output = Path(cfg.output)
     default_data = cfg.data_dir is None
     root = vdata.default_data_dir() if default_data else Path(cfg.data_dir)
     if rt.world > 1:
         dist.barrier()  # rank 0 may have generated the default data; others wait until it is there
 
-    amp = amp_dtype_for(cfg.amp_dtype, rt.device)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
@@ -297,17 +297,11 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
     if val_set.classes != probe.classes:
         raise vdata.DataError(f"the train and val splits of {root} have different class folders.")
     sampler = EpochSampler(len(train_set), shuffle=True, seed=cfg.seed, rank=rt.rank, world=rt.world)
-    # Each loader draws its worker seeds from its own generator, never from the global RNG that
-    # drives dropout, so starting an iterator mid-epoch after a resume changes nothing downstream.
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                        pin_memory=rt.device.type == "cuda", drop_last=True,
-                        collate_fn=vdata.collate_skipping_bad, generator=torch.Generator().manual_seed(cfg.seed))
+    loader = vdata.build_loader(train_set, batch_size=cfg.batch_size, workers=cfg.workers, sampler=sampler,
+                                drop_last=True, seed=cfg.seed)
     val_sampler = EpochSampler(len(val_set), shuffle=False, seed=0, rank=rt.rank, world=rt.world)
-    val_loader = DataLoader(val_set, batch_size=cfg.batch_size, sampler=val_sampler, num_workers=cfg.workers,
-                            collate_fn=vdata.collate_skipping_bad, generator=torch.Generator().manual_seed(cfg.seed))
+    val_loader = vdata.build_loader(val_set, batch_size=cfg.batch_size, workers=cfg.workers, sampler=val_sampler)
     steps_per_epoch = len(loader) // cfg.grad_accum_steps
-    if cfg.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     if steps_per_epoch < 1:
         raise vdata.DataError(f"{train_root} has {len(train_set)} images: too few for one step of "
                               f"batch size {cfg.batch_size} × {rt.world} process(es) × "

@@ -42,15 +42,20 @@ def build_model(family: str, config) -> nn.Module:
     return FAMILIES[family][1](config)
 
 
+def check_model_name(name: str) -> None:
+    """Raise ValueError, suggesting close names, unless `name` is a model vitfast can create."""
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else " See `vitfast.list_models()`."
+        raise ValueError(f"unknown model {name!r}.{hint}")
+
+
 def create_model(name: str, **overrides) -> nn.Module:
     """A randomly initialized model by timm/open_clip name, with config fields overridden.
 
     Example: ``create_model("vit_base_patch16_224", num_classes=10, attn_backend="sdpa")``.
     """
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, _REGISTRY, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else " See `vitfast.list_models()`."
-        raise ValueError(f"unknown model {name!r}.{hint}")
+    check_model_name(name)
     family, base = _REGISTRY[name]
     config = build_config(family, {**dataclasses.asdict(base), **overrides})
     model = build_model(family, config)
