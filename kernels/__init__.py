@@ -1,9 +1,10 @@
 """vitfast's fused Triton kernels and their eager oracles (installed as ``vitfast.kernels``).
 
 Importing this package does not need Triton: the kernel files import it through ``_triton`` and
-only the ``"triton"`` backend requires it.
+only the ``"triton"`` backends require it.
 """
 
 from .flash_attention import attention
+from .swin_attention import window_attention
 
-__all__ = ["attention"]
+__all__ = ["attention", "window_attention"]

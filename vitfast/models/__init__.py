@@ -7,11 +7,18 @@ import difflib
 
 import torch.nn as nn
 
+from .swin import SWIN_CONFIGS, SwinConfig, SwinTransformer
 from .vit import VIT_CONFIGS, ViTConfig, VisionTransformer
 
 # family name -> (config class, model class); the family is stored in config.json.
-FAMILIES: dict[str, tuple[type, type[nn.Module]]] = {"vit": (ViTConfig, VisionTransformer)}
-_REGISTRY: dict[str, tuple[str, object]] = {name: ("vit", cfg) for name, cfg in VIT_CONFIGS.items()}
+FAMILIES: dict[str, tuple[type, type[nn.Module]]] = {
+    "vit": (ViTConfig, VisionTransformer),
+    "swin": (SwinConfig, SwinTransformer),
+}
+_REGISTRY: dict[str, tuple[str, object]] = {
+    **{name: ("vit", cfg) for name, cfg in VIT_CONFIGS.items()},
+    **{name: ("swin", cfg) for name, cfg in SWIN_CONFIGS.items()},
+}
 
 
 def list_models(pattern: str = "") -> list[str]:
@@ -63,4 +70,4 @@ def create_model(name: str, **overrides) -> nn.Module:
     return model
 
 
-__all__ = ["ViTConfig", "VisionTransformer", "create_model", "list_models"]
+__all__ = ["SwinConfig", "SwinTransformer", "ViTConfig", "VisionTransformer", "create_model", "list_models"]

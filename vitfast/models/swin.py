@@ -1,0 +1,214 @@
+"""Swin Transformer V1 (Liu et al., 2021), laid out exactly like timm's SwinTransformer.
+
+Parameter names match timm's for the same model name (buffers are non-persistent), so a timm state
+dict loads with ``strict=True`` and gives the same logits, also at input sizes other than the trained
+one (as timm with ``strict_img_size=False``). Every block's attention goes through
+``vitfast.kernels.window_attention`` with the backend from the config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from vitfast.kernels import window_attention
+from vitfast.kernels.reference import effective_window
+
+from .vit import DropPath, Mlp
+
+
+@dataclass
+class SwinConfig:
+    """Hyper-parameters of a Swin V1; `vitfast.create_model(name, **overrides)` starts from a named one."""
+
+    img_size: int = 224
+    patch_size: int = 4
+    in_chans: int = 3
+    num_classes: int = 1000
+    embed_dim: int = 96
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    window_size: int = 7
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.1
+    attn_backend: str = "auto"  # see vitfast.kernels.window_attention
+
+    def __post_init__(self) -> None:  # JSON round trips give lists
+        self.depths, self.num_heads = tuple(self.depths), tuple(self.num_heads)
+
+    def validate(self) -> None:
+        if len(self.depths) != len(self.num_heads):
+            raise ValueError(f"depths {self.depths} and num_heads {self.num_heads} differ in length.")
+        for i, heads in enumerate(self.num_heads):
+            if (self.embed_dim * 2**i) % heads:
+                raise ValueError(f"stage {i}: {self.embed_dim * 2**i} channels are not divisible by {heads} heads.")
+
+
+class PatchEmbed(nn.Module):
+    """Conv patchify + LayerNorm, channels last: (B, 3, H, W) to (B, H/p, W/p, C)."""
+
+    def __init__(self, patch_size: int, in_chans: int, dim: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, _, h, w = x.shape
+        p = self.patch_size
+        if h % p or w % p:  # as timm with strict_img_size=False: pad to whole patches
+            x = F.pad(x, (0, (-w) % p, 0, (-h) % p))
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class WindowAttention(nn.Module):
+    """qkv projection, relative-position bias table, fused (shifted) window attention, output projection."""
+
+    def __init__(self, dim: int, num_heads: int, window: tuple[int, int], qkv_bias: bool, backend: str):
+        super().__init__()
+        self.num_heads = num_heads
+        self.backend = backend
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros((2 * window[0] - 1) * (2 * window[1] - 1), num_heads))
+        self.proj = nn.Linear(dim, dim)
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def forward(self, x: torch.Tensor, window: tuple[int, int], shift: tuple[int, int]) -> torch.Tensor:
+        out = window_attention(self.qkv(x), self.relative_position_bias_table, num_heads=self.num_heads,
+                               window_size=window, shift_size=shift, qkv_bias=self.qkv.bias,
+                               shrink_window=False, backend=self.backend)
+        return self.proj(out)
+
+
+class SwinBlock(nn.Module):
+    """x + attn(norm1(x)) over (shifted) windows, then x + mlp(norm2(x)); (B, H, W, C) in and out."""
+
+    def __init__(self, dim: int, num_heads: int, resolution: tuple[int, int], window: int, shifted: bool,
+                 mlp_ratio: float, qkv_bias: bool, drop_path: float, backend: str):
+        super().__init__()
+        # Window and shift are fixed for the configured resolution, as in timm; a map no larger than
+        # the window shrinks it (and the bias table) and drops the shift along that axis.
+        self.window, self.shift = effective_window(*resolution, window, window // 2 if shifted else 0)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, num_heads, self.window, qkv_bias, backend)
+        self.drop_path1 = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path2 = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path1(self.attn(self.norm1(x), self.window, self.shift))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+
+class PatchMerging(nn.Module):
+    """2×2 neighbourhoods concatenated (timm's order), normalized, projected to 2·C: halves H and W."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+        H, W = x.shape[1], x.shape[2]
+        x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)
+        return self.reduction(self.norm(x))
+
+
+class SwinStage(nn.Module):
+    def __init__(self, dim: int, depth: int, num_heads: int, resolution: tuple[int, int], window: int,
+                 downsample: bool, mlp_ratio: float, qkv_bias: bool, drop_paths: list[float], backend: str):
+        super().__init__()
+        self.downsample = PatchMerging(dim // 2) if downsample else nn.Identity()
+        self.blocks = nn.Sequential(*[
+            SwinBlock(dim, num_heads, resolution, window, i % 2 == 1, mlp_ratio, qkv_bias, drop_paths[i], backend)
+            for i in range(depth)
+        ])
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        for block in self.blocks:
+            x = checkpoint(block, x, use_reentrant=False) if self.grad_checkpointing and self.training else block(x)
+        return x
+
+
+class ClassifierHead(nn.Module):
+    """Average over H and W, dropout, linear (timm's `head.fc`)."""
+
+    def __init__(self, dim: int, num_classes: int, drop_rate: float):
+        super().__init__()
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(x.mean(dim=(1, 2)))
+        return x if pre_logits else self.fc(x)
+
+
+class SwinTransformer(nn.Module):
+    """Swin V1 with timm's module names: patch_embed, layers.{i}.downsample/blocks, norm, head.fc."""
+
+    def __init__(self, config: SwinConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        dims = [config.embed_dim * 2**i for i in range(len(config.depths))]
+        self.patch_embed = PatchEmbed(config.patch_size, config.in_chans, dims[0])
+        grid = -(-config.img_size // config.patch_size)
+        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()
+        stages, start = [], 0
+        for i, (depth, heads) in enumerate(zip(config.depths, config.num_heads)):
+            res = -(-grid // 2**i)
+            stages.append(SwinStage(dims[i], depth, heads, (res, res), config.window_size, i > 0,
+                                    config.mlp_ratio, config.qkv_bias, rates[start:start + depth],
+                                    config.attn_backend))
+            start += depth
+        self.layers = nn.Sequential(*stages)
+        self.norm = nn.LayerNorm(dims[-1])
+        self.head = ClassifierHead(dims[-1], config.num_classes, config.drop_rate)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.layers:
+            stage.grad_checkpointing = enable
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.layers(self.patch_embed(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _named(dim: int, depths: tuple[int, ...], heads: tuple[int, ...], window: int = 7, img: int = 224,
+           **kw) -> SwinConfig:
+    return SwinConfig(img_size=img, embed_dim=dim, depths=depths, num_heads=heads, window_size=window, **kw)
+
+
+# timm's names and shapes. `swin_micro_patch2_window4_32` is vitfast's own, for the built-in 32×32 data.
+SWIN_CONFIGS: dict[str, SwinConfig] = {
+    "swin_tiny_patch4_window7_224": _named(96, (2, 2, 6, 2), (3, 6, 12, 24)),
+    "swin_small_patch4_window7_224": _named(96, (2, 2, 18, 2), (3, 6, 12, 24)),
+    "swin_base_patch4_window7_224": _named(128, (2, 2, 18, 2), (4, 8, 16, 32)),
+    "swin_base_patch4_window12_384": _named(128, (2, 2, 18, 2), (4, 8, 16, 32), window=12, img=384),
+    "swin_large_patch4_window7_224": _named(192, (2, 2, 18, 2), (6, 12, 24, 48)),
+    "swin_large_patch4_window12_384": _named(192, (2, 2, 18, 2), (6, 12, 24, 48), window=12, img=384),
+    "swin_micro_patch2_window4_32": _named(64, (2, 2, 2), (2, 4, 8), window=4, img=32, patch_size=2,
+                                           num_classes=10),
+}
