@@ -5,6 +5,7 @@ Installed as ``vitfast.cli``; run it as ``vitfast`` or ``python -m vitfast``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -77,7 +78,7 @@ def train_command(
     log = (lambda msg: None) if quiet else (lambda msg: err.print(msg, markup=False))
     with _user_errors():
         metrics = train(cfg, progress_factory=None if quiet else _epoch_progress(err), log=log)
-    if metrics:
+    if metrics and os.environ.get("RANK", "0") == "0":  # under torchrun, one table, from rank 0
         _print_result(metrics, json_out=False)
 
 
