@@ -120,7 +120,7 @@ def test_two_gloo_processes_equal_one_with_the_global_batch(tiny_image_folder, t
             "--attn-backend", "sdpa", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "vitfast", *args, "--batch-size", "8", "--output", str(tmp_path / "ddp")],
         env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
