@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from types import SimpleNamespace
 
+import torch
+
 try:
     import triton
     import triton.language as tl
@@ -32,3 +34,11 @@ def require_triton() -> None:
             f"backend='triton' needs the triton package, which failed to import ({TRITON_ERROR}); "
             "install it (`pip install triton`, Linux only) or use backend='sdpa' or 'eager'."
         )
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """`tl.dot`'s input_precision: float32 follows torch's own matmul setting (TF32 only when
+    torch.backends.cuda.matmul.allow_tf32 is on), so a kernel is as exact as torch's matmul."""
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import reference
-from ._triton import interpreting, require_triton, tl, triton
+from ._triton import dot_precision, interpreting, require_triton, tl, triton
 
 Backend = Literal["auto", "triton", "sdpa", "eager"]
 
@@ -392,13 +392,6 @@ def _kernel_for(name: str, kernel, dtype: torch.dtype, config: TileConfig | None
 # --------------------------------------------------------------------------------------------------
 
 
-def _precision(dtype: torch.dtype) -> str:
-    # float32 follows torch's own matmul setting so the Triton path is as exact as torch's matmul.
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return "ieee"
-    return "tf32"
-
-
 def _grid(n_blocks_of):
     return lambda meta: (n_blocks_of(meta),)
 
@@ -449,7 +442,7 @@ def attention_forward(
         q, k, v, out, lse,
         *_strides(q), *_strides(k), *_strides(v), *_strides(out),
         H, N, scale * LOG2E,
-        CAUSAL=causal, HEAD_DIM=D, BLOCK_D=_block_d(D), PRECISION=_precision(q.dtype),
+        CAUSAL=causal, HEAD_DIM=D, BLOCK_D=_block_d(D), PRECISION=dot_precision(q.dtype),
         **fixed,
     )
     return out, lse
@@ -463,7 +456,7 @@ def attention_backward(
     """Run the backward kernels; returns dQ, dK, dV with the shapes and dtype of q, k, v."""
     B, H, N, D = q.shape
     block_d = _block_d(D)
-    precision = _precision(q.dtype)
+    precision = dot_precision(q.dtype)
     delta = torch.empty_like(lse)
     _attn_bwd_delta_kernel[(B * H * triton.cdiv(N, DELTA_BLOCK_M),)](
         out, do, delta, *_strides(out), *_strides(do), H, N,
