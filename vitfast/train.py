@@ -358,21 +358,16 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
 
     metrics: dict = {}
     epoch = start_epoch
-    step_in_epoch = start_step
     # optimizer steps done in the current epoch, and whether Ctrl-C asked to stop
     position = {"step": start_step, "stop": False}
     try:
         for epoch in range(start_epoch, cfg.epochs):
             train_set.epoch = epoch
-            skip = step_in_epoch * cfg.grad_accum_steps * cfg.batch_size if epoch == start_epoch else 0
-            if epoch != start_epoch:
-                step_in_epoch = 0
-            sampler.set_epoch(epoch, skip=skip)
-            position["step"] = step_in_epoch
+            position["step"] = start_step if epoch == start_epoch else 0
+            sampler.set_epoch(epoch, skip=position["step"] * cfg.grad_accum_steps * cfg.batch_size)
             with _deferred_sigint(position):
                 stats = _train_epoch(run_model, model, loader, optimizer, scheduler, scaler, cfg, rt, amp,
                                      epoch, position, steps_per_epoch, progress_factory)
-            step_in_epoch = steps_per_epoch
             val = evaluate(model, val_loader, rt.device, amp, distributed=rt.world > 1)
             metrics = {"epoch": epoch + 1, **stats, **{f"val_{k}": v for k, v in val.items()}}
             if rt.is_main:
