@@ -94,7 +94,7 @@ def _table_window(bias_table: torch.Tensor, requested: tuple[int, int], used: tu
 
 @dataclass(frozen=True)
 class WindowGeometry:
-    """How a (B, H, W) map was rolled, padded and cut into windows (for :func:`window_merge`)."""
+    """How a (B, H, W) map is rolled, padded and cut into windows, and which window the bias table is for."""
 
     batch: int
     height: int
@@ -102,45 +102,63 @@ class WindowGeometry:
     padded: tuple[int, int]
     window: tuple[int, int]
     shift: tuple[int, int]
+    table_window: tuple[int, int]
+
+    @property
+    def windows_per_row(self) -> int:
+        return self.padded[1] // self.window[1]
+
+    @property
+    def num_windows(self) -> int:
+        return (self.padded[0] // self.window[0]) * self.windows_per_row
+
+
+def window_geometry(qkv: torch.Tensor, bias_table: torch.Tensor, window_size: int | tuple[int, int],
+                    shift_size: int | tuple[int, int], shrink_window: bool = True) -> WindowGeometry:
+    """The window, shift, padded size and bias-table window for a (B, H, W, 3·C) map.
+
+    With shrink_window=False the window and shift are used as given even on a smaller map (padded up
+    to one window), as timm's blocks do at input sizes other than the one they were built for.
+    """
+    B, H, W, _ = qkv.shape
+    if shrink_window:
+        (wh, ww), shift = effective_window(H, W, window_size, shift_size)
+    else:
+        (wh, ww), shift = _pair(window_size), _pair(shift_size)
+    table_window = _table_window(bias_table, _pair(window_size), (wh, ww))
+    return WindowGeometry(B, H, W, (H + (-H) % wh, W + (-W) % ww), (wh, ww), shift, table_window)
 
 
 def window_partition_qkv(
     qkv: torch.Tensor, bias_table: torch.Tensor, *, num_heads: int, window_size: int | tuple[int, int],
     shift_size: int | tuple[int, int], qkv_bias: torch.Tensor | None = None, shrink_window: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, WindowGeometry]:
-    """Roll, pad and partition a (B, H, W, 3·C) projection as timm does.
-
-    With shrink_window=False the window and shift are used as given even on a smaller map (padded up
-    to one window), as timm's blocks do at input sizes other than the one they were built for.
+    """Roll, pad and partition a (B, H, W, 3·C) projection as timm does (geometry: window_geometry).
 
     Returns q, k, v of shape (B, windows, heads, M, head_dim); the additive bias + shift mask of
     shape (windows, heads, M, M) (materialized: this is the oracle); and the geometry.
     """
+    g = window_geometry(qkv, bias_table, window_size, shift_size, shrink_window)
     B, H, W, C3 = qkv.shape
     C = C3 // 3
-    if shrink_window:
-        (wh, ww), (sh, sw) = effective_window(H, W, window_size, shift_size)
-    else:
-        (wh, ww), (sh, sw) = _pair(window_size), _pair(shift_size)
-    table_window = _table_window(bias_table, _pair(window_size), (wh, ww))
+    (Hp, Wp), (wh, ww), (sh, sw) = g.padded, g.window, g.shift
     x = torch.roll(qkv, shifts=(-sh, -sw), dims=(1, 2)) if sh or sw else qkv
-    Hp, Wp = H + (-H) % wh, W + (-W) % ww
     if (Hp, Wp) != (H, W):
         # timm pads the normalized map with zeros before the projection: padded q, k, v are its bias.
         fill = qkv_bias if qkv_bias is not None else qkv.new_zeros(C3)
         padded = fill.to(qkv.dtype).expand(B, Hp, Wp, C3).clone()
         padded[:, :H, :W] = x
         x = padded
-    M, n_win = wh * ww, (Hp // wh) * (Wp // ww)
+    M, n_win = wh * ww, g.num_windows
     windows = x.view(B, Hp // wh, wh, Wp // ww, ww, C3).permute(0, 1, 3, 2, 4, 5)
     q, k, v = windows.reshape(B, n_win, M, 3, num_heads, C // num_heads).permute(3, 0, 1, 4, 2, 5).unbind(0)
-    index = relative_position_index(wh, ww, table_window).to(bias_table.device)
+    index = relative_position_index(wh, ww, g.table_window).to(bias_table.device)
     bias = bias_table[index.view(-1)].view(M, M, num_heads).permute(2, 0, 1)  # heads, M, M
     bias = bias.to(q.dtype).expand(n_win, num_heads, M, M)
     if sh or sw:
         mask = shift_mask(Hp, Wp, (wh, ww), (sh, sw)).to(device=q.device, dtype=q.dtype)
         bias = bias + mask[:, None]
-    return q, k, v, bias, WindowGeometry(B, H, W, (Hp, Wp), (wh, ww), (sh, sw))
+    return q, k, v, bias, g
 
 
 def window_merge(out: torch.Tensor, g: WindowGeometry) -> torch.Tensor:

@@ -140,22 +140,16 @@ def _triton_forward(qkv, bias_table, num_heads, window_size, shift_size, qkv_bia
     B, H, W, C3 = qkv.shape
     C = C3 // 3
     head_dim = C // num_heads
-    if shrink_window:
-        (wh, ww), (sh, sw) = reference.effective_window(H, W, window_size, shift_size)
-    else:
-        (wh, ww), (sh, sw) = reference._pair(window_size), reference._pair(shift_size)
-    th, tw = reference._table_window(bias_table, reference._pair(window_size), (wh, ww))
-    Hp, Wp = H + (-H) % wh, W + (-W) % ww
-    n_win_x = Wp // ww
-    n_win = (Hp // wh) * n_win_x
+    g = reference.window_geometry(qkv, bias_table, window_size, shift_size, shrink_window)
+    (Hp, Wp), (wh, ww), (sh, sw), (th, tw) = g.padded, g.window, g.shift, g.table_window
     out = torch.empty((B, H, W, C), dtype=qkv.dtype, device=qkv.device)
     scale = head_dim**-0.5 if scale is None else scale
     block_d = max(16, triton.next_power_of_2(head_dim))
-    grid = (B * n_win * num_heads * triton.cdiv(wh * ww, BLOCK_M),)
+    grid = (B * g.num_windows * num_heads * triton.cdiv(wh * ww, BLOCK_M),)
     _window_attn_fwd_kernel[grid](
         qkv, qkv_bias if qkv_bias is not None else qkv, bias_table, out,
         *qkv.stride(), *out.stride(), *bias_table.stride(),
-        H, W, C, num_heads, n_win_x, n_win, Hp, Wp, sh, sw, th, tw, scale * LOG2E,
+        H, W, C, num_heads, g.windows_per_row, g.num_windows, Hp, Wp, sh, sw, th, tw, scale * LOG2E,
         WH=wh, WW=ww, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
         HAS_SHIFT=bool(sh or sw), HAS_QKV_BIAS=qkv_bias is not None, PRECISION=dot_precision(qkv.dtype),
         num_warps=NUM_WARPS,
