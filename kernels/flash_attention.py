@@ -35,8 +35,8 @@ MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 128
 
 
 @triton.jit
-def _tile_ptrs(base, start, n_rows, stride_row, stride_col, ROWS: tl.constexpr, COLS: tl.constexpr):
-    """Pointers to rows [start, start+ROWS) × cols [0, COLS) of a (n_rows, D) matrix at `base`.
+def _tile_ptrs(base, start, stride_row, stride_col, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """Pointers to rows [start, start+ROWS) × cols [0, COLS) of a row-major-strided matrix at `base`.
 
     The row offset is taken in 64-bit as a scalar; the in-tile offsets stay 32-bit.
     """
@@ -75,7 +75,7 @@ def _fwd_inner(
     for start_n in range(lo, hi, BLOCK_N):
         k_ptrs = (k_base + tl.cast(start_n, tl.int64) * stride_kn
                   + offs_d[:, None] * stride_kd + offs_n[None, :] * stride_kn)
-        v_ptrs = _tile_ptrs(v_base, start_n, N, stride_vn, stride_vd, BLOCK_N, BLOCK_D)
+        v_ptrs = _tile_ptrs(v_base, start_n, stride_vn, stride_vd, BLOCK_N, BLOCK_D)
         if MASK:
             kv_mask_t = ((start_n + offs_n)[None, :] < N) & (offs_d[:, None] < HEAD_DIM)
             kT = tl.load(k_ptrs, mask=kv_mask_t, other=0.0)
@@ -129,7 +129,7 @@ def _attn_fwd_kernel(
     o_base = _head_base(O, bh, H, stride_ob, stride_oh)
 
     row_mask = _tile_mask(start_m, N, BLOCK_M, BLOCK_D, HEAD_DIM)
-    q = tl.load(_tile_ptrs(q_base, start_m, N, stride_qn, stride_qd, BLOCK_M, BLOCK_D),
+    q = tl.load(_tile_ptrs(q_base, start_m, stride_qn, stride_qd, BLOCK_M, BLOCK_D),
                 mask=row_mask, other=0.0)
 
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -154,7 +154,7 @@ def _attn_fwd_kernel(
                                True, CAUSAL, HEAD_DIM, BLOCK_N, BLOCK_D, PRECISION)
 
     acc = acc / l_i[:, None]
-    tl.store(_tile_ptrs(o_base, start_m, N, stride_on, stride_od, BLOCK_M, BLOCK_D),
+    tl.store(_tile_ptrs(o_base, start_m, stride_on, stride_od, BLOCK_M, BLOCK_D),
              acc.to(O.dtype.element_ty), mask=row_mask)
     tl.store(LSE + tl.cast(bh, tl.int64) * N + offs_m, m_i + tl.math.log2(l_i), mask=offs_m < N)
 
@@ -173,10 +173,10 @@ def _attn_bwd_delta_kernel(
     bh = pid // num_m
     start_m = (pid % num_m) * BLOCK_M
     mask = _tile_mask(start_m, N, BLOCK_M, BLOCK_D, HEAD_DIM)
-    o = tl.load(_tile_ptrs(_head_base(O, bh, H, stride_ob, stride_oh), start_m, N,
-                           stride_on, stride_od, BLOCK_M, BLOCK_D), mask=mask, other=0.0)
-    do = tl.load(_tile_ptrs(_head_base(DO, bh, H, stride_dob, stride_doh), start_m, N,
-                            stride_don, stride_dod, BLOCK_M, BLOCK_D), mask=mask, other=0.0)
+    o = tl.load(_tile_ptrs(_head_base(O, bh, H, stride_ob, stride_oh),
+                           start_m, stride_on, stride_od, BLOCK_M, BLOCK_D), mask=mask, other=0.0)
+    do = tl.load(_tile_ptrs(_head_base(DO, bh, H, stride_dob, stride_doh),
+                            start_m, stride_don, stride_dod, BLOCK_M, BLOCK_D), mask=mask, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     tl.store(DELTA + tl.cast(bh, tl.int64) * N + offs_m, delta, mask=offs_m < N)
@@ -213,10 +213,10 @@ def _attn_bwd_dkdv_kernel(
     delta_base = DELTA + tl.cast(bh, tl.int64) * N
 
     kv_mask = _tile_mask(start_n, N, BLOCK_N, BLOCK_D, HEAD_DIM)
-    k = tl.load(_tile_ptrs(_head_base(K, bh, H, stride_kb, stride_kh), start_n, N,
-                           stride_kn, stride_kd, BLOCK_N, BLOCK_D), mask=kv_mask, other=0.0)
-    v = tl.load(_tile_ptrs(_head_base(V, bh, H, stride_vb, stride_vh), start_n, N,
-                           stride_vn, stride_vd, BLOCK_N, BLOCK_D), mask=kv_mask, other=0.0)
+    k = tl.load(_tile_ptrs(_head_base(K, bh, H, stride_kb, stride_kh),
+                           start_n, stride_kn, stride_kd, BLOCK_N, BLOCK_D), mask=kv_mask, other=0.0)
+    v = tl.load(_tile_ptrs(_head_base(V, bh, H, stride_vb, stride_vh),
+                           start_n, stride_vn, stride_vd, BLOCK_N, BLOCK_D), mask=kv_mask, other=0.0)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
 
@@ -227,7 +227,7 @@ def _attn_bwd_dkdv_kernel(
         qT_ptrs = (q_base + tl.cast(start_m, tl.int64) * stride_qn
                    + offs_d[:, None] * stride_qd + arange_m[None, :] * stride_qn)
         qT = tl.load(qT_ptrs, mask=(offs_d[:, None] < HEAD_DIM) & m_in[None, :], other=0.0)
-        do = tl.load(_tile_ptrs(do_base, start_m, N, stride_don, stride_dod, BLOCK_M, BLOCK_D),
+        do = tl.load(_tile_ptrs(do_base, start_m, stride_don, stride_dod, BLOCK_M, BLOCK_D),
                      mask=_tile_mask(start_m, N, BLOCK_M, BLOCK_D, HEAD_DIM), other=0.0)
         # Rows past N get lse = +inf, hence probability 0, and delta 0.
         lse = tl.load(lse_base + offs_m, mask=m_in, other=float("inf"))
@@ -242,11 +242,11 @@ def _attn_bwd_dkdv_kernel(
         dk = tl.dot(dsT.to(qT.dtype), tl.trans(qT), dk, input_precision=PRECISION)
 
     dk = dk * sm_scale
-    tl.store(_tile_ptrs(_head_base(DK, bh, H, stride_dkb, stride_dkh), start_n, N,
-                        stride_dkn, stride_dkd, BLOCK_N, BLOCK_D),
+    tl.store(_tile_ptrs(_head_base(DK, bh, H, stride_dkb, stride_dkh),
+                        start_n, stride_dkn, stride_dkd, BLOCK_N, BLOCK_D),
              dk.to(DK.dtype.element_ty), mask=kv_mask)
-    tl.store(_tile_ptrs(_head_base(DV, bh, H, stride_dvb, stride_dvh), start_n, N,
-                        stride_dvn, stride_dvd, BLOCK_N, BLOCK_D),
+    tl.store(_tile_ptrs(_head_base(DV, bh, H, stride_dvb, stride_dvh),
+                        start_n, stride_dvn, stride_dvd, BLOCK_N, BLOCK_D),
              dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
@@ -278,10 +278,10 @@ def _attn_bwd_dq_kernel(
     k_base = _head_base(K, bh, H, stride_kb, stride_kh)
     v_base = _head_base(V, bh, H, stride_vb, stride_vh)
     q_mask = _tile_mask(start_m, N, BLOCK_M, BLOCK_D, HEAD_DIM)
-    q = tl.load(_tile_ptrs(_head_base(Q, bh, H, stride_qb, stride_qh), start_m, N,
-                           stride_qn, stride_qd, BLOCK_M, BLOCK_D), mask=q_mask, other=0.0)
-    do = tl.load(_tile_ptrs(_head_base(DO, bh, H, stride_dob, stride_doh), start_m, N,
-                            stride_don, stride_dod, BLOCK_M, BLOCK_D), mask=q_mask, other=0.0)
+    q = tl.load(_tile_ptrs(_head_base(Q, bh, H, stride_qb, stride_qh),
+                           start_m, stride_qn, stride_qd, BLOCK_M, BLOCK_D), mask=q_mask, other=0.0)
+    do = tl.load(_tile_ptrs(_head_base(DO, bh, H, stride_dob, stride_doh),
+                            start_m, stride_don, stride_dod, BLOCK_M, BLOCK_D), mask=q_mask, other=0.0)
     lse = tl.load(LSE + tl.cast(bh, tl.int64) * N + offs_m, mask=m_in, other=float("inf"))
     delta = tl.load(DELTA + tl.cast(bh, tl.int64) * N + offs_m, mask=m_in, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -306,8 +306,8 @@ def _attn_bwd_dq_kernel(
         dq = tl.dot(ds.to(kT.dtype), tl.trans(kT), dq, input_precision=PRECISION)
 
     dq = dq * sm_scale
-    tl.store(_tile_ptrs(_head_base(DQ, bh, H, stride_dqb, stride_dqh), start_m, N,
-                        stride_dqn, stride_dqd, BLOCK_M, BLOCK_D),
+    tl.store(_tile_ptrs(_head_base(DQ, bh, H, stride_dqb, stride_dqh),
+                        start_m, stride_dqn, stride_dqd, BLOCK_M, BLOCK_D),
              dq.to(DQ.dtype.element_ty), mask=q_mask)
 
 
