@@ -1,11 +1,22 @@
-"""Swin's shifted-window attention: the fused Triton forward, the public op and its backends.
+"""Swin's shifted-window attention: fused Triton forward and backward, the autograd Function, the
+public op and its backends.
 
-The Triton forward reads q, k, v straight from the (B, H, W, 3·C) projection: each program takes one
-(window, head, block of query rows), works out where each window token sits in the un-shifted map
-(roll, padding and partition are address arithmetic), gathers the relative-position bias from the
-table and derives the shift mask from region ids, and writes its rows back to the un-shifted
-layout. No rolled or partitioned copy, and no bias or mask tensor, exists in memory. The backward
-kernel is not written yet, so `backend="triton"` serves inference (no gradients) only.
+Every Triton program reads q, k, v straight from the (B, H, W, 3·C) projection: it works out where
+each window token sits in the un-shifted map (roll, padding and partition are address arithmetic),
+gathers the relative-position bias from the table, derives the shift mask from region ids, and
+writes its rows back to the un-shifted layout. No rolled or partitioned copy, and no bias or mask
+tensor of size windows×M×M, exists in memory.
+
+- Forward: one program per (batch, window, head, block of query rows); online softmax in base 2.
+  It saves the row log-sum-exp (B·windows·heads·M floats) for the backward.
+- Backward: one program per (group of batch items, window, head); it recomputes the window's
+  scores, writes dq, dk, dv into dqkv, and sums dS (the bias gradient) over its batch items in
+  registers. The per-program sums are added in a fixed order and gathered into the table's rows,
+  so the backward is deterministic (no atomics). Windows larger than one 64-token tile (window 12)
+  take the same path tile by tile, accumulating dq and the bias sum through a per-program fp32
+  scratch.
+- Padded tokens (maps not a multiple of the window) are the projection's bias `qkv_bias`, as in
+  timm, which pads before the projection; their dk, dv flow to `qkv_bias`'s gradient.
 
 `backend="eager"` is the oracle in kernels/reference.py; `backend="sdpa"` feeds the same windows to
 torch's scaled_dot_product_attention with bias + shift mask as `attn_mask` (one (windows, heads,
@@ -14,6 +25,8 @@ M, M) tensor, broadcast over the batch).
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Literal
 
 import torch
@@ -24,6 +37,11 @@ from ._triton import dot_precision, interpreting, require_triton, tl, triton
 
 Backend = Literal["auto", "triton", "sdpa", "eager"]
 LOG2E = 1.4426950408889634
+
+
+# --------------------------------------------------------------------------------------------------
+# Address arithmetic shared by the kernels
+# --------------------------------------------------------------------------------------------------
 
 
 @triton.jit
@@ -45,7 +63,14 @@ def _window_tokens(win_y, win_x, start, H, W, sh, sw, WH: tl.constexpr, WW: tl.c
     real = in_window & (py < H) & (px < W)
     oy = (py + sh) % H
     ox = (px + sw) % W
-    return ty, tx, py, px, oy, ox, in_window, real
+    return t, ty, tx, py, px, oy, ox, in_window, real
+
+
+@triton.jit
+def _map_ptrs(base, oy, ox, channel, stride_h, stride_w, stride_c):
+    """Pointers to a (tokens, channels) tile of a channels-last map."""
+    return (base + tl.cast(oy, tl.int64)[:, None] * stride_h + tl.cast(ox, tl.int64)[:, None] * stride_w
+            + channel[None, :] * stride_c)
 
 
 @triton.jit
@@ -53,8 +78,7 @@ def _load_part(qkv_base, qkv_bias, oy, ox, real, offs_d, part_offset, stride_h, 
                HEAD_DIM: tl.constexpr, HAS_QKV_BIAS: tl.constexpr):
     """q, k or v rows (BLOCK, BLOCK_D) of real tokens; padded tokens get the projection's bias."""
     d_ok = offs_d < HEAD_DIM
-    ptrs = (qkv_base + tl.cast(oy, tl.int64)[:, None] * stride_h + tl.cast(ox, tl.int64)[:, None] * stride_w
-            + (part_offset + offs_d)[None, :] * stride_c)
+    ptrs = _map_ptrs(qkv_base, oy, ox, part_offset + offs_d, stride_h, stride_w, stride_c)
     x = tl.load(ptrs, mask=real[:, None] & d_ok[None, :], other=0.0)
     if HAS_QKV_BIAS:
         b = tl.load(qkv_bias + part_offset + offs_d, mask=d_ok, other=0.0)
@@ -63,11 +87,33 @@ def _load_part(qkv_base, qkv_bias, oy, ox, real, offs_d, part_offset, stride_h, 
 
 
 @triton.jit
+def _score_bias(qy, qx, qpy, qpx, q_in, ky, kx, kpy, kpx, k_in, table, stride_t_row, stride_t_head, head,
+                TH, TW, Hp, Wp, sh, sw, WH: tl.constexpr, WW: tl.constexpr, HAS_SHIFT: tl.constexpr):
+    """What the scores of a (query tile, key tile) get added, in base-2 units: the gathered
+    relative-position bias, the −100 shift mask across regions, −inf for keys outside the window."""
+    rel = (qy[:, None] - ky[None, :] + TH - 1) * (2 * TW - 1) + (qx[:, None] - kx[None, :] + TW - 1)
+    pair_in = q_in[:, None] & k_in[None, :]
+    bias = tl.load(table + rel * stride_t_row + head * stride_t_head, mask=pair_in, other=0.0)
+    add = bias.to(tl.float32) * 1.4426950408889634
+    if HAS_SHIFT:
+        q_region = _region(qpy, Hp, WH, sh) * 3 + _region(qpx, Wp, WW, sw)
+        k_region = _region(kpy, Hp, WH, sh) * 3 + _region(kpx, Wp, WW, sw)
+        add += tl.where(q_region[:, None] != k_region[None, :], -100.0 * 1.4426950408889634, 0.0)
+    return tl.where(k_in[None, :], add, float("-inf"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Forward
+# --------------------------------------------------------------------------------------------------
+
+
+@triton.jit
 def _window_attn_fwd_kernel(
     QKV,  # (B, H, W, 3·C), any strides
     QKV_BIAS,  # (3·C,) or a dummy pointer when HAS_QKV_BIAS is False
     TABLE,  # ((2·TH−1)·(2·TW−1), heads) relative-position bias, any strides
     OUT,  # (B, H, W, C), any strides
+    LSE,  # (B, windows, heads, M) fp32, base-2 log-sum-exp of the scaled scores
     stride_b, stride_h, stride_w, stride_c,
     stride_ob, stride_oh, stride_ow, stride_oc,
     stride_t_row, stride_t_head,
@@ -91,32 +137,24 @@ def _window_attn_fwd_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     qkv_base = QKV + tl.cast(b, tl.int64) * stride_b
     head_c = head * HEAD_DIM
-    qy, qx, qpy, qpx, qoy, qox, q_in, q_real = _window_tokens(win_y, win_x, m_block * BLOCK_M, H, W, sh, sw,
-                                                              WH, WW, BLOCK_M)
+    qt, qy, qx, qpy, qpx, qoy, qox, q_in, q_real = _window_tokens(win_y, win_x, m_block * BLOCK_M, H, W, sh, sw,
+                                                                  WH, WW, BLOCK_M)
     q = _load_part(qkv_base, QKV_BIAS, qoy, qox, q_real, offs_d, head_c, stride_h, stride_w, stride_c,
                    HEAD_DIM, HAS_QKV_BIAS)
-    if HAS_SHIFT:
-        q_region = _region(qpy, Hp, WH, sh) * 3 + _region(qpx, Wp, WW, sw)
 
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     for start_n in range(0, WH * WW, BLOCK_N):
-        ky, kx, kpy, kpx, koy, kox, k_in, k_real = _window_tokens(win_y, win_x, start_n, H, W, sh, sw,
-                                                                  WH, WW, BLOCK_N)
+        kt, ky, kx, kpy, kpx, koy, kox, k_in, k_real = _window_tokens(win_y, win_x, start_n, H, W, sh, sw,
+                                                                      WH, WW, BLOCK_N)
         k = _load_part(qkv_base, QKV_BIAS, koy, kox, k_real, offs_d, C + head_c, stride_h, stride_w,
                        stride_c, HEAD_DIM, HAS_QKV_BIAS)
         v = _load_part(qkv_base, QKV_BIAS, koy, kox, k_real, offs_d, 2 * C + head_c, stride_h, stride_w,
                        stride_c, HEAD_DIM, HAS_QKV_BIAS)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
-        rel = (qy[:, None] - ky[None, :] + TH - 1) * (2 * TW - 1) + (qx[:, None] - kx[None, :] + TW - 1)
-        pair_in = q_in[:, None] & k_in[None, :]
-        bias = tl.load(TABLE + rel * stride_t_row + head * stride_t_head, mask=pair_in, other=0.0)
-        s += bias.to(tl.float32) * 1.4426950408889634
-        if HAS_SHIFT:
-            k_region = _region(kpy, Hp, WH, sh) * 3 + _region(kpx, Wp, WW, sw)
-            s += tl.where(q_region[:, None] != k_region[None, :], -100.0 * 1.4426950408889634, 0.0)
-        s = tl.where(k_in[None, :], s, float("-inf"))
+        s += _score_bias(qy, qx, qpy, qpx, q_in, ky, kx, kpy, kpx, k_in, TABLE, stride_t_row, stride_t_head,
+                         head, TH, TW, Hp, Wp, sh, sw, WH, WW, HAS_SHIFT)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.math.exp2(s - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
@@ -125,36 +163,383 @@ def _window_attn_fwd_kernel(
         m_i = m_new
 
     acc = acc / l_i[:, None]
-    out_ptrs = (OUT + tl.cast(b, tl.int64) * stride_ob + tl.cast(qoy, tl.int64)[:, None] * stride_oh
-                + tl.cast(qox, tl.int64)[:, None] * stride_ow + (head_c + offs_d)[None, :] * stride_oc)
+    out_ptrs = _map_ptrs(OUT + tl.cast(b, tl.int64) * stride_ob, qoy, qox, head_c + offs_d,
+                         stride_oh, stride_ow, stride_oc)
     tl.store(out_ptrs, acc.to(OUT.dtype.element_ty), mask=q_real[:, None] & (offs_d < HEAD_DIM)[None, :])
+    lse_row = ((tl.cast(b, tl.int64) * n_win + win) * heads + head) * (WH * WW)
+    tl.store(LSE + lse_row + qt, m_i + tl.math.log2(l_i), mask=q_in)
 
 
-# The launch configuration (one, for now): 64-row tiles cover a 7×7 window (49 tokens) in one block
-# and a 12×12 window (144) in three; M = 64 keeps every dot on wgmma on sm_90. The compile gate
-# (tests/test_swin_attention_compile.py) builds it for sm_80 and sm_90.
-BLOCK_M, BLOCK_N, NUM_WARPS = 64, 64, 8
+# --------------------------------------------------------------------------------------------------
+# Backward
+# --------------------------------------------------------------------------------------------------
 
 
-def _triton_forward(qkv, bias_table, num_heads, window_size, shift_size, qkv_bias, scale, shrink_window):
+@triton.jit
+def _bwd_tile(q, k, v, do, lse, delta, add, pair_ok, scale_log2, PRECISION: tl.constexpr):
+    """One (query tile, key tile) of the backward: the probabilities P and dS = P∘(dP − delta), the
+    gradient of the scores in natural units (before the scale; it is also the bias gradient)."""
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2 + add
+    p = tl.where(pair_ok, tl.math.exp2(s - lse[:, None]), 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+    ds = p * (dp - delta[:, None])
+    return p, ds
+
+
+@triton.jit
+def _load_rows(qkv_base, out_base, do_base, LSE, QKV_BIAS, lse_row, t, oy, ox, in_window, real, offs_d, head_c,
+               stride_h, stride_w, stride_c, stride_oh, stride_ow, stride_oc, stride_dh, stride_dw, stride_dc,
+               HEAD_DIM: tl.constexpr, HAS_QKV_BIAS: tl.constexpr):
+    """A query tile's q, dO, the row LSE and delta = rowsum(dO∘O). Padded rows have dO = 0: the
+    window reverse crops them, so they pass no gradient on."""
+    d_ok = offs_d < HEAD_DIM
+    q = _load_part(qkv_base, QKV_BIAS, oy, ox, real, offs_d, head_c, stride_h, stride_w, stride_c,
+                   HEAD_DIM, HAS_QKV_BIAS)
+    row_mask = real[:, None] & d_ok[None, :]
+    do = tl.load(_map_ptrs(do_base, oy, ox, head_c + offs_d, stride_dh, stride_dw, stride_dc), mask=row_mask,
+                 other=0.0)
+    o = tl.load(_map_ptrs(out_base, oy, ox, head_c + offs_d, stride_oh, stride_ow, stride_oc), mask=row_mask,
+                other=0.0)
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+    lse = tl.load(LSE + lse_row + t, mask=in_window, other=0.0)
+    return q, do.to(q.dtype), lse, delta
+
+
+@triton.jit
+def _window_attn_bwd_kernel(
+    QKV,  # (B, H, W, 3·C), any strides
+    QKV_BIAS,  # (3·C,) or a dummy pointer when HAS_QKV_BIAS is False
+    TABLE,  # ((2·TH−1)·(2·TW−1), heads), any strides
+    OUT,  # (B, H, W, C) the forward's output, any strides
+    DOUT,  # (B, H, W, C), any strides
+    LSE,  # (B, windows, heads, M) fp32 from the forward
+    DQKV,  # (B, H, W, 3·C), any strides: every real token's q, k, v slice is written once
+    DBIAS,  # (groups, windows, heads, M, M) fp32: dS summed over the group's batch items
+    DPAD,  # (groups, windows, heads, 2, HEAD_DIM) fp32: dk, dv summed over padded tokens
+    DQ_ACC,  # (groups·windows·heads, TILES·BLOCK, BLOCK_D) fp32 scratch, used when TILES > 1
+    stride_b, stride_h, stride_w, stride_c,
+    stride_ob, stride_oh, stride_ow, stride_oc,
+    stride_db, stride_dh, stride_dw, stride_dc,
+    stride_gb, stride_gh, stride_gw, stride_gc,
+    stride_t_row, stride_t_head,
+    B, batch_per_group, H, W, C, heads, n_win_x, n_win, Hp, Wp, sh, sw, TH, TW, scale, scale_log2,
+    WH: tl.constexpr, WW: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr,
+    TILES: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_QKV_BIAS: tl.constexpr, HAS_PAD: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    # Flat grid, heads fastest (they share the rows they read), then windows, then batch groups.
+    pid = tl.program_id(0)
+    head = pid % heads
+    rest = pid // heads
+    win = rest % n_win
+    group = rest // n_win
+    win_y = win // n_win_x
+    win_x = win % n_win_x
+    b_start = group * batch_per_group
+    b_end = tl.minimum(b_start + batch_per_group, B)
+
+    M: tl.constexpr = WH * WW
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    head_c = head * HEAD_DIM
+    slot = (tl.cast(group, tl.int64) * n_win + win) * heads + head
+    dbias_base = DBIAS + slot * (M * M)
+    pad_k = tl.zeros([BLOCK_D], dtype=tl.float32)
+    pad_v = tl.zeros([BLOCK_D], dtype=tl.float32)
+
+    if TILES == 1:
+        # The whole window is one tile (window ≤ 8): its bias and mask are loaded once, and the bias
+        # gradient is summed over the batch in registers.
+        t, ty, tx, py, px, oy, ox, t_in, real = _window_tokens(win_y, win_x, 0, H, W, sh, sw, WH, WW, BLOCK)
+        add = _score_bias(ty, tx, py, px, t_in, ty, tx, py, px, t_in, TABLE, stride_t_row, stride_t_head, head,
+                          TH, TW, Hp, Wp, sh, sw, WH, WW, HAS_SHIFT)
+        pair_ok = t_in[:, None] & t_in[None, :]
+        pad = t_in & (real == 0)
+        dbias = tl.zeros([BLOCK, BLOCK], dtype=tl.float32)
+        for b in range(b_start, b_end):
+            qkv_base = QKV + tl.cast(b, tl.int64) * stride_b
+            lse_row = ((tl.cast(b, tl.int64) * n_win + win) * heads + head) * M
+            q, do, lse, delta = _load_rows(qkv_base, OUT + tl.cast(b, tl.int64) * stride_ob,
+                                           DOUT + tl.cast(b, tl.int64) * stride_db, LSE, QKV_BIAS, lse_row, t,
+                                           oy, ox, t_in, real, offs_d, head_c, stride_h, stride_w, stride_c,
+                                           stride_oh, stride_ow, stride_oc, stride_dh, stride_dw, stride_dc,
+                                           HEAD_DIM, HAS_QKV_BIAS)
+            k = _load_part(qkv_base, QKV_BIAS, oy, ox, real, offs_d, C + head_c, stride_h, stride_w, stride_c,
+                           HEAD_DIM, HAS_QKV_BIAS)
+            v = _load_part(qkv_base, QKV_BIAS, oy, ox, real, offs_d, 2 * C + head_c, stride_h, stride_w,
+                           stride_c, HEAD_DIM, HAS_QKV_BIAS)
+            p, ds = _bwd_tile(q, k, v, do, lse, delta, add, pair_ok, scale_log2, PRECISION)
+            dbias += ds
+            dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
+            ds16 = ds.to(q.dtype)
+            dq = tl.dot(ds16, k, input_precision=PRECISION) * scale
+            dk = tl.dot(tl.trans(ds16), q, input_precision=PRECISION) * scale
+            g_base = DQKV + tl.cast(b, tl.int64) * stride_gb
+            store_mask = real[:, None] & d_ok[None, :]
+            ty_out = DQKV.dtype.element_ty
+            tl.store(_map_ptrs(g_base, oy, ox, head_c + offs_d, stride_gh, stride_gw, stride_gc), dq.to(ty_out),
+                     mask=store_mask)
+            tl.store(_map_ptrs(g_base, oy, ox, C + head_c + offs_d, stride_gh, stride_gw, stride_gc),
+                     dk.to(ty_out), mask=store_mask)
+            tl.store(_map_ptrs(g_base, oy, ox, 2 * C + head_c + offs_d, stride_gh, stride_gw, stride_gc),
+                     dv.to(ty_out), mask=store_mask)
+            if HAS_PAD:
+                pad_k += tl.sum(tl.where(pad[:, None], dk, 0.0), 0)
+                pad_v += tl.sum(tl.where(pad[:, None], dv, 0.0), 0)
+        tl.store(dbias_base + t[:, None] * M + t[None, :], dbias, mask=pair_ok)
+    else:
+        # Tile by tile (window 12: 144 tokens in three tiles). Per batch item: key tiles outer with dk,
+        # dv in registers, query tiles inner; dq and the bias sum go through fp32 scratch, which only
+        # this program touches (barriers order its read-after-write).
+        dq_base = DQ_ACC + (pid.to(tl.int64) * (TILES * BLOCK)) * BLOCK_D
+        rows = tl.arange(0, BLOCK)
+        for b in range(b_start, b_end):
+            qkv_base = QKV + tl.cast(b, tl.int64) * stride_b
+            out_base = OUT + tl.cast(b, tl.int64) * stride_ob
+            do_base = DOUT + tl.cast(b, tl.int64) * stride_db
+            g_base = DQKV + tl.cast(b, tl.int64) * stride_gb
+            lse_row = ((tl.cast(b, tl.int64) * n_win + win) * heads + head) * M
+            for j in range(TILES):
+                kt, ky, kx, kpy, kpx, koy, kox, k_in, k_real = _window_tokens(win_y, win_x, j * BLOCK, H, W, sh, sw,
+                                                                              WH, WW, BLOCK)
+                k = _load_part(qkv_base, QKV_BIAS, koy, kox, k_real, offs_d, C + head_c, stride_h, stride_w,
+                               stride_c, HEAD_DIM, HAS_QKV_BIAS)
+                v = _load_part(qkv_base, QKV_BIAS, koy, kox, k_real, offs_d, 2 * C + head_c, stride_h, stride_w,
+                               stride_c, HEAD_DIM, HAS_QKV_BIAS)
+                dk = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
+                dv = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
+                tl.debug_barrier()
+                for i in range(TILES):
+                    qt, qy, qx, qpy, qpx, qoy, qox, q_in, q_real = _window_tokens(win_y, win_x, i * BLOCK, H, W,
+                                                                                  sh, sw, WH, WW, BLOCK)
+                    q, do, lse, delta = _load_rows(qkv_base, out_base, do_base, LSE, QKV_BIAS, lse_row, qt,
+                                                   qoy, qox, q_in, q_real, offs_d, head_c, stride_h, stride_w,
+                                                   stride_c, stride_oh, stride_ow, stride_oc, stride_dh,
+                                                   stride_dw, stride_dc, HEAD_DIM, HAS_QKV_BIAS)
+                    add = _score_bias(qy, qx, qpy, qpx, q_in, ky, kx, kpy, kpx, k_in, TABLE, stride_t_row,
+                                      stride_t_head, head, TH, TW, Hp, Wp, sh, sw, WH, WW, HAS_SHIFT)
+                    pair_ok = q_in[:, None] & k_in[None, :]
+                    p, ds = _bwd_tile(q, k, v, do, lse, delta, add, pair_ok, scale_log2, PRECISION)
+                    dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv, input_precision=PRECISION)
+                    ds16 = ds.to(q.dtype)
+                    dk = tl.dot(tl.trans(ds16), q, dk, input_precision=PRECISION)
+                    # Scratch read-modify-writes; the first key tile / first batch item overwrites.
+                    dq_ptrs = dq_base + (i * BLOCK + rows)[:, None] * BLOCK_D + offs_d[None, :]
+                    dq = tl.dot(ds16, k, input_precision=PRECISION)
+                    if j > 0:
+                        dq += tl.load(dq_ptrs)
+                    tl.store(dq_ptrs, dq)
+                    db_ptrs = dbias_base + qt[:, None] * M + kt[None, :]
+                    if b > b_start:
+                        ds += tl.load(db_ptrs, mask=pair_ok, other=0.0)
+                    tl.store(db_ptrs, ds, mask=pair_ok)
+                dk *= scale
+                store_mask = k_real[:, None] & d_ok[None, :]
+                ty_out = DQKV.dtype.element_ty
+                tl.store(_map_ptrs(g_base, koy, kox, C + head_c + offs_d, stride_gh, stride_gw, stride_gc),
+                         dk.to(ty_out), mask=store_mask)
+                tl.store(_map_ptrs(g_base, koy, kox, 2 * C + head_c + offs_d, stride_gh, stride_gw, stride_gc),
+                         dv.to(ty_out), mask=store_mask)
+                if HAS_PAD:
+                    k_pad = k_in & (k_real == 0)
+                    pad_k += tl.sum(tl.where(k_pad[:, None], dk, 0.0), 0)
+                    pad_v += tl.sum(tl.where(k_pad[:, None], dv, 0.0), 0)
+            tl.debug_barrier()
+            for i in range(TILES):
+                qt, qy, qx, qpy, qpx, qoy, qox, q_in, q_real = _window_tokens(win_y, win_x, i * BLOCK, H, W, sh, sw,
+                                                                              WH, WW, BLOCK)
+                dq = tl.load(dq_base + (i * BLOCK + rows)[:, None] * BLOCK_D + offs_d[None, :]) * scale
+                tl.store(_map_ptrs(g_base, qoy, qox, head_c + offs_d, stride_gh, stride_gw, stride_gc),
+                         dq.to(DQKV.dtype.element_ty), mask=q_real[:, None] & d_ok[None, :])
+    if HAS_PAD:
+        # Padded queries get no gradient (their rows are cropped), so qkv_bias's q part gets none.
+        pad_base = DPAD + slot * (2 * HEAD_DIM)
+        tl.store(pad_base + offs_d, pad_k, mask=d_ok)
+        tl.store(pad_base + HEAD_DIM + offs_d, pad_v, mask=d_ok)
+
+
+# --------------------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------------------
+
+# Tiles are 64 tokens square: a 7×7 window (49 tokens) is one tile, a 12×12 window (144) three. M = 64
+# keeps every dot on wgmma on sm_90. Eight warps: the backward holds the window's bias, its summed
+# gradient and five 64×64 products at once, and with four warps it spills. A one-tile forward has no
+# key loop to pipeline, so it takes one stage. The compile gate (tests/test_swin_attention_compile.py)
+# builds every choice below for sm_80 and sm_90; it is what bounds float32 to head dims ≤ 64 (wider
+# float32 tiles of the backward overflow sm_80's shared memory).
+BLOCK_M, BLOCK_N, BWD_BLOCK = 64, 64, 64
+FP32_MAX_HEAD_DIM = 64
+# Backward programs to aim for per streaming multiprocessor when splitting the batch into groups.
+BWD_PROGRAMS_PER_SM = 4
+
+
+def launch_options(kernel: str, window_tokens: int) -> dict[str, int]:
+    """num_warps and num_stages of the "fwd" or "bwd" kernel for windows of `window_tokens` tokens."""
+    if kernel == "fwd":
+        return {"num_warps": 8, "num_stages": 1 if window_tokens <= BLOCK_N else 2}
+    return {"num_warps": 8, "num_stages": 1}
+
+
+# Allocation of tensors the kernels must fill completely; tests swap in a NaN-filling version.
+_empty = torch.empty
+
+
+def _check_triton_inputs(qkv: torch.Tensor, bias_table: torch.Tensor, qkv_bias: torch.Tensor | None,
+                         num_heads: int) -> None:
+    head_dim = qkv.shape[-1] // 3 // num_heads
+    if qkv.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"backend='triton' takes float16, bfloat16 or float32 qkv; got {qkv.dtype}. "
+                         "Use backend='eager' for other dtypes.")
+    if head_dim % 8 or not 16 <= head_dim <= 128:
+        raise ValueError(f"backend='triton' supports head dims that are multiples of 8 from 16 to 128; got "
+                         f"{head_dim}. Use backend='sdpa'.")
+    if qkv.dtype == torch.float32 and head_dim > FP32_MAX_HEAD_DIM:
+        raise ValueError(f"backend='triton' takes float32 qkv up to head dim {FP32_MAX_HEAD_DIM} (got {head_dim}); "
+                         "run in float16/bfloat16 (e.g. under torch.autocast) or use backend='sdpa'.")
+    if qkv.device.type != "cuda" and not interpreting():
+        raise ValueError("backend='triton' runs on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1); "
+                         "use backend='sdpa' or 'eager' here.")
+    for name, t in (("bias_table", bias_table), ("qkv_bias", qkv_bias)):
+        if t is not None and t.device != qkv.device:
+            raise ValueError(f"{name} is on {t.device} but qkv is on {qkv.device}; move both to one device.")
+    if qkv_bias is not None and qkv_bias.shape != (qkv.shape[-1],):
+        raise ValueError(f"qkv_bias must have shape ({qkv.shape[-1]},) (the projection's bias); "
+                         f"got {tuple(qkv_bias.shape)}.")
+
+
+def _geometry_args(g: reference.WindowGeometry) -> tuple:
+    (Hp, Wp), (sh, sw), (th, tw) = g.padded, g.shift, g.table_window
+    return g.windows_per_row, g.num_windows, Hp, Wp, sh, sw, th, tw
+
+
+def _triton_forward(qkv: torch.Tensor, bias_table: torch.Tensor, qkv_bias: torch.Tensor | None,
+                    g: reference.WindowGeometry, num_heads: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     B, H, W, C3 = qkv.shape
     C = C3 // 3
     head_dim = C // num_heads
-    g = reference.window_geometry(qkv, bias_table, window_size, shift_size, shrink_window)
-    (Hp, Wp), (wh, ww), (sh, sw), (th, tw) = g.padded, g.window, g.shift, g.table_window
-    out = torch.empty((B, H, W, C), dtype=qkv.dtype, device=qkv.device)
-    scale = head_dim**-0.5 if scale is None else scale
-    block_d = max(16, triton.next_power_of_2(head_dim))
-    grid = (B * g.num_windows * num_heads * triton.cdiv(wh * ww, BLOCK_M),)
+    (wh, ww), M = g.window, g.window[0] * g.window[1]
+    out = _empty((B, H, W, C), dtype=qkv.dtype, device=qkv.device)
+    lse = _empty((B, g.num_windows, num_heads, M), dtype=torch.float32, device=qkv.device)
+    grid = (B * g.num_windows * num_heads * triton.cdiv(M, BLOCK_M),)
+    n_win_x, n_win, Hp, Wp, sh, sw, th, tw = _geometry_args(g)
     _window_attn_fwd_kernel[grid](
-        qkv, qkv_bias if qkv_bias is not None else qkv, bias_table, out,
+        qkv, qkv_bias if qkv_bias is not None else qkv, bias_table, out, lse,
         *qkv.stride(), *out.stride(), *bias_table.stride(),
-        H, W, C, num_heads, g.windows_per_row, g.num_windows, Hp, Wp, sh, sw, th, tw, scale * LOG2E,
-        WH=wh, WW=ww, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-        HAS_SHIFT=bool(sh or sw), HAS_QKV_BIAS=qkv_bias is not None, PRECISION=dot_precision(qkv.dtype),
-        num_warps=NUM_WARPS,
+        H, W, C, num_heads, n_win_x, n_win, Hp, Wp, sh, sw, th, tw, scale * LOG2E,
+        WH=wh, WW=ww, HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, HAS_SHIFT=bool(sh or sw), HAS_QKV_BIAS=qkv_bias is not None,
+        PRECISION=dot_precision(qkv.dtype), **launch_options("fwd", M),
     )
-    return out
+    return out, lse
+
+
+def batch_groups(batch: int, programs_per_item: int, sm_count: int | None) -> int:
+    """How many groups the backward splits the batch into: enough programs to fill a GPU with
+    `sm_count` multiprocessors (None: one group, as for the interpreter), and no more, since every
+    group adds a windows×heads×M×M partial bias gradient."""
+    if not sm_count:
+        return 1
+    return max(1, min(batch, math.ceil(BWD_PROGRAMS_PER_SM * sm_count / programs_per_item)))
+
+
+@functools.lru_cache(maxsize=32)
+def _table_pairs(wh: int, ww: int, th: int, tw: int, device: torch.device) -> torch.Tensor:
+    """(table rows, most pairs per row) indices into the flattened M×M pair grid: the pairs whose
+    relative position reads each row of the bias table, padded with M·M (a zero slot). Summing the
+    bias gradient through it gathers a table gradient without scatter atomics, hence deterministically."""
+    index = reference.relative_position_index(wh, ww, (th, tw)).flatten()
+    rows = (2 * th - 1) * (2 * tw - 1)
+    order = torch.argsort(index, stable=True)
+    counts = torch.bincount(index, minlength=rows)
+    starts = torch.cumsum(counts, 0) - counts
+    sorted_rows = index[order]
+    pairs = torch.full((rows, max(1, int(counts.max()))), index.numel(), dtype=torch.long)
+    pairs[sorted_rows, torch.arange(index.numel()) - starts[sorted_rows]] = order
+    return pairs.to(device)
+
+
+def _triton_backward(dout: torch.Tensor, qkv: torch.Tensor, bias_table: torch.Tensor, qkv_bias: torch.Tensor | None,
+                     out: torch.Tensor, lse: torch.Tensor, g: reference.WindowGeometry, num_heads: int, scale: float,
+                     groups: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """dqkv, d bias_table and d qkv_bias (None without qkv_bias) for the forward's output gradient."""
+    B, H, W, C3 = qkv.shape
+    C = C3 // 3
+    head_dim = C // num_heads
+    (wh, ww), M = g.window, g.window[0] * g.window[1]
+    tiles = triton.cdiv(M, BWD_BLOCK)
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    programs_per_item = g.num_windows * num_heads
+    if groups is None:
+        sm_count = torch.cuda.get_device_properties(qkv.device).multi_processor_count if qkv.is_cuda else None
+        groups = batch_groups(B, programs_per_item, sm_count)
+    per_group = triton.cdiv(B, max(1, min(groups, B)))
+    groups = triton.cdiv(B, per_group)
+    n_win_x, n_win, Hp, Wp, sh, sw, th, tw = _geometry_args(g)
+    has_pad = (Hp, Wp) != (H, W)
+
+    dqkv = _empty((B, H, W, C3), dtype=qkv.dtype, device=qkv.device)
+    dbias = torch.empty((groups, n_win, num_heads, M, M), dtype=torch.float32, device=qkv.device)
+    dpad = torch.empty((groups, n_win, num_heads, 2, head_dim) if has_pad else (1,), dtype=torch.float32,
+                       device=qkv.device)
+    dq_acc = torch.empty((groups * programs_per_item, tiles * BWD_BLOCK, block_d) if tiles > 1 else (1,),
+                         dtype=torch.float32, device=qkv.device)
+    _window_attn_bwd_kernel[(groups * programs_per_item,)](
+        qkv, qkv_bias if qkv_bias is not None else qkv, bias_table, out, dout, lse, dqkv, dbias, dpad, dq_acc,
+        *qkv.stride(), *out.stride(), *dout.stride(), *dqkv.stride(), *bias_table.stride(),
+        B, per_group, H, W, C, num_heads, n_win_x, n_win, Hp, Wp, sh, sw, th, tw, scale, scale * LOG2E,
+        WH=wh, WW=ww, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK=BWD_BLOCK, TILES=tiles,
+        HAS_SHIFT=bool(sh or sw), HAS_QKV_BIAS=qkv_bias is not None, HAS_PAD=has_pad,
+        PRECISION=dot_precision(qkv.dtype), **launch_options("bwd", M),
+    )
+    # Fixed-order sums over groups and windows, then each table row gathers its pairs.
+    per_pair = dbias.sum(dim=(0, 1)).view(num_heads, M * M)
+    per_pair = torch.cat([per_pair, per_pair.new_zeros(num_heads, 1)], dim=1)
+    pairs = _table_pairs(wh, ww, th, tw, qkv.device)
+    dtable = per_pair[:, pairs].sum(-1).t()
+    dqkv_bias = None
+    if qkv_bias is not None:
+        dqkv_bias = torch.zeros(3, num_heads, head_dim, dtype=torch.float32, device=qkv.device)
+        if has_pad:
+            dqkv_bias[1:] = dpad.sum(dim=(0, 1)).transpose(0, 1)
+        dqkv_bias = dqkv_bias.view(C3).to(qkv_bias.dtype)
+    return dqkv, dtable.to(bias_table.dtype), dqkv_bias
+
+
+class WindowAttentionFunction(torch.autograd.Function):
+    """Fused window attention; saves qkv, the table, qkv_bias, the output and the row LSE."""
+
+    @staticmethod
+    def forward(ctx, qkv, bias_table, qkv_bias, geometry: reference.WindowGeometry, num_heads: int, scale: float):
+        out, lse = _triton_forward(qkv, bias_table, qkv_bias, geometry, num_heads, scale)
+        ctx.save_for_backward(qkv, bias_table, qkv_bias, out, lse)
+        ctx.geometry, ctx.num_heads, ctx.scale = geometry, num_heads, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        qkv, bias_table, qkv_bias, out, lse = ctx.saved_tensors
+        dqkv, dtable, dqkv_bias = _triton_backward(dout, qkv, bias_table, qkv_bias, out, lse, ctx.geometry,
+                                                   ctx.num_heads, ctx.scale)
+        return dqkv, dtable, dqkv_bias, None, None, None
+
+
+# --------------------------------------------------------------------------------------------------
+# Public op
+# --------------------------------------------------------------------------------------------------
+
+
+def triton_supports(qkv: torch.Tensor, bias_table: torch.Tensor, qkv_bias: torch.Tensor | None,
+                    num_heads: int) -> bool:
+    """Whether backend='triton' accepts these inputs (what backend='auto' uses to choose)."""
+    if qkv.device.type != "cuda":
+        return False
+    try:
+        require_triton()
+        _check_triton_inputs(qkv, bias_table, qkv_bias, num_heads)
+    except ValueError:
+        return False
+    return True
 
 
 def window_attention(
@@ -172,7 +557,7 @@ def window_attention(
     """Shifted-window attention over a (B, H, W, 3·C) qkv map; returns (B, H, W, C), un-shifted.
 
     Args:
-        qkv: the block's qkv projection of the (B, H, W, C) map, channels last.
+        qkv: the block's qkv projection of the (B, H, W, C) map, channels last; any strides.
         bias_table: relative-position bias, ((2·Mh−1)·(2·Mw−1), heads).
         num_heads: attention heads; C must be divisible by it.
         window_size, shift_size: an int or an (h, w) pair. Along an axis where the map is no larger
@@ -181,17 +566,23 @@ def window_attention(
         scale: multiplier of q·kᵀ; defaults to head_dim^-0.5.
         shrink_window: apply the shrink rule above to this call's map. False keeps the window and
             shift as given (timm's blocks fix them for the resolution they were built for).
-        backend: "auto" (SDPA until the Triton backward exists), "triton" (forward only: CUDA, or
-            CPU under TRITON_INTERPRET=1, without gradients), "sdpa" or "eager".
+        backend: "triton" (fused kernels, forward and backward; CUDA, or CPU under
+            TRITON_INTERPRET=1), "sdpa" (torch's scaled_dot_product_attention with the bias and mask
+            as attn_mask), "eager" (the oracle in kernels/reference.py), or "auto" (Triton for
+            supported CUDA inputs, otherwise SDPA).
     """
     if qkv.dim() != 4 or qkv.shape[-1] % 3 or (qkv.shape[-1] // 3) % num_heads:
         raise ValueError(f"qkv must be (B, H, W, 3·C) with C divisible by num_heads={num_heads}; "
                          f"got {tuple(qkv.shape)}.")
+    if bias_table.dim() != 2 or bias_table.shape[1] != num_heads:
+        raise ValueError(f"bias_table must be (table rows, num_heads={num_heads}); got {tuple(bias_table.shape)}.")
+    if backend == "auto":
+        backend = "triton" if triton_supports(qkv, bias_table, qkv_bias, num_heads) else "sdpa"
     if backend == "eager":
         return reference.window_attention(qkv, bias_table, num_heads=num_heads, window_size=window_size,
                                           shift_size=shift_size, qkv_bias=qkv_bias, scale=scale,
                                           shrink_window=shrink_window)
-    if backend in ("auto", "sdpa"):
+    if backend == "sdpa":
         q, k, v, bias, geometry = reference.window_partition_qkv(
             qkv, bias_table, num_heads=num_heads, window_size=window_size, shift_size=shift_size,
             qkv_bias=qkv_bias, shrink_window=shrink_window)
@@ -199,17 +590,10 @@ def window_attention(
         return reference.window_merge(out, geometry)
     if backend == "triton":
         require_triton()
-        wants_grad = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (qkv, bias_table, qkv_bias))
-        if wants_grad:
-            raise ValueError("the Triton window-attention kernel has no backward yet; run it under "
-                             "torch.no_grad() or use backend='sdpa' for training.")
-        if qkv.device.type != "cuda" and not interpreting():
-            raise ValueError("backend='triton' runs on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1); "
-                             "use backend='sdpa' or 'eager' here.")
-        head_dim = qkv.shape[-1] // 3 // num_heads
-        if head_dim % 8 or not 16 <= head_dim <= 128 or qkv.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-            raise ValueError(f"backend='triton' supports head dims that are multiples of 8 from 16 to 128 and "
-                             f"float16/bfloat16/float32; got head dim {head_dim}, {qkv.dtype}.")
-        return _triton_forward(qkv, bias_table, num_heads, window_size, shift_size, qkv_bias, scale, shrink_window)
-    raise ValueError(f"unknown window-attention backend {backend!r}; choose 'auto', 'sdpa' or 'eager'.")
+        _check_triton_inputs(qkv, bias_table, qkv_bias, num_heads)
+        geometry = reference.window_geometry(qkv, bias_table, window_size, shift_size, shrink_window)
+        scale = (qkv.shape[-1] // 3 // num_heads) ** -0.5 if scale is None else float(scale)
+        if qkv.numel() == 0:
+            return qkv.new_empty(*qkv.shape[:3], qkv.shape[-1] // 3)
+        return WindowAttentionFunction.apply(qkv, bias_table, qkv_bias, geometry, num_heads, scale)
+    raise ValueError(f"unknown window-attention backend {backend!r}; choose 'auto', 'triton', 'sdpa' or 'eager'.")

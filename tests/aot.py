@@ -55,10 +55,11 @@ class AotRequest:
     arch: int  # compute capability: 80, 90, ...
     num_warps: int | None  # None: Triton's default
     num_stages: int | None
+    maxnreg: int | None = None  # register cap per thread (ptxas --maxrregcount); None: ptxas decides
 
     @classmethod
     def of(cls, kernel, signature: Mapping[str, str], constexprs: Mapping[str, object], *, arch: int,
-           num_warps: int | None = None, num_stages: int | None = None,
+           num_warps: int | None = None, num_stages: int | None = None, maxnreg: int | None = None,
            divisible_by_16: Iterable[str] = ()) -> AotRequest:
         """A request for `kernel`, a ``@triton.jit`` function (interpreted or not).
 
@@ -75,7 +76,7 @@ class AotRequest:
         if missing:
             raise ValueError(f"{name}: the constexpr arguments {missing} have no value in `constexprs`.")
         return cls(module, name, tuple(signature.items()), tuple(constexprs.items()),
-                   tuple(sorted(divisible_by_16)), arch, num_warps, num_stages)
+                   tuple(sorted(divisible_by_16)), arch, num_warps, num_stages, maxnreg)
 
     def describe(self) -> str:
         return (f"{self.name} for sm_{self.arch} (num_warps={self.num_warps}, num_stages={self.num_stages}, "
@@ -263,7 +264,8 @@ def _build(req: AotRequest) -> AotResult:
     index = {a: i for i, a in enumerate(fn.arg_names)}
     source = ASTSource(fn, signature, constexprs={(index[a],): v for a, v in req.constexprs},
                        attrs={(index[a],): _DIVISIBILITY for a in req.divisible_by_16})
-    options = {k: v for k, v in (("num_warps", req.num_warps), ("num_stages", req.num_stages)) if v is not None}
+    options = {k: v for k, v in (("num_warps", req.num_warps), ("num_stages", req.num_stages),
+                                 ("maxnreg", req.maxnreg)) if v is not None}
     compiled = triton.compile(source, target=GPUTarget("cuda", req.arch, 32), options=options)
 
     return AotResult(name=req.name, arch=req.arch, num_warps=compiled.metadata.num_warps,

@@ -1,0 +1,198 @@
+"""Shifted-window attention: the oracle and SDPA against timm's block, and the fused Triton kernels
+against the float64 oracle, forward and every gradient (qkv, bias_table, qkv_bias).
+
+Without CUDA the Triton kernels run in the interpreter (fp32 and fp16; its bf16 dot is broken, so
+bf16 runs on a GPU). Tolerance as for flash attention: the kernel's max error against float64 is at
+most twice eager PyTorch's in the same dtype, plus the dtype's rounding at the values' magnitude.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vitfast.kernels import swin_attention as sa
+from vitfast.kernels import window_attention
+
+timm = pytest.importorskip("timm")
+from timm.models.swin_transformer import SwinTransformerBlock  # noqa: E402
+
+NAMES = ("out", "dqkv", "dtable", "dqkv_bias")
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+@pytest.mark.parametrize(
+    "height, width, window, shifted, heads, dim",
+    [
+        (7, 7, 7, True, 3, 96),  # map = window: no shift
+        (14, 14, 7, True, 3, 96),
+        (28, 28, 7, False, 2, 64),
+        (60, 60, 7, True, 1, 32),  # padded to 63
+        (12, 20, 7, True, 2, 64),  # non-square, padded
+        (5, 11, 7, True, 2, 64),  # window shrinks to 5×7, shift (0, 3)
+        (24, 24, 12, True, 2, 64),
+        (30, 17, 12, True, 2, 64),
+    ],
+)
+def test_window_attention_matches_timm_block(height, width, window, shifted, heads, dim, backend):
+    torch.manual_seed(height * 100 + width)
+    block = SwinTransformerBlock(dim=dim, input_resolution=(height, width), num_heads=heads, window_size=window,
+                                 shift_size=window // 2 if shifted else 0, dynamic_mask=True).eval()
+    attn = block.attn
+    # Non-trivial bias table and qkv bias: padded tokens carry the bias, so it must matter.
+    torch.nn.init.normal_(attn.relative_position_bias_table, std=1.0)
+    torch.nn.init.normal_(attn.qkv.bias, std=1.0)
+    x = torch.randn(2, height, width, dim)
+    with torch.no_grad():
+        expected = block._attn(x)
+        got = attn.proj(window_attention(attn.qkv(x), attn.relative_position_bias_table, num_heads=heads,
+                                         window_size=window, shift_size=window // 2 if shifted else 0,
+                                         qkv_bias=attn.qkv.bias, backend=backend))
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
+
+
+def test_window_attention_rejects_bad_input():
+    qkv = torch.randn(1, 7, 7, 3 * 32)
+    table = torch.randn(13 * 13, 2)
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        window_attention(qkv, table, num_heads=5, window_size=7, shift_size=3)
+    with pytest.raises(ValueError, match="bias_table has 169 rows; a 5×5 window needs"):
+        window_attention(qkv, table, num_heads=2, window_size=5, shift_size=2)
+    with pytest.raises(ValueError, match=r"bias_table must be \(table rows, num_heads=4\)"):
+        window_attention(torch.randn(1, 7, 7, 3 * 64), table, num_heads=4, window_size=7, shift_size=3)
+    with pytest.raises(ValueError, match="unknown window-attention backend"):
+        window_attention(qkv, table, num_heads=2, window_size=7, shift_size=3, backend="flash")
+    with pytest.raises(ValueError, match="head dims that are multiples of 8"):
+        window_attention(torch.randn(1, 7, 7, 3 * 24), table, num_heads=2, window_size=7, shift_size=3,
+                         backend="triton")
+    with pytest.raises(ValueError, match=r"qkv_bias must have shape \(96,\)"):
+        window_attention(qkv, table, num_heads=2, window_size=7, shift_size=3, qkv_bias=torch.zeros(32),
+                         backend="triton")
+
+
+def test_auto_uses_sdpa_off_cuda():
+    qkv = torch.randn(1, 7, 7, 3 * 64)
+    assert not sa.triton_supports(qkv, torch.randn(169, 2), None, 2)
+
+
+# ------------------------------------------------------------------------ Triton kernels vs float64
+
+
+def _case(batch, height, width, heads, head_dim, window, dtype, device, seed, qkv_bias=True, table_dtype=None):
+    g = torch.Generator().manual_seed(seed)
+    C = heads * head_dim
+    wh, ww = (window, window) if isinstance(window, int) else window
+    make = lambda *shape, dt=dtype: torch.randn(*shape, generator=g).to(device=device, dtype=dt)  # noqa: E731
+    qkv = make(batch, height, width, 3 * C)
+    table = make((2 * wh - 1) * (2 * ww - 1), heads, dt=table_dtype or dtype)
+    bias = make(3 * C, dt=table_dtype or dtype) if qkv_bias else None
+    dout = make(batch, height, width, C)
+    return qkv, table, bias, dout
+
+
+def _forward_backward(backend, qkv, table, qkv_bias, dout, cast=None, **kw):
+    leaves = [t if t is None else (t if cast is None else t.to(cast)).detach().clone().requires_grad_()
+              for t in (qkv, table, qkv_bias)]
+    out = window_attention(leaves[0], leaves[1], qkv_bias=leaves[2], backend=backend, **kw)
+    grads = torch.autograd.grad(out, [t for t in leaves if t is not None],
+                                dout if cast is None else dout.to(cast), allow_unused=True)
+    grads = [torch.zeros_like(t) if gr is None else gr for t, gr in zip(leaves, grads)]  # unused: qkv_bias w/o pad
+    return [out, *grads]
+
+
+def _rounding_floor(ref: torch.Tensor, dtype: torch.dtype) -> float:
+    x = ref.to(dtype)
+    return 2 * ((x + 0.3 - 0.3).double() - x.double()).abs().max().item() + 1e-5
+
+
+def assert_matches_oracle(qkv, table, qkv_bias, dout, **kw):
+    got = _forward_backward("triton", qkv, table, qkv_bias, dout, **kw)
+    ref = _forward_backward("eager", qkv, table, qkv_bias, dout, cast=torch.float64, **kw)
+    eager = _forward_backward("eager", qkv, table, qkv_bias, dout, **kw)
+    for name, g, r, e, like in zip(NAMES, got, ref, eager, (dout, qkv, table, qkv_bias)):
+        assert g.dtype == like.dtype and g.shape == like.shape, name
+        assert torch.isfinite(g).all(), f"{name} has non-finite values"
+        err = (g.double() - r).abs().max().item()
+        eager_err = (e.double() - r).abs().max().item()
+        bound = 2 * eager_err + _rounding_floor(r, like.dtype)
+        assert err <= bound, f"{name}: max error {err:.3g} > bound {bound:.3g} (eager error {eager_err:.3g})"
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs(monkeypatch):
+    """Kernel outputs start as NaN, so an element a kernel fails to write fails the test."""
+    monkeypatch.setattr(sa, "_empty", lambda *shape, **kw: torch.full(*shape, float("nan"), **kw))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize(
+    "batch, height, width, window, shift",
+    [
+        (2, 7, 7, 7, 3),  # map = window: no shift
+        (2, 14, 14, 7, 3),
+        (1, 28, 28, 7, 0),
+        (1, 60, 60, 7, 3),  # padded to 63
+        (2, 12, 20, 7, 3),  # non-square, padded
+        (2, 5, 11, 7, 3),  # window shrinks to 5×7, shift (0, 3)
+        (1, 24, 36, 12, 6),  # three tiles per window
+        (1, 30, 17, 12, 6),  # three tiles, padded
+        (3, 9, 16, 4, 2),
+        (2, 13, 10, (5, 3), (2, 1)),  # non-square window
+    ],
+)
+def test_triton_matches_oracle(batch, height, width, window, shift, dtype, device):
+    heads, head_dim = 2, 32
+    qkv, table, bias, dout = _case(batch, height, width, heads, head_dim, window, dtype, device, height * width)
+    assert_matches_oracle(qkv, table, bias, dout, num_heads=heads, window_size=window, shift_size=shift)
+
+
+@pytest.mark.parametrize("head_dim", [16, 64, 80, 128])
+def test_triton_head_dims(head_dim, device):
+    qkv, table, bias, dout = _case(2, 11, 9, 1, head_dim, 7, torch.float16, device, head_dim)
+    assert_matches_oracle(qkv, table, bias, dout, num_heads=1, window_size=7, shift_size=3)
+
+
+def test_triton_without_qkv_bias_and_with_fp32_parameters(device):
+    # Padding without qkv_bias is zeros (timm with qkv_bias=False); under autocast the table and the
+    # bias stay float32 parameters while qkv is float16.
+    qkv, table, _, dout = _case(2, 10, 12, 2, 32, 7, torch.float32, device, 1, qkv_bias=False)
+    assert_matches_oracle(qkv, table, None, dout, num_heads=2, window_size=7, shift_size=3)
+    qkv, table, bias, dout = _case(2, 10, 12, 2, 32, 7, torch.float16, device, 2, table_dtype=torch.float32)
+    assert_matches_oracle(qkv, table, bias, dout, num_heads=2, window_size=7, shift_size=3)
+
+
+def test_triton_reads_strided_inputs_and_fixed_windows(device):
+    heads = 3
+    wide, table, bias, dout = _case(2, 10, 13, 2 * heads, 32, 7, torch.float32, device, 3)
+    qkv = wide[..., : 3 * heads * 32]  # channel stride 1, row strides of the wide tensor
+    dout = dout.transpose(1, 2).contiguous().transpose(1, 2)[..., : heads * 32]  # a transposed, sliced view
+    assert not qkv.is_contiguous() and not dout.is_contiguous()
+    for shrink in (True, False):
+        assert_matches_oracle(qkv, table[:, :heads], bias[: 3 * heads * 32], dout, num_heads=heads,
+                              window_size=7, shift_size=3, shrink_window=shrink)
+
+
+@pytest.mark.parametrize("groups", [2, 3])
+def test_triton_backward_sums_batch_groups(groups, monkeypatch, device):
+    # On a GPU the backward splits the batch into groups (batch_groups); each group's bias and
+    # qkv_bias gradients are partial sums. Uneven groups: 5 items in 2 (3 + 2) or 3 (2 + 2 + 1).
+    monkeypatch.setattr(sa, "batch_groups", lambda batch, programs, sm_count: groups)
+    for window, height, width in ((7, 9, 15), (12, 13, 12)):
+        qkv, table, bias, dout = _case(5, height, width, 1, 32, window, torch.float32, device, window)
+        assert_matches_oracle(qkv, table, bias, dout, num_heads=1, window_size=window, shift_size=window // 2)
+
+
+def test_triton_backward_is_deterministic(device):
+    qkv, table, bias, dout = _case(3, 14, 14, 2, 32, 7, torch.float16, device, 4)
+    first = _forward_backward("triton", qkv, table, bias, dout, num_heads=2, window_size=7, shift_size=3)
+    second = _forward_backward("triton", qkv, table, bias, dout, num_heads=2, window_size=7, shift_size=3)
+    for name, a, b in zip(NAMES, first, second):
+        assert torch.equal(a, b), name
+
+
+def test_table_pairs_cover_every_pair_once():
+    for window, table_window in (((7, 7), (7, 7)), ((5, 7), (7, 7)), ((12, 12), (12, 12))):
+        pairs = sa._table_pairs(*window, *table_window, torch.device("cpu"))
+        M = window[0] * window[1]
+        flat = pairs.flatten()
+        assert sorted(flat[flat < M * M].tolist()) == list(range(M * M))
