@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # torch-heavy modules load inside the commands, so `vitfast -
     from rich.table import Table
 
     from vitfast.bench import AttentionBenchRow
+    from vitfast.bench_window import WindowBenchRow
 
 app = typer.Typer(
     name="vitfast",
@@ -241,7 +242,7 @@ def bench_attention(
         rows = bench.bench_attention(**params, on_row=on_row)
 
     Console(highlight=False).print(
-        _attention_table(rows, bench.speedup_over(rows, "sdpa"), f"attention · {where} · {shape}"))
+        _bench_table(rows, bench.speedup_over(rows, "sdpa"), f"attention · {where} · {shape}", "N"))
     try:
         if json_path is not None:
             bench.write_json(json_path, rows, parameters=params, environment=env)
@@ -257,7 +258,93 @@ def bench_attention(
         raise _fail("no case ran; the status column says why.", 1)
 
 
-def _attention_table(rows: list[AttentionBenchRow], speedups: list[float | None], title: str) -> Table:
+@bench_app.command("window")
+def bench_window(
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", "-b", show_default=False,
+        help="Batch size B. Default: 64 on CUDA (the issue's Swin-T reference), 1 on CPU."),
+    stages: str = typer.Option("stage1,stage2,stage3", "--stages",
+                               help="Comma-separated Swin-T stages at 224: stage1 (56×56, C=96, 3 heads), stage2 "
+                                    "(28×28, 192, 6), stage3 (14×14, 384, 12), stage4 (7×7, 768, 24)."),
+    window: int = typer.Option(7, "--window", help="Window size."),
+    shift: int = typer.Option(3, "--shift", help="Cyclic shift (0: no shift)."),
+    dtype: str = typer.Option("auto", "--dtype", help="bf16, fp16, fp32, or auto: bf16 on CUDA, fp32 on CPU."),
+    backends: str = typer.Option("triton,sdpa,eager", "--backends", help="Comma-separated: triton, sdpa, eager."),
+    modes: str = typer.Option("fwd,fwd+bwd", "--modes", help="Comma-separated: fwd, fwd+bwd."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    warmup: int | None = typer.Option(None, "--warmup", show_default=False,
+                                      help="Untimed calls before timing. Default: 10 on CUDA, 1 on CPU."),
+    rep: int | None = typer.Option(None, "--rep", show_default=False,
+                                   help="Timed calls; their median is reported. Default: 100 on CUDA, 3 on CPU."),
+    json_path: Path | None = typer.Option(None, "--json", help="Also write the results as JSON here."),
+    plot_path: Path | None = typer.Option(None, "--plot", help="Also save a PNG of time against peak memory."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines on stderr."),
+) -> None:
+    """Time, TFLOP/s and peak memory of each window-attention backend at Swin stage shapes.
+
+    fwd+bwd takes gradients of qkv and the relative-position bias table. Peak memory is what one
+    call allocates above its inputs. A case that cannot run is a row that says why.
+
+    Exit code: 0, 1 when no case ran at all, 2 on bad flags.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from vitfast import bench, bench_window as bw
+
+    try:
+        dev = bench.resolve_device(device)
+        defaults = bench.defaults_for(dev)
+        params = dict(
+            batch=defaults.batch if batch_size is None else batch_size, stages=_csv(stages, "--stages"),
+            window=window, shift=shift, dtype=bench.resolve_dtype(dtype, dev),
+            backends=_csv(backends, "--backends"), modes=_csv(modes, "--modes"),
+            warmup=defaults.warmup if warmup is None else warmup, rep=defaults.rep if rep is None else rep,
+        )
+        bw.validate_window_sweep(**params)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+    env = bench.environment_info(dev)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    where = f"{dev} ({env['device_name']})"
+    shape = (f"B={params['batch']} window {window} shift {shift} {str(params['dtype']).removeprefix('torch.')}; "
+             + ", ".join(f"{s} {bw.STAGES[s].describe()}" for s in params["stages"]))
+    if not quiet:
+        err.print(f"window attention on {where}: {shape}; warmup {params['warmup']}, "
+                  f"median of {params['rep']} timed calls")
+    n_cases = len(params["stages"]) * len(params["backends"]) * len(params["modes"])
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=True,
+                  disable=quiet or not err.is_terminal) as progress:
+        task = progress.add_task("window attention", total=n_cases)
+
+        def on_row(row: WindowBenchRow) -> None:
+            progress.update(task, advance=1, description=f"{row.backend} {row.mode} {row.stage}")
+
+        rows = bw.bench_window(**params, device=dev, on_row=on_row)
+
+    title = f"window attention · {where} · B={params['batch']} window {window} shift {shift}"
+    Console(highlight=False).print(_bench_table(rows, bench.speedup_over(rows, "sdpa"), title, "stage"))
+    try:
+        if json_path is not None:
+            bench.write_json(json_path, rows, parameters=dict(params, device=dev), environment=env,
+                             benchmark="window_attention", fields=bw.FIELDS)
+        if plot_path is not None:
+            bench.plot_time_vs_memory(rows, plot_path, title=f"window attention on {where}: {shape}",
+                                      point_name="stage")
+    except OSError as exc:
+        raise _fail(f"cannot write {exc.filename}: {exc.strerror}.", 1) from None
+    if not quiet:
+        for path in (json_path, plot_path):
+            if path is not None:
+                err.print(f"wrote {path}")
+    if not any(row.ok for row in rows):
+        raise _fail("no case ran; the status column says why.", 1)
+
+
+def _bench_table(rows: list[AttentionBenchRow] | list[WindowBenchRow], speedups: list[float | None], title: str,
+                 case_header: str) -> Table:
     from rich import box
     from rich.markup import escape
     from rich.table import Table
@@ -266,8 +353,8 @@ def _attention_table(rows: list[AttentionBenchRow], speedups: list[float | None]
     notes: dict[str, int] = {}
     table = Table(title=title, title_justify="left", caption_justify="left", box=box.SIMPLE_HEAD,
                   collapse_padding=True, pad_edge=False)
-    for name in ("mode", "N", "backend", "time ms", "TFLOP/s", "peak MiB", "vs sdpa", "status"):
-        table.add_column(name, justify="left" if name in ("mode", "backend", "status") else "right",
+    for name in ("mode", case_header, "backend", "time ms", "TFLOP/s", "peak MiB", "vs sdpa", "status"):
+        table.add_column(name, justify="left" if name in ("mode", "stage", "backend", "status") else "right",
                          no_wrap=True)
     for i, (row, speedup) in enumerate(zip(rows, speedups)):
         if i and row.mode != rows[i - 1].mode:
@@ -282,7 +369,7 @@ def _attention_table(rows: list[AttentionBenchRow], speedups: list[float | None]
             label = head if head.isalpha() else "not run"  # "skipped", "error", else generic
             status = f"[yellow]{label} [{note}][/yellow]"
         table.add_row(
-            row.mode, str(row.seq_len), row.backend,
+            row.mode, row.point, row.backend,
             "" if row.time_ms is None else f"{row.time_ms:.4g}",
             "" if row.tflops is None else f"{row.tflops:.3g}",
             "" if row.peak_mem_bytes is None else f"{row.peak_mem_bytes / 2**20:.4g}",

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one call: the gpu-marked tests and the attention benchmarks that
-# the performance goals are read from. Writes logs, JSON and PNGs under $OUT (default
+# Everything that needs a GPU, in one call: the gpu-marked tests and the attention and window-attention
+# benchmarks that the performance goals are read from. Writes logs, JSON and PNGs under $OUT (default
 # benchmarks/results/latest); commit the JSON under benchmarks/results/ with the device in its name.
 # Works offline: installs vitfast without fetching anything (torch, triton, typer, rich, matplotlib
 # and pytest must already be there).
@@ -26,4 +26,12 @@ sdpa_all=sdpa,sdpa-flash,sdpa-efficient,sdpa-cudnn
   # CLIP text tower: causal, short.
   vitfast bench attention -b 256 --heads 8 --head-dim 64 --dtype bf16 --causal \
     --seq-lens 77 --backends triton,$sdpa_all,eager --json "$out/attention_causal77_bf16.json"
+  # Swin goal: fwd+bwd at Swin-T's stage shapes, B=64, window 7, shift 3 (bf16 and fp16).
+  for dt in bf16 fp16; do
+    vitfast bench window -b 64 --stages stage1,stage2,stage3,stage4 --dtype $dt \
+      --json "$out/window_swint_$dt.json" --plot "$out/window_swint_$dt.png"
+  done
+  # Window 12 (three tiles per window; 56×56 pads to 60×60) on the same stage maps.
+  vitfast bench window -b 32 --stages stage1,stage2,stage3 --window 12 --shift 6 --dtype bf16 \
+    --json "$out/window_w12_bf16.json"
 } 2>&1 | tee "$out/bench.log"

@@ -196,3 +196,15 @@ def test_table_pairs_cover_every_pair_once():
         M = window[0] * window[1]
         flat = pairs.flatten()
         assert sorted(flat[flat < M * M].tolist()) == list(range(M * M))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+def test_triton_swin_stage_shapes_on_gpu(dtype, device):
+    # Swin-T's four stages at 224 (window 7), then Swin-B 384's first and last (window 12); the batch
+    # is large enough that the backward splits it into several groups.
+    for batch, height, heads, window in ((16, 56, 3, 7), (16, 28, 6, 7), (16, 14, 12, 7), (16, 7, 24, 7),
+                                         (4, 96, 4, 12), (16, 12, 32, 12)):
+        qkv, table, bias, dout = _case(batch, height, height, heads, 32, window, dtype, device, height,
+                                       table_dtype=torch.float32)
+        assert_matches_oracle(qkv, table, bias, dout, num_heads=heads, window_size=window, shift_size=window // 2)

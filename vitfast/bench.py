@@ -99,6 +99,16 @@ class AttentionBenchRow:
     def ok(self) -> bool:
         return self.status == "ok"
 
+    @property
+    def case(self) -> str:
+        """What the row measured besides backend and mode, for tables and notes."""
+        return f"N={self.seq_len}"
+
+    @property
+    def point(self) -> str:
+        """The label of the row's point in a plot."""
+        return str(self.seq_len)
+
 
 def defaults_for(device: torch.device) -> DeviceDefaults:
     """Defaults for batch size, dtype, warm-up and reps on `device` (CUDA or CPU)."""
@@ -229,11 +239,11 @@ def describe_shape(batch: int, heads: int, head_dim: int, dtype: torch.dtype, ca
 
 
 def speedup_over(rows: Sequence[AttentionBenchRow], baseline: str = "sdpa") -> list[float | None]:
-    """For each row, the baseline backend's time divided by its time in the same mode and N (>1: faster)."""
-    base = {(r.mode, r.seq_len): r.time_ms for r in rows if r.backend == baseline and r.ok}
+    """For each row, the baseline backend's time divided by its time in the same mode and case (>1: faster)."""
+    base = {(r.mode, r.case): r.time_ms for r in rows if r.backend == baseline and r.ok}
     out: list[float | None] = []
     for r in rows:
-        ref = base.get((r.mode, r.seq_len))
+        ref = base.get((r.mode, r.case))
         out.append(ref / r.time_ms if r.ok and ref and r.time_ms else None)
     return out
 
@@ -267,13 +277,14 @@ def environment_info(device: torch.device | None = None) -> dict[str, object]:
 
 
 def write_json(path: str | os.PathLike[str], rows: Sequence[AttentionBenchRow], *,
-               parameters: Mapping[str, object], environment: Mapping[str, object]) -> None:
+               parameters: Mapping[str, object], environment: Mapping[str, object],
+               benchmark: str = "attention", fields: Mapping[str, str] = FIELDS) -> None:
     """Write the rows with the sweep's parameters, the environment and what each field means."""
     doc = {
-        "benchmark": "attention",
+        "benchmark": benchmark,
         "environment": dict(environment),
         "parameters": {k: _jsonable(v) for k, v in parameters.items()},
-        "fields": FIELDS,
+        "fields": dict(fields),
         "rows": [asdict(r) for r in rows],
     }
     path = Path(path)
@@ -282,10 +293,11 @@ def write_json(path: str | os.PathLike[str], rows: Sequence[AttentionBenchRow], 
 
 
 def plot_time_vs_memory(rows: Sequence[AttentionBenchRow], path: str | os.PathLike[str], *,
-                        title: str = "attention") -> None:
+                        title: str = "attention", point_name: str = "N") -> None:
     """Save a PNG of time (ms) against peak memory (MiB): one panel per mode, one line per backend.
 
-    Each point is labelled with its N; cases that did not run are listed under the panels.
+    Each point is labelled with its case (N, or a Swin stage); cases that did not run are listed
+    under the panels.
     """
     # A bare Figure renders through Agg without pyplot, so no GUI backend or global state is touched.
     from matplotlib.figure import Figure
@@ -299,7 +311,7 @@ def plot_time_vs_memory(rows: Sequence[AttentionBenchRow], path: str | os.PathLi
     for ax, mode in zip(axes, modes):
         ok = [r for r in rows if r.mode == mode and r.ok]
         for backend in dict.fromkeys(r.backend for r in rows):
-            pts = sorted((r for r in ok if r.backend == backend), key=lambda r: r.seq_len)
+            pts = [r for r in ok if r.backend == backend]
             if not pts:
                 continue
             xs = [r.peak_mem_bytes / 2**20 for r in pts]
@@ -310,7 +322,7 @@ def plot_time_vs_memory(rows: Sequence[AttentionBenchRow], path: str | os.PathLi
             # alternating, which keeps neighbouring N (197, 257) apart and off the line.
             for i, (x, y, r) in enumerate(zip(xs, ys, pts)):
                 above = i % 2 == 0
-                ax.annotate(str(r.seq_len), (x, y), xytext=(-5, 3) if above else (5, -10),
+                ax.annotate(r.point, (x, y), xytext=(-5, 3) if above else (5, -10),
                             textcoords="offset points", ha="right" if above else "left",
                             fontsize=7.5, color=colors.get(backend, "black"))
         # Both quantities grow like N² across the sweep, so only log axes show every N.
@@ -324,7 +336,7 @@ def plot_time_vs_memory(rows: Sequence[AttentionBenchRow], path: str | os.PathLi
         ax.grid(True, which="major", alpha=0.4)
         ax.grid(True, which="minor", alpha=0.12)
         if ok:
-            ax.legend(loc="upper left", title="backend (points: N)", title_fontsize=8)
+            ax.legend(loc="upper left", title=f"backend (points: {point_name})", title_fontsize=8)
         else:
             ax.text(0.5, 0.5, "no case ran", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title)
@@ -344,15 +356,29 @@ def plot_time_vs_memory(rows: Sequence[AttentionBenchRow], path: str | os.PathLi
 
 def _bench_case(backend: str, mode: str, shape: tuple[int, int, int, int], dtype: torch.dtype,
                 causal: bool, device: torch.device, warmup: int, rep: int) -> AttentionBenchRow:
-    def failed(status: str) -> AttentionBenchRow:
-        return AttentionBenchRow(backend, mode, shape[2], None, None, None, status)
+    time_ms, peak, status = measure_case(lambda: _make_call(backend, mode, shape, dtype, causal, device),
+                                         backend, device, warmup, rep)
+    tflops = None
+    if time_ms is not None:
+        flops = attention_flops(batch=shape[0], heads=shape[1], seq_len=shape[2], head_dim=shape[3],
+                                mode=mode, causal=causal)
+        tflops = flops / (time_ms * 1e-3) / 1e12
+    return AttentionBenchRow(backend, mode, shape[2], time_ms, tflops, peak, status)
 
+
+def measure_case(make_call: Callable[[], Callable[[], None]], backend: str, device: torch.device, warmup: int,
+                 rep: int) -> tuple[float | None, int | None, str]:
+    """(median ms, peak bytes, "ok") of the call `make_call` builds, or (None, None, why it did not run).
+
+    Triton on a CPU is skipped; running out of memory frees what it can; an op's ValueError (an
+    unsupported shape) becomes the status; any other failure becomes an "error: ..." status.
+    """
     if backend == "triton" and device.type != "cuda":
         # Under TRITON_INTERPRET=1 the kernels would run on CPU, through numpy: correct but so slow
         # that its timings say nothing about the kernels.
-        return failed(TRITON_NEEDS_CUDA)
+        return None, None, TRITON_NEEDS_CUDA
     try:
-        time_ms, peak = _measure(backend, mode, shape, dtype, causal, device, warmup, rep)
+        time_ms, peak = _measure(make_call, device, warmup, rep)
     except torch.cuda.OutOfMemoryError:
         status = OUT_OF_MEMORY
     except MemoryError:
@@ -362,19 +388,16 @@ def _bench_case(backend: str, mode: str, shape: tuple[int, int, int, int], dtype
     except Exception as exc:  # noqa: BLE001 - any failure of one case becomes its row, not a crash
         status = OUT_OF_MEMORY if _is_cpu_oom(exc) else f"error: {type(exc).__name__}: {_first_line(exc)}"
     else:
-        flops = attention_flops(batch=shape[0], heads=shape[1], seq_len=shape[2],
-                                head_dim=shape[3], mode=mode, causal=causal)
-        return AttentionBenchRow(backend, mode, shape[2], time_ms, flops / (time_ms * 1e-3) / 1e12,
-                                 peak, "ok")
+        return time_ms, peak, "ok"
     # Outside the except block, so the traceback no longer pins the failed case's tensors.
     _release_memory(device)
-    return failed(status)
+    return None, None, status
 
 
-def _measure(backend: str, mode: str, shape: tuple[int, int, int, int], dtype: torch.dtype,
-             causal: bool, device: torch.device, warmup: int, rep: int) -> tuple[float, int]:
+def _measure(make_call: Callable[[], Callable[[], None]], device: torch.device, warmup: int,
+             rep: int) -> tuple[float, int]:
     """(median ms, peak bytes) of one case; its tensors die with this frame if anything raises."""
-    fn = _make_call(backend, mode, shape, dtype, causal, device)
+    fn = make_call()
     for _ in range(warmup):
         fn()
     peak = _peak_memory(fn, device)
@@ -524,7 +547,7 @@ def _failure_notes(rows: Sequence[AttentionBenchRow]) -> list[str]:
         if len(failed) == total[backend]:
             where = "all cases"
         else:
-            where = ", ".join(f"{r.mode} N={r.seq_len}" for r in failed)
+            where = ", ".join(f"{r.mode} {r.case}" for r in failed)
         notes.append(f"{backend} ({where}): {status}")
     return notes
 
