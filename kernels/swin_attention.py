@@ -9,10 +9,11 @@ tensor of size windows×M×M, exists in memory.
 
 - Forward: one program per (batch, window, head, block of query rows); online softmax in base 2.
   It saves the row log-sum-exp (B·windows·heads·M floats) for the backward.
-- Backward: one program per (group of batch items, window, head); it recomputes the window's
-  scores, writes dq, dk, dv into dqkv, and sums dS (the bias gradient) over its batch items in
-  registers. The per-program sums are added in a fixed order and gathered into the table's rows,
-  so the backward is deterministic (no atomics). Windows larger than one 64-token tile (window 12)
+- Backward: one program per (head, chunk of (image, window) items); for each item it recomputes
+  the window's scores, writes dq, dk, dv into dqkv, and adds dS (the bias gradient) to a sum held
+  in registers. The per-program sums (about four programs per SM, so their memory does not grow
+  with batch or map size) are added in a fixed order and gathered into the table's rows, so the
+  backward is deterministic (no atomics). Windows larger than one 64-token tile (window 12)
   take the same path tile by tile, accumulating dq and the bias sum through a per-program fp32
   scratch.
 - Padded tokens (maps not a multiple of the window) are the projection's bias `qkv_bias`, as in
@@ -87,19 +88,30 @@ def _load_part(qkv_base, qkv_bias, oy, ox, real, offs_d, part_offset, stride_h, 
 
 
 @triton.jit
+def _bias_tile(qy, qx, q_in, ky, kx, k_in, table, stride_t_row, stride_t_head, head, TH, TW):
+    """The relative-position bias of a (query tile, key tile) gathered from the table, in base-2
+    units, and −inf for keys outside the window. The same for every window."""
+    rel = (qy[:, None] - ky[None, :] + TH - 1) * (2 * TW - 1) + (qx[:, None] - kx[None, :] + TW - 1)
+    bias = tl.load(table + rel * stride_t_row + head * stride_t_head, mask=q_in[:, None] & k_in[None, :], other=0.0)
+    return tl.where(k_in[None, :], bias.to(tl.float32) * 1.4426950408889634, float("-inf"))
+
+
+@triton.jit
+def _shift_mask(qpy, qpx, kpy, kpx, Hp, Wp, sh, sw, WH: tl.constexpr, WW: tl.constexpr):
+    """timm's −100 (in base-2 units) between tokens of one window that came from different regions."""
+    q_region = _region(qpy, Hp, WH, sh) * 3 + _region(qpx, Wp, WW, sw)
+    k_region = _region(kpy, Hp, WH, sh) * 3 + _region(kpx, Wp, WW, sw)
+    return tl.where(q_region[:, None] != k_region[None, :], -100.0 * 1.4426950408889634, 0.0)
+
+
+@triton.jit
 def _score_bias(qy, qx, qpy, qpx, q_in, ky, kx, kpy, kpx, k_in, table, stride_t_row, stride_t_head, head,
                 TH, TW, Hp, Wp, sh, sw, WH: tl.constexpr, WW: tl.constexpr, HAS_SHIFT: tl.constexpr):
-    """What the scores of a (query tile, key tile) get added, in base-2 units: the gathered
-    relative-position bias, the −100 shift mask across regions, −inf for keys outside the window."""
-    rel = (qy[:, None] - ky[None, :] + TH - 1) * (2 * TW - 1) + (qx[:, None] - kx[None, :] + TW - 1)
-    pair_in = q_in[:, None] & k_in[None, :]
-    bias = tl.load(table + rel * stride_t_row + head * stride_t_head, mask=pair_in, other=0.0)
-    add = bias.to(tl.float32) * 1.4426950408889634
+    """Everything added to a (query tile, key tile) of scores, in base-2 units: bias, mask, −inf."""
+    add = _bias_tile(qy, qx, q_in, ky, kx, k_in, table, stride_t_row, stride_t_head, head, TH, TW)
     if HAS_SHIFT:
-        q_region = _region(qpy, Hp, WH, sh) * 3 + _region(qpx, Wp, WW, sw)
-        k_region = _region(kpy, Hp, WH, sh) * 3 + _region(kpx, Wp, WW, sw)
-        add += tl.where(q_region[:, None] != k_region[None, :], -100.0 * 1.4426950408889634, 0.0)
-    return tl.where(k_in[None, :], add, float("-inf"))
+        add += _shift_mask(qpy, qpx, kpy, kpx, Hp, Wp, sh, sw, WH, WW)
+    return add
 
 
 # --------------------------------------------------------------------------------------------------
@@ -214,51 +226,53 @@ def _window_attn_bwd_kernel(
     DOUT,  # (B, H, W, C), any strides
     LSE,  # (B, windows, heads, M) fp32 from the forward
     DQKV,  # (B, H, W, 3·C), any strides: every real token's q, k, v slice is written once
-    DBIAS,  # (groups, windows, heads, M, M) fp32: dS summed over the group's batch items
-    DPAD,  # (groups, windows, heads, 2, HEAD_DIM) fp32: dk, dv summed over padded tokens
-    DQ_ACC,  # (groups·windows·heads, TILES·BLOCK, BLOCK_D) fp32 scratch, used when TILES > 1
+    DBIAS,  # (chunks, heads, M, M) fp32: dS summed over the chunk's (image, window) items
+    DPAD,  # (chunks, heads, 2, HEAD_DIM) fp32: dk, dv summed over padded tokens
+    DQ_ACC,  # (chunks·heads, TILES·BLOCK, BLOCK_D) fp32 scratch, used when TILES > 1
     stride_b, stride_h, stride_w, stride_c,
     stride_ob, stride_oh, stride_ow, stride_oc,
     stride_db, stride_dh, stride_dw, stride_dc,
     stride_gb, stride_gh, stride_gw, stride_gc,
     stride_t_row, stride_t_head,
-    B, batch_per_group, H, W, C, heads, n_win_x, n_win, Hp, Wp, sh, sw, TH, TW, scale, scale_log2,
+    items, items_per_chunk, H, W, C, heads, n_win_x, n_win, Hp, Wp, sh, sw, TH, TW, scale, scale_log2,
     WH: tl.constexpr, WW: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr,
     TILES: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_QKV_BIAS: tl.constexpr, HAS_PAD: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    # Flat grid, heads fastest (they share the rows they read), then windows, then batch groups.
+    # Flat grid, heads fastest (they read the same rows), then chunks of the B·windows (image, window)
+    # items, taken in order: consecutive windows of one image.
     pid = tl.program_id(0)
     head = pid % heads
-    rest = pid // heads
-    win = rest % n_win
-    group = rest // n_win
-    win_y = win // n_win_x
-    win_x = win % n_win_x
-    b_start = group * batch_per_group
-    b_end = tl.minimum(b_start + batch_per_group, B)
+    chunk = pid // heads
+    item_start = chunk * items_per_chunk
+    item_end = tl.minimum(item_start + items_per_chunk, items)
 
     M: tl.constexpr = WH * WW
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     head_c = head * HEAD_DIM
-    slot = (tl.cast(group, tl.int64) * n_win + win) * heads + head
+    slot = tl.cast(chunk, tl.int64) * heads + head
     dbias_base = DBIAS + slot * (M * M)
     pad_k = tl.zeros([BLOCK_D], dtype=tl.float32)
     pad_v = tl.zeros([BLOCK_D], dtype=tl.float32)
 
     if TILES == 1:
-        # The whole window is one tile (window ≤ 8): its bias and mask are loaded once, and the bias
-        # gradient is summed over the batch in registers.
-        t, ty, tx, py, px, oy, ox, t_in, real = _window_tokens(win_y, win_x, 0, H, W, sh, sw, WH, WW, BLOCK)
-        add = _score_bias(ty, tx, py, px, t_in, ty, tx, py, px, t_in, TABLE, stride_t_row, stride_t_head, head,
-                          TH, TW, Hp, Wp, sh, sw, WH, WW, HAS_SHIFT)
+        # The whole window is one tile (window ≤ 8): its bias is gathered once, and the bias gradient
+        # is summed over the items in registers.
+        t, ty, tx, _, _, _, _, t_in, _ = _window_tokens(0, 0, 0, H, W, sh, sw, WH, WW, BLOCK)
+        bias = _bias_tile(ty, tx, t_in, ty, tx, t_in, TABLE, stride_t_row, stride_t_head, head, TH, TW)
         pair_ok = t_in[:, None] & t_in[None, :]
-        pad = t_in & (real == 0)
         dbias = tl.zeros([BLOCK, BLOCK], dtype=tl.float32)
-        for b in range(b_start, b_end):
+        for item in range(item_start, item_end):
+            b = item // n_win
+            win = item % n_win
+            t, ty, tx, py, px, oy, ox, t_in, real = _window_tokens(win // n_win_x, win % n_win_x, 0, H, W, sh, sw,
+                                                                   WH, WW, BLOCK)
+            add = bias
+            if HAS_SHIFT:
+                add += _shift_mask(py, px, py, px, Hp, Wp, sh, sw, WH, WW)
             qkv_base = QKV + tl.cast(b, tl.int64) * stride_b
-            lse_row = ((tl.cast(b, tl.int64) * n_win + win) * heads + head) * M
+            lse_row = (tl.cast(item, tl.int64) * heads + head) * M
             q, do, lse, delta = _load_rows(qkv_base, OUT + tl.cast(b, tl.int64) * stride_ob,
                                            DOUT + tl.cast(b, tl.int64) * stride_db, LSE, QKV_BIAS, lse_row, t,
                                            oy, ox, t_in, real, offs_d, head_c, stride_h, stride_w, stride_c,
@@ -284,21 +298,25 @@ def _window_attn_bwd_kernel(
             tl.store(_map_ptrs(g_base, oy, ox, 2 * C + head_c + offs_d, stride_gh, stride_gw, stride_gc),
                      dv.to(ty_out), mask=store_mask)
             if HAS_PAD:
+                pad = t_in & (real == 0)
                 pad_k += tl.sum(tl.where(pad[:, None], dk, 0.0), 0)
                 pad_v += tl.sum(tl.where(pad[:, None], dv, 0.0), 0)
         tl.store(dbias_base + t[:, None] * M + t[None, :], dbias, mask=pair_ok)
     else:
-        # Tile by tile (window 12: 144 tokens in three tiles). Per batch item: key tiles outer with dk,
-        # dv in registers, query tiles inner; dq and the bias sum go through fp32 scratch, which only
-        # this program touches (barriers order its read-after-write).
+        # Tile by tile (window 12: 144 tokens in three tiles). Per item: key tiles outer with dk, dv in
+        # registers, query tiles inner; dq and the bias sum go through fp32 scratch, which only this
+        # program touches (barriers order its read-after-write).
         dq_base = DQ_ACC + (pid.to(tl.int64) * (TILES * BLOCK)) * BLOCK_D
         rows = tl.arange(0, BLOCK)
-        for b in range(b_start, b_end):
+        for item in range(item_start, item_end):
+            b = item // n_win
+            win_y = (item % n_win) // n_win_x
+            win_x = (item % n_win) % n_win_x
             qkv_base = QKV + tl.cast(b, tl.int64) * stride_b
             out_base = OUT + tl.cast(b, tl.int64) * stride_ob
             do_base = DOUT + tl.cast(b, tl.int64) * stride_db
             g_base = DQKV + tl.cast(b, tl.int64) * stride_gb
-            lse_row = ((tl.cast(b, tl.int64) * n_win + win) * heads + head) * M
+            lse_row = (tl.cast(item, tl.int64) * heads + head) * M
             for j in range(TILES):
                 kt, ky, kx, kpy, kpx, koy, kox, k_in, k_real = _window_tokens(win_y, win_x, j * BLOCK, H, W, sh, sw,
                                                                               WH, WW, BLOCK)
@@ -323,14 +341,14 @@ def _window_attn_bwd_kernel(
                     dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv, input_precision=PRECISION)
                     ds16 = ds.to(q.dtype)
                     dk = tl.dot(tl.trans(ds16), q, dk, input_precision=PRECISION)
-                    # Scratch read-modify-writes; the first key tile / first batch item overwrites.
+                    # Scratch read-modify-writes; the first key tile / first item overwrites.
                     dq_ptrs = dq_base + (i * BLOCK + rows)[:, None] * BLOCK_D + offs_d[None, :]
                     dq = tl.dot(ds16, k, input_precision=PRECISION)
                     if j > 0:
                         dq += tl.load(dq_ptrs)
                     tl.store(dq_ptrs, dq)
                     db_ptrs = dbias_base + qt[:, None] * M + kt[None, :]
-                    if b > b_start:
+                    if item > item_start:
                         ds += tl.load(db_ptrs, mask=pair_ok, other=0.0)
                     tl.store(db_ptrs, ds, mask=pair_ok)
                 dk *= scale
@@ -370,7 +388,7 @@ def _window_attn_bwd_kernel(
 # float32 tiles of the backward overflow sm_80's shared memory).
 BLOCK_M, BLOCK_N, BWD_BLOCK = 64, 64, 64
 FP32_MAX_HEAD_DIM = 64
-# Backward programs to aim for per streaming multiprocessor when splitting the batch into groups.
+# Backward programs to aim for per streaming multiprocessor (each adds an M×M partial bias gradient).
 BWD_PROGRAMS_PER_SM = 4
 
 
@@ -434,13 +452,14 @@ def _triton_forward(qkv: torch.Tensor, bias_table: torch.Tensor, qkv_bias: torch
     return out, lse
 
 
-def batch_groups(batch: int, programs_per_item: int, sm_count: int | None) -> int:
-    """How many groups the backward splits the batch into: enough programs to fill a GPU with
-    `sm_count` multiprocessors (None: one group, as for the interpreter), and no more, since every
-    group adds a windows×heads×M×M partial bias gradient."""
+def backward_chunks(items: int, heads: int, sm_count: int | None) -> int:
+    """Into how many chunks the backward splits its B·windows (image, window) items, per head:
+    enough programs to fill a GPU with `sm_count` multiprocessors (None: one chunk, as for the
+    interpreter) and no more, since every program adds an M×M partial bias gradient. So that memory
+    is bounded by the GPU's size, never by batch × windows."""
     if not sm_count:
         return 1
-    return max(1, min(batch, math.ceil(BWD_PROGRAMS_PER_SM * sm_count / programs_per_item)))
+    return max(1, min(items, math.ceil(BWD_PROGRAMS_PER_SM * sm_count / heads)))
 
 
 @functools.lru_cache(maxsize=32)
@@ -461,7 +480,7 @@ def _table_pairs(wh: int, ww: int, th: int, tw: int, device: torch.device) -> to
 
 def _triton_backward(dout: torch.Tensor, qkv: torch.Tensor, bias_table: torch.Tensor, qkv_bias: torch.Tensor | None,
                      out: torch.Tensor, lse: torch.Tensor, g: reference.WindowGeometry, num_heads: int, scale: float,
-                     groups: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                     chunks: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """dqkv, d bias_table and d qkv_bias (None without qkv_bias) for the forward's output gradient."""
     B, H, W, C3 = qkv.shape
     C = C3 // 3
@@ -469,31 +488,30 @@ def _triton_backward(dout: torch.Tensor, qkv: torch.Tensor, bias_table: torch.Te
     (wh, ww), M = g.window, g.window[0] * g.window[1]
     tiles = triton.cdiv(M, BWD_BLOCK)
     block_d = max(16, triton.next_power_of_2(head_dim))
-    programs_per_item = g.num_windows * num_heads
-    if groups is None:
+    items = B * g.num_windows
+    if chunks is None:
         sm_count = torch.cuda.get_device_properties(qkv.device).multi_processor_count if qkv.is_cuda else None
-        groups = batch_groups(B, programs_per_item, sm_count)
-    per_group = triton.cdiv(B, max(1, min(groups, B)))
-    groups = triton.cdiv(B, per_group)
+        chunks = backward_chunks(items, num_heads, sm_count)
+    per_chunk = triton.cdiv(items, max(1, min(chunks, items)))
+    chunks = triton.cdiv(items, per_chunk)
     n_win_x, n_win, Hp, Wp, sh, sw, th, tw = _geometry_args(g)
     has_pad = (Hp, Wp) != (H, W)
 
     dqkv = _empty((B, H, W, C3), dtype=qkv.dtype, device=qkv.device)
-    dbias = torch.empty((groups, n_win, num_heads, M, M), dtype=torch.float32, device=qkv.device)
-    dpad = torch.empty((groups, n_win, num_heads, 2, head_dim) if has_pad else (1,), dtype=torch.float32,
-                       device=qkv.device)
-    dq_acc = torch.empty((groups * programs_per_item, tiles * BWD_BLOCK, block_d) if tiles > 1 else (1,),
+    dbias = torch.empty((chunks, num_heads, M, M), dtype=torch.float32, device=qkv.device)
+    dpad = torch.empty((chunks, num_heads, 2, head_dim) if has_pad else (1,), dtype=torch.float32, device=qkv.device)
+    dq_acc = torch.empty((chunks * num_heads, tiles * BWD_BLOCK, block_d) if tiles > 1 else (1,),
                          dtype=torch.float32, device=qkv.device)
-    _window_attn_bwd_kernel[(groups * programs_per_item,)](
+    _window_attn_bwd_kernel[(chunks * num_heads,)](
         qkv, qkv_bias if qkv_bias is not None else qkv, bias_table, out, dout, lse, dqkv, dbias, dpad, dq_acc,
         *qkv.stride(), *out.stride(), *dout.stride(), *dqkv.stride(), *bias_table.stride(),
-        B, per_group, H, W, C, num_heads, n_win_x, n_win, Hp, Wp, sh, sw, th, tw, scale, scale * LOG2E,
+        items, per_chunk, H, W, C, num_heads, n_win_x, n_win, Hp, Wp, sh, sw, th, tw, scale, scale * LOG2E,
         WH=wh, WW=ww, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK=BWD_BLOCK, TILES=tiles,
         HAS_SHIFT=bool(sh or sw), HAS_QKV_BIAS=qkv_bias is not None, HAS_PAD=has_pad,
         PRECISION=dot_precision(qkv.dtype), **launch_options("bwd", M),
     )
-    # Fixed-order sums over groups and windows, then each table row gathers its pairs.
-    per_pair = dbias.sum(dim=(0, 1)).view(num_heads, M * M)
+    # A fixed-order sum over chunks, then each table row gathers its pairs.
+    per_pair = dbias.sum(dim=0).view(num_heads, M * M)
     per_pair = torch.cat([per_pair, per_pair.new_zeros(num_heads, 1)], dim=1)
     pairs = _table_pairs(wh, ww, th, tw, qkv.device)
     dtable = per_pair[:, pairs].sum(-1).t()
@@ -501,7 +519,7 @@ def _triton_backward(dout: torch.Tensor, qkv: torch.Tensor, bias_table: torch.Te
     if qkv_bias is not None:
         dqkv_bias = torch.zeros(3, num_heads, head_dim, dtype=torch.float32, device=qkv.device)
         if has_pad:
-            dqkv_bias[1:] = dpad.sum(dim=(0, 1)).transpose(0, 1)
+            dqkv_bias[1:] = dpad.sum(dim=0).transpose(0, 1)
         dqkv_bias = dqkv_bias.view(C3).to(qkv_bias.dtype)
     return dqkv, dtable.to(bias_table.dtype), dqkv_bias
 

@@ -146,6 +146,26 @@ def test_triton_matches_oracle(batch, height, width, window, shift, dtype, devic
     assert_matches_oracle(qkv, table, bias, dout, num_heads=heads, window_size=window, shift_size=shift)
 
 
+def _random_geometries(n: int, seed: int = 2024):
+    """Odd maps, windows and shifts (square and not), some smaller than the window, some fixed."""
+    g = torch.Generator().manual_seed(seed)
+    cases = []
+    for _ in range(n):
+        wh, ww = (int(x) for x in torch.randint(2, 10, (2,), generator=g))
+        sh, sw = int(torch.randint(0, wh, (1,), generator=g)), int(torch.randint(0, ww, (1,), generator=g))
+        h, w = (int(x) for x in torch.randint(3, 26, (2,), generator=g))
+        shrink = bool(torch.randint(0, 2, (1,), generator=g))
+        cases.append((h, w, (wh, ww), (sh, sw), shrink))
+    return cases
+
+
+@pytest.mark.parametrize("height, width, window, shift, shrink", _random_geometries(8))
+def test_triton_random_geometries(height, width, window, shift, shrink, device):
+    qkv, table, bias, dout = _case(2, height, width, 2, 16, window, torch.float32, device, height * 31 + width)
+    assert_matches_oracle(qkv, table, bias, dout, num_heads=2, window_size=window, shift_size=shift,
+                          shrink_window=shrink)
+
+
 @pytest.mark.parametrize("head_dim", [16, 64, 80, 128])
 def test_triton_head_dims(head_dim, device):
     qkv, table, bias, dout = _case(2, 11, 9, 1, head_dim, 7, torch.float16, device, head_dim)
@@ -172,14 +192,14 @@ def test_triton_reads_strided_inputs_and_fixed_windows(device):
                               window_size=7, shift_size=3, shrink_window=shrink)
 
 
-@pytest.mark.parametrize("groups", [2, 3])
-def test_triton_backward_sums_batch_groups(groups, monkeypatch, device):
-    # On a GPU the backward splits the batch into groups (batch_groups); each group's bias and
-    # qkv_bias gradients are partial sums. Uneven groups: 5 items in 2 (3 + 2) or 3 (2 + 2 + 1).
-    monkeypatch.setattr(sa, "batch_groups", lambda batch, programs, sm_count: groups)
+@pytest.mark.parametrize("chunks", [2, 3, 7])
+def test_triton_backward_sums_chunks(chunks, monkeypatch, device):
+    # On a GPU the backward splits the (image, window) items into chunks (backward_chunks); each
+    # chunk's bias and qkv_bias gradients are partial sums, and a chunk may span two images.
+    monkeypatch.setattr(sa, "backward_chunks", lambda items, heads, sm_count: chunks)
     for window, height, width in ((7, 9, 15), (12, 13, 12)):
-        qkv, table, bias, dout = _case(5, height, width, 1, 32, window, torch.float32, device, window)
-        assert_matches_oracle(qkv, table, bias, dout, num_heads=1, window_size=window, shift_size=window // 2)
+        qkv, table, bias, dout = _case(3, height, width, 2, 32, window, torch.float32, device, window)
+        assert_matches_oracle(qkv, table, bias, dout, num_heads=2, window_size=window, shift_size=window // 2)
 
 
 def test_triton_backward_is_deterministic(device):

@@ -56,8 +56,8 @@ def _request(kernel: str, dtype: str, precision: str, window: int, shifted: bool
         args |= map_strides
         for prefix, strides in (("o", out_strides), ("d", out_strides), ("g", map_strides)):
             args |= {k.replace("stride_", "stride_" + prefix): v for k, v in strides.items()}
-        groups = sa.batch_groups(B, n_win * HEADS, sm_count=132)  # an H100
-        args |= {"stride_t_row": HEADS, "stride_t_head": 1, "B": B, "batch_per_group": -(-B // groups)}
+        chunks = sa.backward_chunks(B * n_win, HEADS, sm_count=132)  # an H100
+        args |= {"stride_t_row": HEADS, "stride_t_head": 1, "items": B * n_win, "items_per_chunk": -(-B * n_win // chunks)}
         args |= geometry | {"scale": head_dim**-0.5, "scale_log2": head_dim**-0.5 * sa.LOG2E}
         tiles = -(-window * window // sa.BWD_BLOCK)
         meta |= dict(BLOCK=sa.BWD_BLOCK, TILES=tiles, HAS_PAD=hp != H)
