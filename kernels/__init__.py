@@ -5,6 +5,7 @@ only the ``"triton"`` backends require it.
 """
 
 from .flash_attention import attention
+from .similarity_ce import clip_loss
 from .swin_attention import window_attention
 
-__all__ = ["attention", "window_attention"]
+__all__ = ["attention", "clip_loss", "window_attention"]

@@ -196,3 +196,20 @@ def window_attention(
     softmax_dtype = torch.float64 if qkv.dtype == torch.float64 else torch.float32
     out = torch.matmul(torch.softmax(scores, dim=-1, dtype=softmax_dtype).to(v.dtype), v)
     return window_merge(out, geometry)
+
+
+def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor | float,
+              logit_bias: torch.Tensor | float | None = None) -> torch.Tensor:
+    """CLIP's symmetric cross-entropy over the full N×N logits, as open_clip's ClipLoss.
+
+    logits = logit_scale · image_emb · text_embᵀ (+ logit_bias); the loss is the mean of the
+    image→text and text→image cross-entropies with the matching pair (the diagonal) as the label.
+    Computed in float32 (float64 for float64 inputs); returns a 0-dim tensor of that dtype.
+    """
+    dtype = torch.float64 if image_emb.dtype == torch.float64 else torch.float32
+    logits = logit_scale * (image_emb.to(dtype) @ text_emb.to(dtype).t())
+    if logit_bias is not None:
+        logits = logits + logit_bias
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return (torch.nn.functional.cross_entropy(logits, labels)
+            + torch.nn.functional.cross_entropy(logits.t(), labels)) / 2

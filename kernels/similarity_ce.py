@@ -1,0 +1,346 @@
+"""The fused similarity-matrix cross-entropy: CLIP's symmetric loss without the N×N logits. Triton
+kernels, a chunked PyTorch path, the autograd Function and the public op `clip_loss`.
+
+With S = image·textᵀ, logits L = s·S + b, row and column log-sum-exps r_i = LSE_j L_ij and
+c_j = LSE_i L_ij, the loss is
+
+    loss = (Σ_i r_i + Σ_j c_j − 2·Σ_i L_ii) / (2N)
+
+and, with P_ij = exp(L_ij − r_i) + exp(L_ij − c_j) (row softmax plus column softmax),
+
+    d image_i = s/(2N) · (Σ_j P_ij·text_j − 2·text_i)      d text_j: the same with the roles swapped
+    d s = (Σ_ij P_ij·S_ij − 2·Σ_i S_ii) / (2N)             d b = (Σ_ij P_ij − 2N) / (2N)  (zero in exact arithmetic)
+
+Every pass recomputes S tile by tile, so memory is O(N·D): the forward is two online-LSE passes (rows
+of image against all of text, then rows of text against all of image, one kernel with the operands
+swapped); the backward is two gradient passes, each a tiled P·B product. Nothing is atomic, so the
+results are deterministic. `backend="chunked"` does the same passes in PyTorch with row chunks (for
+CPUs), and `backend="eager"` is the full-matrix oracle in kernels/reference.py.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from . import reference
+from ._triton import dot_precision, interpreting, require_triton, tl, triton
+
+Backend = Literal["auto", "triton", "chunked", "eager"]
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+# --------------------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _similarity_tile(A, B, rows, cols, n_a, n_b, D, stride_a, stride_ak, stride_b, stride_bk,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """S[rows, cols] = A[rows]·B[cols]ᵀ in fp32, reduced over D in BLOCK_K slices."""
+    s = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = A + tl.cast(rows, tl.int64)[:, None] * stride_a + offs_k[None, :] * stride_ak
+    b_ptrs = B + tl.cast(cols, tl.int64)[:, None] * stride_b + offs_k[None, :] * stride_bk
+    for k0 in range(0, D, BLOCK_K):
+        k_ok = (k0 + offs_k) < D
+        a = tl.load(a_ptrs, mask=(rows < n_a)[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=(cols < n_b)[:, None] & k_ok[None, :], other=0.0)
+        s = tl.dot(a, tl.trans(b), s, input_precision=PRECISION)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+    return s
+
+
+@triton.jit
+def _clip_lse_kernel(
+    A,  # (N_A, D) embeddings whose rows get a log-sum-exp, any strides
+    B,  # (N_B, D) the other side's embeddings, any strides
+    SCALE,  # () fp32 logit scale
+    BIAS,  # () fp32 logit bias, or a dummy pointer when HAS_BIAS is False
+    LSE,  # (N_A,) fp32 out: LSE_j (s·A_i·B_j + b), natural log
+    n_a, n_b, D, stride_a, stride_ak, stride_b, stride_bk,
+    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    scale_log2 = tl.load(SCALE).to(tl.float32) * 1.4426950408889634
+    bias_log2 = 0.0
+    if HAS_BIAS:
+        bias_log2 = tl.load(BIAS).to(tl.float32) * 1.4426950408889634
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for n0 in range(0, n_b, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        s = _similarity_tile(A, B, rows, cols, n_a, n_b, D, stride_a, stride_ak, stride_b, stride_bk,
+                             BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
+        s = tl.where((cols < n_b)[None, :], s * scale_log2 + bias_log2, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        l_i = l_i * tl.math.exp2(m_i - m_new) + tl.sum(tl.math.exp2(s - m_new[:, None]), 1)
+        m_i = m_new
+    tl.store(LSE + rows, (m_i + tl.math.log2(l_i)) * 0.6931471805599453, mask=rows < n_a)
+
+
+@triton.jit
+def _clip_grad_kernel(
+    A,  # (N, D) the side whose gradient this pass computes, any strides
+    B,  # (N, D) the other side, any strides
+    SCALE,  # () fp32 logit scale
+    BIAS,  # () fp32 logit bias, or a dummy pointer when HAS_BIAS is False
+    LSE_A,  # (N,) fp32 log-sum-exps over A's rows (natural log)
+    LSE_B,  # (N,) fp32 log-sum-exps over B's rows
+    G,  # (N, D) fp32 out: Σ_j P_ij·B_j − 2·B_i, for columns [pid_d·BLOCK_DO, +BLOCK_DO)
+    ROW_SUMS,  # (N, 2) fp32 out: Σ_j P_ij·S_ij and Σ_j P_ij (written by the first column block)
+    N, D, stride_a, stride_ak, stride_b, stride_bk, stride_g,
+    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_DO: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < N
+    offs_do = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
+    do_ok = offs_do < D
+    scale_log2 = tl.load(SCALE).to(tl.float32) * 1.4426950408889634
+    bias_log2 = 0.0
+    if HAS_BIAS:
+        bias_log2 = tl.load(BIAS).to(tl.float32) * 1.4426950408889634
+    lse_a = tl.load(LSE_A + rows, mask=row_ok, other=0.0) * 1.4426950408889634
+
+    acc = tl.zeros([BLOCK_M, BLOCK_DO], dtype=tl.float32)
+    ps = tl.zeros([BLOCK_M], dtype=tl.float32)
+    p_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        col_ok = cols < N
+        s = _similarity_tile(A, B, rows, cols, N, N, D, stride_a, stride_ak, stride_b, stride_bk,
+                             BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
+        lse_b = tl.load(LSE_B + cols, mask=col_ok, other=0.0) * 1.4426950408889634
+        logit = s * scale_log2 + bias_log2
+        p = tl.math.exp2(logit - lse_a[:, None]) + tl.math.exp2(logit - lse_b[None, :])
+        p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
+        ps += tl.sum(p * s, 1)
+        p_sum += tl.sum(p, 1)
+        b_out = tl.load(B + tl.cast(cols, tl.int64)[:, None] * stride_b + offs_do[None, :] * stride_bk,
+                        mask=col_ok[:, None] & do_ok[None, :], other=0.0)
+        acc = tl.dot(p.to(b_out.dtype), b_out, acc, input_precision=PRECISION)
+
+    own = tl.load(B + tl.cast(rows, tl.int64)[:, None] * stride_b + offs_do[None, :] * stride_bk,
+                  mask=row_ok[:, None] & do_ok[None, :], other=0.0)
+    tl.store(G + tl.cast(rows, tl.int64)[:, None] * stride_g + offs_do[None, :], acc - 2.0 * own.to(tl.float32),
+             mask=row_ok[:, None] & do_ok[None, :])
+    if pid_d == 0:
+        tl.store(ROW_SUMS + rows * 2, ps, mask=row_ok)
+        tl.store(ROW_SUMS + rows * 2 + 1, p_sum, mask=row_ok)
+
+
+# --------------------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------------------
+
+# 64×64 logit tiles reduced over D in 64-wide slices; the gradient pass keeps a 64×BLOCK_DO fp32
+# accumulator, so D > 256 splits into column blocks that each recompute the similarity tiles. The
+# compile gate (tests/test_similarity_ce_compile.py) builds every choice for sm_80 and sm_90.
+BLOCK_M, BLOCK_N, BLOCK_K = 64, 64, 64
+MAX_BLOCK_DO = 256
+
+
+def launch_options(kernel: str) -> dict[str, int]:
+    """num_warps and num_stages of the "lse" or "grad" kernel."""
+    return {"num_warps": 4, "num_stages": 2} if kernel == "lse" else {"num_warps": 8, "num_stages": 2}
+
+
+def grad_block_do(dim: int) -> int:
+    """Width of the gradient pass's output column block for embeddings of `dim` features."""
+    return min(MAX_BLOCK_DO, max(16, triton.next_power_of_2(dim)))
+
+
+def _triton_lse(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    lse = torch.empty(a.shape[0], dtype=torch.float32, device=a.device)
+    _clip_lse_kernel[(triton.cdiv(a.shape[0], BLOCK_M),)](
+        a, b, scale, bias if bias is not None else scale, lse, a.shape[0], b.shape[0], a.shape[1],
+        *a.stride(), *b.stride(), HAS_BIAS=bias is not None, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
+        PRECISION=dot_precision(a.dtype), **launch_options("lse"),
+    )
+    return lse
+
+
+def _triton_grad(a, b, scale, bias, lse_a, lse_b) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ_j P_ij·b_j − 2·b_i in fp32, per-row [Σ_j P_ij·S_ij, Σ_j P_ij])."""
+    n, d = a.shape
+    g = torch.empty((n, d), dtype=torch.float32, device=a.device)
+    row_sums = torch.empty((n, 2), dtype=torch.float32, device=a.device)
+    block_do = grad_block_do(d)
+    _clip_grad_kernel[(triton.cdiv(n, BLOCK_M), triton.cdiv(d, block_do))](
+        a, b, scale, bias if bias is not None else scale, lse_a, lse_b, g, row_sums, n, d,
+        *a.stride(), *b.stride(), g.stride(0), HAS_BIAS=bias is not None, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+        BLOCK_K=BLOCK_K, BLOCK_DO=block_do, PRECISION=dot_precision(a.dtype), **launch_options("grad"),
+    )
+    return g, row_sums
+
+
+# The chunked PyTorch path: the same passes with CHUNK_ELEMENTS logits (64 MiB in fp32) at a time.
+CHUNK_ELEMENTS = 1 << 24
+
+
+def _chunks(n_rows: int, n_cols: int) -> range:
+    step = max(1, CHUNK_ELEMENTS // max(1, n_cols))
+    return range(0, n_rows, step)
+
+
+def _logits(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    logits = (a @ b.t()) * scale
+    return logits + bias if bias is not None else logits
+
+
+def _chunked_lse(a, b, scale, bias) -> torch.Tensor:
+    n = a.shape[0]
+    step = _chunks(n, b.shape[0]).step
+    return torch.cat([torch.logsumexp(_logits(a[i:i + step], b, scale, bias), dim=1) for i in range(0, n, step)])
+
+
+def _chunked_grad(a, b, scale, bias, lse_a, lse_b) -> tuple[torch.Tensor, torch.Tensor]:
+    n = a.shape[0]
+    step = _chunks(n, n).step
+    g = torch.empty_like(a)
+    row_sums = a.new_empty((n, 2))
+    for i in range(0, n, step):
+        s = a[i:i + step] @ b.t()
+        logits = s * scale + (bias if bias is not None else 0.0)
+        p = torch.exp(logits - lse_a[i:i + step, None]) + torch.exp(logits - lse_b[None, :])
+        g[i:i + step] = p @ b - 2 * b[i:i + step]
+        row_sums[i:i + step, 0] = (p * s).sum(1)
+        row_sums[i:i + step, 1] = p.sum(1)
+    return g, row_sums
+
+
+# --------------------------------------------------------------------------------------------------
+# Autograd
+# --------------------------------------------------------------------------------------------------
+
+
+class ClipLossFunction(torch.autograd.Function):
+    """The tiled loss (Triton or chunked); saves the embeddings, the scale, the bias and 2·N LSEs."""
+
+    @staticmethod
+    def forward(ctx, image, text, scale, bias, use_triton: bool):
+        work = image.dtype if use_triton else torch.promote_types(image.dtype, torch.float32)
+        i, t = image.to(work), text.to(work)
+        s = scale.detach().to(torch.float32 if use_triton else work).reshape(())
+        b = None if bias is None else bias.detach().to(s.dtype).reshape(())
+        if use_triton:
+            row_lse, col_lse = _triton_lse(i, t, s, b), _triton_lse(t, i, s, b)
+        else:
+            row_lse, col_lse = _chunked_lse(i, t, s, b), _chunked_lse(t, i, s, b)
+        diag_s = (i.to(row_lse.dtype) * t.to(row_lse.dtype)).sum(1)
+        diag = diag_s * s + (b if b is not None else 0.0)
+        n = image.shape[0]
+        loss = (row_lse.sum() + col_lse.sum() - 2 * diag.sum()) / (2 * n)
+        ctx.save_for_backward(i, t, s, b, row_lse, col_lse, diag_s)
+        ctx.use_triton = use_triton
+        ctx.dtypes = (image.dtype, text.dtype, scale.dtype, None if bias is None else bias.dtype)
+        ctx.shapes = (scale.shape, None if bias is None else bias.shape)
+        return loss.to(torch.promote_types(image.dtype, torch.float32))
+
+    @staticmethod
+    def backward(ctx, grad):
+        i, t, s, b, row_lse, col_lse, diag_s = ctx.saved_tensors
+        n = i.shape[0]
+        grad_fn = _triton_grad if ctx.use_triton else _chunked_grad
+        g_i, sums_i = grad_fn(i, t, s, b, row_lse, col_lse)
+        g_t, _ = grad_fn(t, i, s, b, col_lse, row_lse)
+        coef = grad.to(g_i.dtype) / (2 * n)
+        d_image = (coef * s.to(g_i.dtype) * g_i).to(ctx.dtypes[0])
+        d_text = (coef * s.to(g_t.dtype) * g_t).to(ctx.dtypes[1])
+        d_scale = (coef * (sums_i[:, 0].sum() - 2 * diag_s.sum())).to(ctx.dtypes[2]).reshape(ctx.shapes[0])
+        d_bias = None
+        if b is not None:
+            d_bias = (coef * (sums_i[:, 1].sum() - 2 * n)).to(ctx.dtypes[3]).reshape(ctx.shapes[1])
+        return d_image, d_text, d_scale, d_bias, None
+
+
+# --------------------------------------------------------------------------------------------------
+# Public op
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_inputs(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale, logit_bias) -> None:
+    if image_emb.dim() != 2 or image_emb.shape != text_emb.shape:
+        raise ValueError(f"image_emb and text_emb must both be (N, D) with the same N and D; got "
+                         f"{tuple(image_emb.shape)} and {tuple(text_emb.shape)}.")
+    if image_emb.shape[0] == 0:
+        raise ValueError("clip_loss needs at least one image-text pair; got N = 0.")
+    if image_emb.dtype != text_emb.dtype or image_emb.device != text_emb.device:
+        raise ValueError(f"image_emb and text_emb must share dtype and device; got {image_emb.dtype} on "
+                         f"{image_emb.device} and {text_emb.dtype} on {text_emb.device}.")
+    for name, value in (("logit_scale", logit_scale), ("logit_bias", logit_bias)):
+        if isinstance(value, torch.Tensor) and value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar (one element); got shape {tuple(value.shape)}.")
+
+
+def _check_triton(image_emb: torch.Tensor) -> None:
+    require_triton()
+    if image_emb.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"backend='triton' takes float16, bfloat16 or float32 embeddings; got {image_emb.dtype}. "
+                         "Use backend='chunked'.")
+    if image_emb.shape[1] % 16:
+        raise ValueError(f"backend='triton' needs an embedding dim that is a multiple of 16; got "
+                         f"{image_emb.shape[1]}. Use backend='chunked'.")
+    if image_emb.device.type != "cuda" and not interpreting():
+        raise ValueError("backend='triton' runs on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1); "
+                         "use backend='chunked' here.")
+
+
+def triton_supports(image_emb: torch.Tensor) -> bool:
+    """Whether backend='triton' accepts these embeddings (what backend='auto' uses to choose)."""
+    if image_emb.device.type != "cuda":
+        return False
+    try:
+        _check_triton(image_emb)
+    except ValueError:
+        return False
+    return True
+
+
+def clip_loss(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    *,
+    logit_bias: torch.Tensor | float | None = None,
+    backend: Backend = "auto",
+) -> torch.Tensor:
+    """CLIP's symmetric contrastive loss, equal to open_clip's ClipLoss, without the N×N logits.
+
+    Args:
+        image_emb, text_emb: (N, D) L2-normalized embeddings of N matching pairs; any strides.
+        logit_scale: the logits' multiplier, a scalar tensor (usually ``param.exp()``) or a float.
+        logit_bias: optional scalar added to every logit.
+        backend: "triton" (tiled kernels; CUDA, or CPU under TRITON_INTERPRET=1; D a multiple of 16),
+            "chunked" (the same tiling in PyTorch, O(N·D) memory, any device), "eager" (the full
+            N×N oracle), or "auto" (Triton for supported CUDA inputs, otherwise chunked).
+
+    Returns:
+        The mean of the image→text and text→image cross-entropies: a 0-dim float32 tensor
+        (float64 for float64 inputs), with gradients for the embeddings, the scale and the bias.
+    """
+    _check_inputs(image_emb, text_emb, logit_scale, logit_bias)
+    if backend == "eager":
+        return reference.clip_loss(image_emb, text_emb, logit_scale, logit_bias)
+    if backend == "auto":
+        backend = "triton" if triton_supports(image_emb) else "chunked"
+    if backend not in ("triton", "chunked"):
+        raise ValueError(f"unknown clip-loss backend {backend!r}; choose 'auto', 'triton', 'chunked' or 'eager'.")
+    if backend == "triton":
+        _check_triton(image_emb)
+    scale = torch.as_tensor(logit_scale, device=image_emb.device)
+    if not scale.is_floating_point():
+        scale = scale.float()
+    bias = None
+    if logit_bias is not None:
+        bias = torch.as_tensor(logit_bias, device=image_emb.device)
+        bias = bias if bias.is_floating_point() else bias.float()
+    return ClipLossFunction.apply(image_emb, text_emb, scale, bias, backend == "triton")

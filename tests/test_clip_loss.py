@@ -1,0 +1,127 @@
+"""The CLIP loss without N×N logits: Triton (interpreter here, GPU when there is one) and chunked
+backends against the float64 oracle and against open_clip's ClipLoss; loss and every gradient.
+
+Tolerance as for the attention kernels: max error against float64 at most twice the error of the
+eager full-matrix loss in the same dtype, plus the dtype's rounding at the values' magnitude.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vitfast.kernels import clip_loss
+from vitfast.kernels import similarity_ce as sce
+
+NAMES = ("loss", "d_image", "d_text", "d_scale", "d_bias")
+
+
+def _pairs(n, d, dtype, device, seed, correlated=True):
+    g = torch.Generator().manual_seed(seed)
+    image = F.normalize(torch.randn(n, d, generator=g), dim=-1)
+    # Matching texts near their images, as in training, so the diagonal matters.
+    text = F.normalize(image + (0.8 if correlated else 5.0) * torch.randn(n, d, generator=g), dim=-1)
+    return image.to(device=device, dtype=dtype), text.to(device=device, dtype=dtype)
+
+
+def _loss_and_grads(backend, image, text, scale, bias, cast=None):
+    leaves = [x.detach().clone().to(cast or x.dtype).requires_grad_() for x in (image, text, scale)]
+    if bias is not None:
+        leaves.append(bias.detach().clone().to(cast or bias.dtype).requires_grad_())
+    loss = clip_loss(leaves[0], leaves[1], leaves[2], logit_bias=leaves[3] if bias is not None else None,
+                     backend=backend)
+    return [loss, *torch.autograd.grad(loss, leaves)]
+
+
+def _rounding_floor(ref: torch.Tensor, dtype: torch.dtype) -> float:
+    x = ref.to(dtype)
+    return 2 * ((x + 0.3 - 0.3).double() - x.double()).abs().max().item() + 1e-6
+
+
+def assert_matches_oracle(backend, image, text, scale, bias=None):
+    got = _loss_and_grads(backend, image, text, scale, bias)
+    ref = _loss_and_grads("eager", image, text, scale, bias, cast=torch.float64)
+    eager = _loss_and_grads("eager", image, text, scale, bias)
+    for name, g, r, e, like in zip(NAMES, got, ref, eager, (None, image, text, scale, bias)):
+        if like is not None:
+            assert g.dtype == like.dtype and g.shape == like.shape, name
+        assert torch.isfinite(g).all(), f"{name} is not finite"
+        err = (g.double() - r).abs().max().item()
+        eager_err = (e.double() - r).abs().max().item()
+        if like is None:  # the loss, a difference of log-sum-exps as large as the logits (up to the scale)
+            floor = 4 * torch.finfo(torch.float32).eps * float(scale.abs().max()) + 1e-6
+        else:
+            floor = _rounding_floor(r, like.dtype)
+        bound = 2 * eager_err + floor
+        assert err <= bound, f"{name}: max error {err:.3g} > bound {bound:.3g} (eager error {eager_err:.3g})"
+
+
+@pytest.mark.parametrize("backend", ["triton", "chunked"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("n, d", [(1, 64), (3, 64), (65, 48), (200, 512), (130, 768), (70, 16)])
+def test_matches_oracle(n, d, dtype, backend, device):
+    image, text = _pairs(n, d, dtype, device, n * 7 + d)
+    assert_matches_oracle(backend, image, text, torch.tensor(100.0, device=device).log().exp() * 0.5)
+
+
+@pytest.mark.parametrize("backend", ["triton", "chunked"])
+def test_bias_scale_shapes_and_strides(backend, device):
+    image, text = _pairs(97, 64, torch.float32, device, 5)
+    wide = torch.cat([text, text], dim=1)[:, 64:]  # a strided view
+    assert not wide.is_contiguous()
+    assert_matches_oracle(backend, image, wide, torch.tensor([12.0], device=device), torch.tensor(-3.0, device=device))
+    # Uncorrelated pairs (large loss) and a large scale: the log-sum-exps must not overflow.
+    image, text = _pairs(50, 32, torch.float32, device, 6, correlated=False)
+    assert_matches_oracle(backend, image, text, torch.tensor(100.0, device=device))
+
+
+def test_chunked_splits_rows(monkeypatch):
+    # Force many chunks (3 rows each), including a ragged last one.
+    monkeypatch.setattr(sce, "CHUNK_ELEMENTS", 3 * 40)
+    image, text = _pairs(40, 32, torch.float32, "cpu", 7)
+    assert_matches_oracle("chunked", image, text, torch.tensor(20.0))
+
+
+@pytest.mark.parametrize("n, d, bias", [(1, 64, False), (3, 512, True), (257, 768, False), (1000, 64, True)])
+def test_matches_open_clip(n, d, bias):
+    open_clip_loss = pytest.importorskip("open_clip.loss").ClipLoss()
+    image, text = _pairs(n, d, torch.float32, "cpu", n + d)
+    scale = torch.tensor(1 / 0.07)
+    b = torch.tensor(-1.5) if bias else None
+    expected = open_clip_loss(image, text, scale, b)
+    torch.testing.assert_close(clip_loss(image, text, scale, logit_bias=b, backend="chunked"), expected)
+    torch.testing.assert_close(clip_loss(image, text, scale, logit_bias=b, backend="eager"), expected)
+
+
+def test_grad_column_blocks():
+    assert [sce.grad_block_do(d) for d in (16, 48, 64, 256, 512, 1024)] == [16, 64, 64, 256, 256, 256]
+
+
+def test_rejects_bad_input():
+    image, text = _pairs(4, 32, torch.float32, "cpu", 0)
+    with pytest.raises(ValueError, match="same N and D"):
+        clip_loss(image, text[:3], 10.0)
+    with pytest.raises(ValueError, match="N = 0"):
+        clip_loss(image[:0], text[:0], 10.0)
+    with pytest.raises(ValueError, match="logit_scale must be a scalar"):
+        clip_loss(image, text, torch.ones(2))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        clip_loss(torch.randn(4, 40), torch.randn(4, 40), 10.0, backend="triton")
+    with pytest.raises(ValueError, match="unknown clip-loss backend"):
+        clip_loss(image, text, 10.0, backend="sdpa")
+    with pytest.raises(ValueError, match="share dtype"):
+        clip_loss(image, text.double(), 10.0)
+
+
+def test_auto_is_chunked_off_cuda():
+    image, text = _pairs(5, 32, torch.float32, "cpu", 1)
+    torch.testing.assert_close(clip_loss(image, text, 10.0), clip_loss(image, text, 10.0, backend="chunked"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+def test_triton_on_gpu(dtype, device):
+    for n, d in ((4096, 512), (1000, 1024), (333, 768)):
+        image, text = _pairs(n, d, dtype, device, n)
+        assert_matches_oracle("triton", image, text, torch.tensor(50.0, device=device), torch.tensor(-1.0, device=device))

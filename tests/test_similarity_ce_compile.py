@@ -1,0 +1,76 @@
+"""Compile gate for the CLIP-loss kernels (kernels/similarity_ce.py): the log-sum-exp pass and the
+gradient pass, with the launcher's block sizes and launch options, build for sm_80 and sm_90 (no GPU
+needed; see tests/aot.py).
+
+Specialized like a launch at N=32768 for embedding dims 64, 80 (a tail in the D loop) and 512 (the
+gradient's 256-wide output blocks), in float16, bfloat16 and float32 (TF32 and "ieee"). Asserted: it
+compiles, fits shared memory, uses tensor cores (none for "ieee"), and does not spill on sm_90.
+The table prints with ``-s``.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+pytest.importorskip("triton")
+
+from aot import AotRequest, compile_all, launch_signature  # noqa: E402
+from vitfast.kernels import similarity_ce as sce  # noqa: E402
+
+N = 32768
+NUMERICS = (("fp16", "tf32"), ("bf16", "tf32"), ("fp32", "tf32"), ("fp32", "ieee"))
+VARIANTS = [(kernel, dtype, precision, dim, arch) for kernel in ("lse", "grad") for dtype, precision in NUMERICS
+            for dim in (64, 80, 512) for arch in (80, 90)]
+
+
+def _request(kernel: str, dtype: str, precision: str, dim: int, arch: int) -> AotRequest:
+    args = {"A": "*" + dtype, "B": "*" + dtype, "SCALE": "*fp32", "BIAS": "*fp32"}
+    if kernel == "lse":
+        fn = sce._clip_lse_kernel
+        args |= {"LSE": "*fp32", "n_a": N, "n_b": N, "D": dim, "stride_a": dim, "stride_ak": 1, "stride_b": dim,
+                 "stride_bk": 1}
+        meta = {}
+    else:
+        fn = sce._clip_grad_kernel
+        args |= {"LSE_A": "*fp32", "LSE_B": "*fp32", "G": "*fp32", "ROW_SUMS": "*fp32", "N": N, "D": dim,
+                 "stride_a": dim, "stride_ak": 1, "stride_b": dim, "stride_bk": 1, "stride_g": dim}
+        meta = {"BLOCK_DO": sce.grad_block_do(dim)}
+    meta |= dict(HAS_BIAS=True, BLOCK_M=sce.BLOCK_M, BLOCK_N=sce.BLOCK_N, BLOCK_K=sce.BLOCK_K, PRECISION=precision)
+    signature, constexprs, divisible = launch_signature(args)
+    signature.update(dict.fromkeys(meta, "constexpr"))
+    constexprs.update(meta)
+    signature = {name: signature[name] for name in inspect.signature(fn.fn).parameters}  # the kernel's order
+    return AotRequest.of(fn, signature, constexprs, arch=arch, divisible_by_16=divisible,
+                         **sce.launch_options(kernel))
+
+
+def _id(v) -> str:
+    kernel, dtype, precision, dim, arch = v
+    return f"{kernel}-{dtype}{'-' + precision if dtype == 'fp32' else ''}-d{dim}-sm{arch}"
+
+
+@pytest.fixture(scope="module")
+def builds():
+    results = dict(zip(map(_id, VARIANTS), compile_all(_request(*v) for v in VARIANTS)))
+    print("\nclip-loss compile gate: registers, stack bytes, shared memory, tensor-core ops")
+    for name, r in results.items():
+        print(f"{name:28s} " + (f"FAILED: {r}" if isinstance(r, Exception) else
+                                f"{r.registers:4d} {r.stack_bytes:5d} {r.shared_bytes:7d} {dict(r.mma_ops)}"))
+    return results
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=_id)
+def test_compiles(builds, variant):
+    result = builds[_id(variant)]
+    if isinstance(result, Exception):
+        raise result
+    _, _, precision, _, arch = variant
+    assert result.fits_shared_memory, f"{result.shared_bytes} bytes of shared memory on sm_{arch}"
+    if precision == "ieee":
+        assert not result.mma_ops
+    else:
+        assert result.tensor_cores, f"no tensor-core instruction on sm_{arch}: {result.mma_ops or 'none'}"
+        if arch >= 90:
+            assert not result.spills, f"{result.stack_bytes} stack bytes on sm_{arch}"
