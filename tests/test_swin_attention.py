@@ -222,7 +222,7 @@ def test_table_pairs_cover_every_pair_once():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
 def test_triton_swin_stage_shapes_on_gpu(dtype, device):
     # Swin-T's four stages at 224 (window 7), then Swin-B 384's first and last (window 12); the batch
-    # is large enough that the backward splits it into several groups.
+    # is large enough that the backward splits its (image, window) items into many chunks.
     for batch, height, heads, window in ((16, 56, 3, 7), (16, 28, 6, 7), (16, 14, 12, 7), (16, 7, 24, 7),
                                          (4, 96, 4, 12), (16, 12, 32, 12)):
         qkv, table, bias, dout = _case(batch, height, height, heads, 32, window, dtype, device, height,
