@@ -88,6 +88,20 @@ def _load_part(qkv_base, qkv_bias, oy, ox, real, offs_d, part_offset, stride_h, 
 
 
 @triton.jit
+def _store_rows(base, oy, ox, real, offs_d, channel, x, stride_h, stride_w, stride_c, HEAD_DIM: tl.constexpr):
+    """x's rows of real tokens into a channels-last map, channels [channel, channel + HEAD_DIM)."""
+    mask = real[:, None] & (offs_d < HEAD_DIM)[None, :]
+    tl.store(_map_ptrs(base, oy, ox, channel + offs_d, stride_h, stride_w, stride_c), x.to(base.dtype.element_ty),
+             mask=mask)
+
+
+@triton.jit
+def _padded_sum(x, in_window, real):
+    """x's rows summed over padded tokens (inside the window, outside the map)."""
+    return tl.sum(tl.where((in_window & (real == 0))[:, None], x, 0.0), 0)
+
+
+@triton.jit
 def _bias_tile(qy, qx, q_in, ky, kx, k_in, table, stride_t_row, stride_t_head, head, TH, TW):
     """The relative-position bias of a (query tile, key tile) gathered from the table, in base-2
     units, and −inf for keys outside the window. The same for every window."""
@@ -175,9 +189,8 @@ def _window_attn_fwd_kernel(
         m_i = m_new
 
     acc = acc / l_i[:, None]
-    out_ptrs = _map_ptrs(OUT + tl.cast(b, tl.int64) * stride_ob, qoy, qox, head_c + offs_d,
-                         stride_oh, stride_ow, stride_oc)
-    tl.store(out_ptrs, acc.to(OUT.dtype.element_ty), mask=q_real[:, None] & (offs_d < HEAD_DIM)[None, :])
+    _store_rows(OUT + tl.cast(b, tl.int64) * stride_ob, qoy, qox, q_real, offs_d, head_c, acc,
+                stride_oh, stride_ow, stride_oc, HEAD_DIM)
     lse_row = ((tl.cast(b, tl.int64) * n_win + win) * heads + head) * (WH * WW)
     tl.store(LSE + lse_row + qt, m_i + tl.math.log2(l_i), mask=q_in)
 
@@ -289,18 +302,12 @@ def _window_attn_bwd_kernel(
             dq = tl.dot(ds16, k, input_precision=PRECISION) * scale
             dk = tl.dot(tl.trans(ds16), q, input_precision=PRECISION) * scale
             g_base = DQKV + tl.cast(b, tl.int64) * stride_gb
-            store_mask = real[:, None] & d_ok[None, :]
-            ty_out = DQKV.dtype.element_ty
-            tl.store(_map_ptrs(g_base, oy, ox, head_c + offs_d, stride_gh, stride_gw, stride_gc), dq.to(ty_out),
-                     mask=store_mask)
-            tl.store(_map_ptrs(g_base, oy, ox, C + head_c + offs_d, stride_gh, stride_gw, stride_gc),
-                     dk.to(ty_out), mask=store_mask)
-            tl.store(_map_ptrs(g_base, oy, ox, 2 * C + head_c + offs_d, stride_gh, stride_gw, stride_gc),
-                     dv.to(ty_out), mask=store_mask)
+            _store_rows(g_base, oy, ox, real, offs_d, head_c, dq, stride_gh, stride_gw, stride_gc, HEAD_DIM)
+            _store_rows(g_base, oy, ox, real, offs_d, C + head_c, dk, stride_gh, stride_gw, stride_gc, HEAD_DIM)
+            _store_rows(g_base, oy, ox, real, offs_d, 2 * C + head_c, dv, stride_gh, stride_gw, stride_gc, HEAD_DIM)
             if HAS_PAD:
-                pad = t_in & (real == 0)
-                pad_k += tl.sum(tl.where(pad[:, None], dk, 0.0), 0)
-                pad_v += tl.sum(tl.where(pad[:, None], dv, 0.0), 0)
+                pad_k += _padded_sum(dk, t_in, real)
+                pad_v += _padded_sum(dv, t_in, real)
         tl.store(dbias_base + t[:, None] * M + t[None, :], dbias, mask=pair_ok)
     else:
         # Tile by tile (window 12: 144 tokens in three tiles). Per item: key tiles outer with dk, dv in
@@ -352,23 +359,19 @@ def _window_attn_bwd_kernel(
                         ds += tl.load(db_ptrs, mask=pair_ok, other=0.0)
                     tl.store(db_ptrs, ds, mask=pair_ok)
                 dk *= scale
-                store_mask = k_real[:, None] & d_ok[None, :]
-                ty_out = DQKV.dtype.element_ty
-                tl.store(_map_ptrs(g_base, koy, kox, C + head_c + offs_d, stride_gh, stride_gw, stride_gc),
-                         dk.to(ty_out), mask=store_mask)
-                tl.store(_map_ptrs(g_base, koy, kox, 2 * C + head_c + offs_d, stride_gh, stride_gw, stride_gc),
-                         dv.to(ty_out), mask=store_mask)
+                _store_rows(g_base, koy, kox, k_real, offs_d, C + head_c, dk, stride_gh, stride_gw, stride_gc,
+                            HEAD_DIM)
+                _store_rows(g_base, koy, kox, k_real, offs_d, 2 * C + head_c, dv, stride_gh, stride_gw, stride_gc,
+                            HEAD_DIM)
                 if HAS_PAD:
-                    k_pad = k_in & (k_real == 0)
-                    pad_k += tl.sum(tl.where(k_pad[:, None], dk, 0.0), 0)
-                    pad_v += tl.sum(tl.where(k_pad[:, None], dv, 0.0), 0)
+                    pad_k += _padded_sum(dk, k_in, k_real)
+                    pad_v += _padded_sum(dv, k_in, k_real)
             tl.debug_barrier()
             for i in range(TILES):
                 qt, qy, qx, qpy, qpx, qoy, qox, q_in, q_real = _window_tokens(win_y, win_x, i * BLOCK, H, W, sh, sw,
                                                                               WH, WW, BLOCK)
                 dq = tl.load(dq_base + (i * BLOCK + rows)[:, None] * BLOCK_D + offs_d[None, :]) * scale
-                tl.store(_map_ptrs(g_base, qoy, qox, head_c + offs_d, stride_gh, stride_gw, stride_gc),
-                         dq.to(DQKV.dtype.element_ty), mask=q_real[:, None] & d_ok[None, :])
+                _store_rows(g_base, qoy, qox, q_real, offs_d, head_c, dq, stride_gh, stride_gw, stride_gc, HEAD_DIM)
     if HAS_PAD:
         # Padded queries get no gradient (their rows are cropped), so qkv_bias's q part gets none.
         pad_base = DPAD + slot * (2 * HEAD_DIM)
