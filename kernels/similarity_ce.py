@@ -186,30 +186,29 @@ def _triton_grad(a, b, scale, bias, lse_a, lse_b) -> tuple[torch.Tensor, torch.T
 CHUNK_ELEMENTS = 1 << 24
 
 
-def _chunks(n_rows: int, n_cols: int) -> range:
-    step = max(1, CHUNK_ELEMENTS // max(1, n_cols))
-    return range(0, n_rows, step)
+def _chunk_rows(n_cols: int) -> int:
+    """Rows per chunk, so that a chunk of logits against `n_cols` columns holds about CHUNK_ELEMENTS."""
+    return max(1, CHUNK_ELEMENTS // max(1, n_cols))
 
 
-def _logits(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    logits = (a @ b.t()) * scale
-    return logits + bias if bias is not None else logits
+def _logits(s: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return s * scale + bias if bias is not None else s * scale
 
 
 def _chunked_lse(a, b, scale, bias) -> torch.Tensor:
-    n = a.shape[0]
-    step = _chunks(n, b.shape[0]).step
-    return torch.cat([torch.logsumexp(_logits(a[i:i + step], b, scale, bias), dim=1) for i in range(0, n, step)])
+    step = _chunk_rows(b.shape[0])
+    return torch.cat([torch.logsumexp(_logits(a[i:i + step] @ b.t(), scale, bias), dim=1)
+                      for i in range(0, a.shape[0], step)])
 
 
 def _chunked_grad(a, b, scale, bias, lse_a, lse_b) -> tuple[torch.Tensor, torch.Tensor]:
     n = a.shape[0]
-    step = _chunks(n, n).step
+    step = _chunk_rows(b.shape[0])
     g = torch.empty_like(a)
     row_sums = a.new_empty((n, 2))
     for i in range(0, n, step):
         s = a[i:i + step] @ b.t()
-        logits = s * scale + (bias if bias is not None else 0.0)
+        logits = _logits(s, scale, bias)
         p = torch.exp(logits - lse_a[i:i + step, None]) + torch.exp(logits - lse_b[None, :])
         g[i:i + step] = p @ b - 2 * b[i:i + step]
         row_sums[i:i + step, 0] = (p * s).sum(1)
