@@ -23,6 +23,7 @@ A worker imports the kernel's module itself, so a kernel must live at the top le
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import queue
@@ -141,6 +142,56 @@ def launch_signature(args: Mapping[str, object]) -> tuple[dict[str, str], dict[s
             if signature[name].startswith("*"):
                 divisible.add(name)
     return signature, constexprs, divisible
+
+
+def launch_request(kernel, args: Mapping[str, object], meta: Mapping[str, object], *, arch: int,
+                   num_warps: int | None = None, num_stages: int | None = None,
+                   maxnreg: int | None = None) -> AotRequest:
+    """A request for `kernel` specialized like a launch: `args` as for :func:`launch_signature`, `meta`
+    the constexpr (block-size) arguments; the signature follows the kernel's own argument order."""
+    signature, constexprs, divisible = launch_signature(args)
+    signature.update(dict.fromkeys(meta, "constexpr"))
+    constexprs.update(meta)
+    params = list(inspect.signature(getattr(kernel, "fn", kernel)).parameters)
+    missing = [p for p in params if p not in signature]
+    if missing:
+        raise ValueError(f"no value for the kernel arguments {missing} in `args` or `meta`.")
+    return AotRequest.of(kernel, {p: signature[p] for p in params}, constexprs, arch=arch, num_warps=num_warps,
+                         num_stages=num_stages, maxnreg=maxnreg, divisible_by_16=divisible)
+
+
+def print_results(title: str, results: Mapping[str, AotResult | Exception]) -> None:
+    """One line per build: registers, stack bytes, shared memory and tensor-core ops (or why it failed)."""
+    width = max(map(len, results), default=0) + 2
+    print(f"\n{title}: registers, stack bytes, shared memory, tensor-core ops")
+    for name, r in results.items():
+        print(f"{name:{width}s}" + (f"FAILED: {r}" if isinstance(r, Exception) else
+                                    f"{r.registers:4d} {r.stack_bytes:5d} {r.shared_bytes:7d} {dict(r.mma_ops)}"))
+
+
+def check_build(result: AotResult | Exception, name: str, *, precision: str | None, no_spills: bool) -> None:
+    """A compile gate's assertions for one build: it compiled and fits shared memory; with a matmul
+    precision, "ieee" stays off tensor cores and anything else runs on them (HGMMA on sm_90, HMMA
+    before); with `no_spills`, nothing spills on sm_90 and later."""
+    if isinstance(result, Exception):
+        raise result
+    arch = result.arch
+    assert result.fits_shared_memory, (
+        f"{name} needs {result.shared_bytes} bytes of shared memory; sm_{arch} allows {MAX_SHARED_BYTES[arch]} "
+        "per block. Use smaller tiles or fewer stages.")
+    if precision is None:
+        return
+    if precision == "ieee":
+        assert not result.mma_ops, f"{name} runs 'ieee' float32 matmuls on tensor cores: {result.mma_ops}"
+        return
+    native = "HGMMA" if arch >= 90 else "HMMA"
+    assert result.tensor_cores, (
+        f"{name} has no {native} instruction (tensor-core ops: {result.mma_ops or 'none'}). "
+        "On sm_90 Triton uses wgmma (HGMMA) only when a dot's M dimension fills a 64-row warp group.")
+    if no_spills and arch >= 90:
+        assert not result.spills, (
+            f"{name} spills on sm_{arch}: {result.stack_bytes} stack bytes, {result.spill_stores} STL / "
+            f"{result.spill_loads} LDL. Use more warps or smaller tiles.")
 
 
 def _triton_dtype(dtype) -> str:

@@ -10,13 +10,11 @@ The table prints with ``-s``.
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 
 pytest.importorskip("triton")
 
-from aot import AotRequest, compile_all, launch_signature  # noqa: E402
+from aot import AotRequest, check_build, compile_all, launch_request, print_results  # noqa: E402
 from vitfast.kernels import similarity_ce as sce  # noqa: E402
 
 N = 32768
@@ -38,12 +36,7 @@ def _request(kernel: str, dtype: str, precision: str, dim: int, arch: int) -> Ao
                  "stride_a": dim, "stride_ak": 1, "stride_b": dim, "stride_bk": 1, "stride_g": dim}
         meta = {"BLOCK_DO": sce.grad_block_do(dim)}
     meta |= dict(HAS_BIAS=True, BLOCK_M=sce.BLOCK_M, BLOCK_N=sce.BLOCK_N, BLOCK_K=sce.BLOCK_K, PRECISION=precision)
-    signature, constexprs, divisible = launch_signature(args)
-    signature.update(dict.fromkeys(meta, "constexpr"))
-    constexprs.update(meta)
-    signature = {name: signature[name] for name in inspect.signature(fn.fn).parameters}  # the kernel's order
-    return AotRequest.of(fn, signature, constexprs, arch=arch, divisible_by_16=divisible,
-                         **sce.launch_options(kernel))
+    return launch_request(fn, args, meta, arch=arch, **sce.launch_options(kernel))
 
 
 def _id(v) -> str:
@@ -54,23 +47,10 @@ def _id(v) -> str:
 @pytest.fixture(scope="module")
 def builds():
     results = dict(zip(map(_id, VARIANTS), compile_all(_request(*v) for v in VARIANTS)))
-    print("\nclip-loss compile gate: registers, stack bytes, shared memory, tensor-core ops")
-    for name, r in results.items():
-        print(f"{name:28s} " + (f"FAILED: {r}" if isinstance(r, Exception) else
-                                f"{r.registers:4d} {r.stack_bytes:5d} {r.shared_bytes:7d} {dict(r.mma_ops)}"))
+    print_results("clip-loss compile gate", results)
     return results
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=_id)
 def test_compiles(builds, variant):
-    result = builds[_id(variant)]
-    if isinstance(result, Exception):
-        raise result
-    _, _, precision, _, arch = variant
-    assert result.fits_shared_memory, f"{result.shared_bytes} bytes of shared memory on sm_{arch}"
-    if precision == "ieee":
-        assert not result.mma_ops
-    else:
-        assert result.tensor_cores, f"no tensor-core instruction on sm_{arch}: {result.mma_ops or 'none'}"
-        if arch >= 90:
-            assert not result.spills, f"{result.stack_bytes} stack bytes on sm_{arch}"
+    check_build(builds[_id(variant)], _id(variant), precision=variant[2], no_spills=True)

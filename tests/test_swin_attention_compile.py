@@ -13,13 +13,11 @@ registers, which the table (printed with ``-s``) shows.
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 
 pytest.importorskip("triton")
 
-from aot import AotRequest, compile_all, launch_signature  # noqa: E402
+from aot import AotRequest, check_build, compile_all, launch_request, print_results  # noqa: E402
 from vitfast.kernels import swin_attention as sa  # noqa: E402
 
 B, H, W, HEADS = 64, 56, 56, 3
@@ -61,13 +59,8 @@ def _request(kernel: str, dtype: str, precision: str, window: int, shifted: bool
         args |= geometry | {"scale": head_dim**-0.5, "scale_log2": head_dim**-0.5 * sa.LOG2E}
         tiles = -(-window * window // sa.BWD_BLOCK)
         meta |= dict(BLOCK=sa.BWD_BLOCK, TILES=tiles, HAS_PAD=hp != H)
-    signature, constexprs, divisible = launch_signature(args)
-    signature.update(dict.fromkeys(meta, "constexpr"))
-    constexprs.update(meta)
     fn = sa._window_attn_fwd_kernel if kernel == "fwd" else sa._window_attn_bwd_kernel
-    signature = {name: signature[name] for name in inspect.signature(fn.fn).parameters}  # the kernel's order
-    return AotRequest.of(fn, signature, constexprs, arch=arch, divisible_by_16=divisible,
-                         **sa.launch_options(kernel, window * window))
+    return launch_request(fn, args, meta, arch=arch, **sa.launch_options(kernel, window * window))
 
 
 def _id(v) -> str:
@@ -79,23 +72,12 @@ def _id(v) -> str:
 @pytest.fixture(scope="module")
 def builds():
     results = dict(zip(map(_id, VARIANTS), compile_all(_request(*v) for v in VARIANTS)))
-    print("\nwindow-attention compile gate: registers, stack bytes, shared memory, tensor-core ops")
-    for name, r in results.items():
-        print(f"{name:36s} " + (f"FAILED: {r}" if isinstance(r, Exception) else
-                                f"{r.registers:4d} {r.stack_bytes:5d} {r.shared_bytes:7d} {dict(r.mma_ops)}"))
+    print_results("window-attention compile gate", results)
     return results
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=_id)
 def test_compiles(builds, variant):
-    result = builds[_id(variant)]
-    if isinstance(result, Exception):
-        raise result
-    kernel, dtype, precision, _, _, head_dim, arch = variant
-    assert result.fits_shared_memory, f"{result.shared_bytes} bytes of shared memory on sm_{arch}"
-    if precision == "ieee":
-        assert not result.mma_ops
-    else:
-        assert result.tensor_cores, f"no tensor-core instruction on sm_{arch}: {result.mma_ops or 'none'}"
-        if arch >= 90 and (kernel == "fwd" or (head_dim == 32 and dtype != "fp32")):
-            assert not result.spills, f"{result.stack_bytes} stack bytes on sm_{arch}"
+    kernel, dtype, precision, _, _, head_dim, _ = variant
+    check_build(builds[_id(variant)], _id(variant), precision=precision,
+                no_spills=kernel == "fwd" or (head_dim == 32 and dtype != "fp32"))
