@@ -12,10 +12,15 @@ from typing import TYPE_CHECKING
 import typer
 
 if TYPE_CHECKING:  # torch-heavy modules load inside the commands, so `vitfast --help` stays fast
+    from typing import Callable
+
+    from rich.console import Console
     from rich.table import Table
 
     from vitfast.bench import AttentionBenchRow
     from vitfast.bench_window import WindowBenchRow
+
+    BenchRow = AttentionBenchRow | WindowBenchRow
 
 app = typer.Typer(
     name="vitfast",
@@ -204,7 +209,6 @@ def bench_attention(
     Exit code: 0, 1 when no case ran at all, 2 on bad flags.
     """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from vitfast import bench
 
@@ -231,31 +235,12 @@ def bench_attention(
         err.print(f"attention on {where}: {shape}" + (" (--dtype auto)" if dtype == "auto" else "")
                   + f"; warmup {params['warmup']}, median of {params['rep']} timed calls")
     n_cases = len(params["seq_lens"]) * len(params["backends"]) * len(params["modes"])
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err, transient=True,
-                  disable=quiet or not err.is_terminal) as progress:
-        task = progress.add_task("attention", total=n_cases)
-
-        def on_row(row: AttentionBenchRow) -> None:
-            progress.update(task, advance=1, description=f"{row.backend} {row.mode} N={row.seq_len}")
-
-        rows = bench.bench_attention(**params, on_row=on_row)
-
-    Console(highlight=False).print(
-        _bench_table(rows, bench.speedup_over(rows, "sdpa"), f"attention · {where} · {shape}", "N"))
-    try:
-        if json_path is not None:
-            bench.write_json(json_path, rows, parameters=params, environment=env)
-        if plot_path is not None:
-            bench.plot_time_vs_memory(rows, plot_path, title=f"attention on {where}: {shape}")
-    except OSError as exc:
-        raise _fail(f"cannot write {exc.filename}: {exc.strerror}.", 1) from None
-    if not quiet:
-        for path in (json_path, plot_path):
-            if path is not None:
-                err.print(f"wrote {path}")
-    if not any(row.ok for row in rows):
-        raise _fail("no case ran; the status column says why.", 1)
+    rows = _sweep_with_progress(lambda on_row: bench.bench_attention(**params, on_row=on_row), n_cases,
+                                "attention", err, quiet)
+    _report_sweep(rows, f"attention · {where} · {shape}", "N", err, quiet, [
+        (json_path, lambda path: bench.write_json(path, rows, parameters=params, environment=env)),
+        (plot_path, lambda path: bench.plot_time_vs_memory(rows, path, title=f"attention on {where}: {shape}")),
+    ])
 
 
 @bench_app.command("window")
@@ -288,7 +273,6 @@ def bench_window(
     Exit code: 0, 1 when no case ran at all, 2 on bad flags.
     """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from vitfast import bench, bench_window as bw
 
@@ -314,36 +298,51 @@ def bench_window(
         err.print(f"window attention on {where}: {shape}; warmup {params['warmup']}, "
                   f"median of {params['rep']} timed calls")
     n_cases = len(params["stages"]) * len(params["backends"]) * len(params["modes"])
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err, transient=True,
-                  disable=quiet or not err.is_terminal) as progress:
-        task = progress.add_task("window attention", total=n_cases)
-
-        def on_row(row: WindowBenchRow) -> None:
-            progress.update(task, advance=1, description=f"{row.backend} {row.mode} {row.stage}")
-
-        rows = bw.bench_window(**params, device=dev, on_row=on_row)
-
+    rows = _sweep_with_progress(lambda on_row: bw.bench_window(**params, device=dev, on_row=on_row), n_cases,
+                                "window attention", err, quiet)
     title = f"window attention · {where} · B={params['batch']} window {window} shift {shift}"
-    Console(highlight=False).print(_bench_table(rows, bench.speedup_over(rows, "sdpa"), title, "stage"))
+    _report_sweep(rows, title, "stage", err, quiet, [
+        (json_path, lambda path: bench.write_json(path, rows, parameters=dict(params, device=dev), environment=env,
+                                                  benchmark="window_attention", fields=bw.FIELDS)),
+        (plot_path, lambda path: bench.plot_time_vs_memory(rows, path, point_name="stage",
+                                                           title=f"window attention on {where}: {shape}")),
+    ])
+
+
+def _sweep_with_progress(sweep: Callable[[Callable[[BenchRow], None]], list[BenchRow]], n_cases: int, label: str,
+                         err: Console, quiet: bool) -> list[BenchRow]:
+    """Run `sweep(on_row)` under a progress bar on stderr (shown only on a terminal and without --quiet)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True, disable=quiet or not err.is_terminal) as progress:
+        task = progress.add_task(label, total=n_cases)
+        return sweep(lambda row: progress.update(task, advance=1, description=f"{row.backend} {row.mode} {row.case}"))
+
+
+def _report_sweep(rows: list[BenchRow], title: str, case_header: str, err: Console, quiet: bool,
+                  outputs: list[tuple[Path | None, Callable[[Path], None]]]) -> None:
+    """Print the results table, write each requested (path, writer) output, and exit 1 if no case ran."""
+    from rich.console import Console
+
+    from vitfast import bench
+
+    Console(highlight=False).print(_bench_table(rows, bench.speedup_over(rows, "sdpa"), title, case_header))
     try:
-        if json_path is not None:
-            bench.write_json(json_path, rows, parameters=dict(params, device=dev), environment=env,
-                             benchmark="window_attention", fields=bw.FIELDS)
-        if plot_path is not None:
-            bench.plot_time_vs_memory(rows, plot_path, title=f"window attention on {where}: {shape}",
-                                      point_name="stage")
+        for path, write in outputs:
+            if path is not None:
+                write(path)
     except OSError as exc:
         raise _fail(f"cannot write {exc.filename}: {exc.strerror}.", 1) from None
     if not quiet:
-        for path in (json_path, plot_path):
+        for path, _ in outputs:
             if path is not None:
                 err.print(f"wrote {path}")
     if not any(row.ok for row in rows):
         raise _fail("no case ran; the status column says why.", 1)
 
 
-def _bench_table(rows: list[AttentionBenchRow] | list[WindowBenchRow], speedups: list[float | None], title: str,
+def _bench_table(rows: list[BenchRow], speedups: list[float | None], title: str,
                  case_header: str) -> Table:
     from rich import box
     from rich.markup import escape
