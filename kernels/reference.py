@@ -199,17 +199,25 @@ def window_attention(
 
 
 def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor | float,
-              logit_bias: torch.Tensor | float | None = None) -> torch.Tensor:
-    """CLIP's symmetric cross-entropy over the full N×N logits, as open_clip's ClipLoss.
+              logit_bias: torch.Tensor | float | None = None, *, all_image: torch.Tensor | None = None,
+              all_text: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
+    """CLIP's symmetric cross-entropy over the full logits, as open_clip's ClipLoss.
 
     logits = logit_scale · image_emb · text_embᵀ (+ logit_bias); the loss is the mean of the
     image→text and text→image cross-entropies with the matching pair (the diagonal) as the label.
-    Computed in float32 (float64 for float64 inputs); returns a 0-dim tensor of that dtype.
+    With `all_image`/`all_text` (the global batch, in which the given pairs are rows offset, offset+1,
+    ...), the local images are scored against all texts and the local texts against all images, as
+    open_clip's ``local_loss=True``. Computed in float32 (float64 for float64 inputs); returns a 0-dim
+    tensor of that dtype.
     """
     dtype = torch.float64 if image_emb.dtype == torch.float64 else torch.float32
-    logits = logit_scale * (image_emb.to(dtype) @ text_emb.to(dtype).t())
+    all_image = image_emb if all_image is None else all_image
+    all_text = text_emb if all_text is None else all_text
+    logits_per_image = logit_scale * (image_emb.to(dtype) @ all_text.to(dtype).t())
+    logits_per_text = logit_scale * (text_emb.to(dtype) @ all_image.to(dtype).t())
     if logit_bias is not None:
-        logits = logits + logit_bias
-    labels = torch.arange(logits.shape[0], device=logits.device)
-    return (torch.nn.functional.cross_entropy(logits, labels)
-            + torch.nn.functional.cross_entropy(logits.t(), labels)) / 2
+        logits_per_image = logits_per_image + logit_bias
+        logits_per_text = logits_per_text + logit_bias
+    labels = torch.arange(offset, offset + image_emb.shape[0], device=image_emb.device)
+    return (torch.nn.functional.cross_entropy(logits_per_image, labels)
+            + torch.nn.functional.cross_entropy(logits_per_text, labels)) / 2

@@ -14,7 +14,9 @@ and, with P_ij = exp(L_ij − r_i) + exp(L_ij − c_j) (row softmax plus column 
 Every pass recomputes S tile by tile, so memory is O(N·D): the forward is two online-LSE passes (rows
 of image against all of text, then rows of text against all of image, one kernel with the operands
 swapped); the backward is two gradient passes, each a tiled P·B product. Nothing is atomic, so the
-results are deterministic. `backend="chunked"` does the same passes in PyTorch with row chunks (for
+results are deterministic. Across ranks (`group=`), each rank scores its n local pairs against the
+gathered global batch: the same LSE passes on n×N, and a backward of four one-sided passes (the local
+rows' gradients and, transposed, the gathered rows'), which the gather's backward sums across ranks. `backend="chunked"` does the same passes in PyTorch with row chunks (for
 CPUs), and `backend="eager"` is the full-matrix oracle in kernels/reference.py.
 """
 
@@ -86,41 +88,48 @@ def _clip_lse_kernel(
 
 @triton.jit
 def _clip_grad_kernel(
-    A,  # (N, D) the side whose gradient this pass computes, any strides
-    B,  # (N, D) the other side, any strides
+    A,  # (N_A, D) the side whose gradient this pass computes, any strides
+    B,  # (N_B, D) the other side, any strides
     SCALE,  # () fp32 logit scale
     BIAS,  # () fp32 logit bias, or a dummy pointer when HAS_BIAS is False
-    LSE_A,  # (N,) fp32 log-sum-exps over A's rows (natural log)
-    LSE_B,  # (N,) fp32 log-sum-exps over B's rows
-    G,  # (N, D) fp32 out: Σ_j P_ij·B_j − 2·B_i, for columns [pid_d·BLOCK_DO, +BLOCK_DO)
-    ROW_SUMS,  # (N, 2) fp32 out: Σ_j P_ij·S_ij and Σ_j P_ij (written by the first column block)
-    N, D, stride_a, stride_ak, stride_b, stride_bk, stride_g,
-    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_DO: tl.constexpr, PRECISION: tl.constexpr,
+    LSE_A,  # (N_A,) fp32 log-sum-exps over A's rows (natural log); read when ROW_TERM
+    LSE_B,  # (N_B,) fp32 log-sum-exps over B's rows; read when COL_TERM
+    G,  # (N_A, D) fp32 out: Σ_j P_ij·B_j, for columns [pid_d·BLOCK_DO, +BLOCK_DO)
+    ROW_SUMS,  # (N_A, 2) fp32 out: Σ_j P_ij·S_ij and Σ_j P_ij (written by the first column block)
+    n_a, n_b, D, stride_a, stride_ak, stride_b, stride_bk, stride_g,
+    HAS_BIAS: tl.constexpr, ROW_TERM: tl.constexpr, COL_TERM: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_DO: tl.constexpr, PRECISION: tl.constexpr,
 ):
+    """P_ij = [ROW_TERM] exp(L_ij − LSE_A_i) + [COL_TERM] exp(L_ij − LSE_B_j): the row softmax, the
+    column softmax, or both (the single-process symmetric loss needs both in one pass)."""
     pid_m = tl.program_id(0)
     pid_d = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < N
+    row_ok = rows < n_a
     offs_do = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
     do_ok = offs_do < D
     scale_log2 = tl.load(SCALE).to(tl.float32) * 1.4426950408889634
     bias_log2 = 0.0
     if HAS_BIAS:
         bias_log2 = tl.load(BIAS).to(tl.float32) * 1.4426950408889634
-    lse_a = tl.load(LSE_A + rows, mask=row_ok, other=0.0) * 1.4426950408889634
+    if ROW_TERM:
+        lse_a = tl.load(LSE_A + rows, mask=row_ok, other=0.0) * 1.4426950408889634
 
     acc = tl.zeros([BLOCK_M, BLOCK_DO], dtype=tl.float32)
     ps = tl.zeros([BLOCK_M], dtype=tl.float32)
     p_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for n0 in range(0, N, BLOCK_N):
+    for n0 in range(0, n_b, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
-        col_ok = cols < N
-        s = _similarity_tile(A, B, rows, cols, N, N, D, stride_a, stride_ak, stride_b, stride_bk,
+        col_ok = cols < n_b
+        s = _similarity_tile(A, B, rows, cols, n_a, n_b, D, stride_a, stride_ak, stride_b, stride_bk,
                              BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
-        lse_b = tl.load(LSE_B + cols, mask=col_ok, other=0.0) * 1.4426950408889634
         logit = s * scale_log2 + bias_log2
-        p = tl.math.exp2(logit - lse_a[:, None]) + tl.math.exp2(logit - lse_b[None, :])
+        p = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        if ROW_TERM:
+            p += tl.math.exp2(logit - lse_a[:, None])
+        if COL_TERM:
+            lse_b = tl.load(LSE_B + cols, mask=col_ok, other=0.0) * 1.4426950408889634
+            p += tl.math.exp2(logit - lse_b[None, :])
         p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
         ps += tl.sum(p * s, 1)
         p_sum += tl.sum(p, 1)
@@ -128,9 +137,7 @@ def _clip_grad_kernel(
                         mask=col_ok[:, None] & do_ok[None, :], other=0.0)
         acc = tl.dot(p.to(b_out.dtype), b_out, acc, input_precision=PRECISION)
 
-    own = tl.load(B + tl.cast(rows, tl.int64)[:, None] * stride_b + offs_do[None, :] * stride_bk,
-                  mask=row_ok[:, None] & do_ok[None, :], other=0.0)
-    tl.store(G + tl.cast(rows, tl.int64)[:, None] * stride_g + offs_do[None, :], acc - 2.0 * own.to(tl.float32),
+    tl.store(G + tl.cast(rows, tl.int64)[:, None] * stride_g + offs_do[None, :], acc,
              mask=row_ok[:, None] & do_ok[None, :])
     if pid_d == 0:
         tl.store(ROW_SUMS + rows * 2, ps, mask=row_ok)
@@ -169,15 +176,17 @@ def _triton_lse(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, bias: tor
 
 
 def _triton_grad(a, b, scale, bias, lse_a, lse_b) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Σ_j P_ij·b_j − 2·b_i in fp32, per-row [Σ_j P_ij·S_ij, Σ_j P_ij])."""
+    """(Σ_j P_ij·b_j in fp32, per-row [Σ_j P_ij·S_ij, Σ_j P_ij]); a None LSE drops that softmax from P."""
     n, d = a.shape
     g = torch.empty((n, d), dtype=torch.float32, device=a.device)
     row_sums = torch.empty((n, 2), dtype=torch.float32, device=a.device)
     block_do = grad_block_do(d)
     _clip_grad_kernel[(triton.cdiv(n, BLOCK_M), triton.cdiv(d, block_do))](
-        a, b, scale, bias if bias is not None else scale, lse_a, lse_b, g, row_sums, n, d,
-        *a.stride(), *b.stride(), g.stride(0), HAS_BIAS=bias is not None, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-        BLOCK_K=BLOCK_K, BLOCK_DO=block_do, PRECISION=dot_precision(a.dtype), **launch_options("grad"),
+        a, b, scale, bias if bias is not None else scale, lse_a if lse_a is not None else scale,
+        lse_b if lse_b is not None else scale, g, row_sums, n, b.shape[0], d, *a.stride(), *b.stride(), g.stride(0),
+        HAS_BIAS=bias is not None, ROW_TERM=lse_a is not None, COL_TERM=lse_b is not None, BLOCK_M=BLOCK_M,
+        BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, BLOCK_DO=block_do, PRECISION=dot_precision(a.dtype),
+        **launch_options("grad"),
     )
     return g, row_sums
 
@@ -202,15 +211,16 @@ def _chunked_lse(a, b, scale, bias) -> torch.Tensor:
 
 
 def _chunked_grad(a, b, scale, bias, lse_a, lse_b) -> tuple[torch.Tensor, torch.Tensor]:
-    n = a.shape[0]
     step = _chunk_rows(b.shape[0])
-    g = torch.empty_like(a)
-    row_sums = a.new_empty((n, 2))
-    for i in range(0, n, step):
+    g = a.new_empty(a.shape)
+    row_sums = a.new_empty((a.shape[0], 2))
+    for i in range(0, a.shape[0], step):
         s = a[i:i + step] @ b.t()
         logits = _logits(s, scale, bias)
-        p = torch.exp(logits - lse_a[i:i + step, None]) + torch.exp(logits - lse_b[None, :])
-        g[i:i + step] = p @ b - 2 * b[i:i + step]
+        p = torch.exp(logits - lse_a[i:i + step, None]) if lse_a is not None else torch.zeros_like(s)
+        if lse_b is not None:
+            p += torch.exp(logits - lse_b[None, :])
+        g[i:i + step] = p @ b
         row_sums[i:i + step, 0] = (p * s).sum(1)
         row_sums[i:i + step, 1] = p.sum(1)
     return g, row_sums
@@ -222,43 +232,123 @@ def _chunked_grad(a, b, scale, bias, lse_a, lse_b) -> tuple[torch.Tensor, torch.
 
 
 class ClipLossFunction(torch.autograd.Function):
-    """The tiled loss (Triton or chunked); saves the embeddings, the scale, the bias and 2·N LSEs."""
+    """The tiled loss (Triton or chunked); saves the embeddings, the scale, the bias and 2·n LSEs.
+
+    Single process (all_image is None): rows and columns of the n×n logits, two passes each way.
+    Gathered (all_image, all_text: the global batch of N pairs, the local n pairs inside it): the local
+    images' rows against all texts and the local texts' rows against all images, as open_clip's
+    local loss; the backward's one-sided passes also give the gradients of the gathered features.
+    """
 
     @staticmethod
-    def forward(ctx, image, text, scale, bias, use_triton: bool):
+    def forward(ctx, image, text, all_image, all_text, scale, bias, use_triton: bool):
+        gathered = all_image is not None
         work = image.dtype if use_triton else torch.promote_types(image.dtype, torch.float32)
         i, t = image.to(work), text.to(work)
+        all_i, all_t = (all_image.to(work), all_text.to(work)) if gathered else (i, t)
         s = scale.detach().to(torch.float32 if use_triton else work).reshape(())
         b = None if bias is None else bias.detach().to(s.dtype).reshape(())
-        if use_triton:
-            row_lse, col_lse = _triton_lse(i, t, s, b), _triton_lse(t, i, s, b)
-        else:
-            row_lse, col_lse = _chunked_lse(i, t, s, b), _chunked_lse(t, i, s, b)
+        lse = _triton_lse if use_triton else _chunked_lse
+        row_lse, col_lse = lse(i, all_t, s, b), lse(t, all_i, s, b)
         diag_s = (i.to(row_lse.dtype) * t.to(row_lse.dtype)).sum(1)
         diag = diag_s * s + (b if b is not None else 0.0)
         n = image.shape[0]
         loss = (row_lse.sum() + col_lse.sum() - 2 * diag.sum()) / (2 * n)
-        ctx.save_for_backward(i, t, s, b, row_lse, col_lse, diag_s)
-        ctx.use_triton = use_triton
+        ctx.save_for_backward(i, t, *((all_i, all_t) if gathered else ()), s, b, row_lse, col_lse, diag_s)
+        ctx.use_triton, ctx.gathered = use_triton, gathered
         ctx.dtypes = (image.dtype, text.dtype, scale.dtype, None if bias is None else bias.dtype)
         ctx.shapes = (scale.shape, None if bias is None else bias.shape)
         return loss.to(torch.promote_types(image.dtype, torch.float32))
 
     @staticmethod
     def backward(ctx, grad):
-        i, t, s, b, row_lse, col_lse, diag_s = ctx.saved_tensors
+        if ctx.gathered:
+            i, t, all_i, all_t, s, b, row_lse, col_lse, diag_s = ctx.saved_tensors
+        else:
+            i, t, s, b, row_lse, col_lse, diag_s = ctx.saved_tensors
         n = i.shape[0]
         grad_fn = _triton_grad if ctx.use_triton else _chunked_grad
-        g_i, sums_i = grad_fn(i, t, s, b, row_lse, col_lse)
-        g_t, _ = grad_fn(t, i, s, b, col_lse, row_lse)
+        d_all_image = d_all_text = None
+        if ctx.gathered:  # each softmax on its own: rows of local×global and their transposes
+            g_i, sums_i = grad_fn(i, all_t, s, b, row_lse, None)
+            g_t, sums_t = grad_fn(t, all_i, s, b, col_lse, None)
+            sums = sums_i.sum(0) + sums_t.sum(0)
+        else:  # P = row softmax + column softmax of the one n×n matrix, in one pass per side
+            g_i, sums_i = grad_fn(i, t, s, b, row_lse, col_lse)
+            g_t, _ = grad_fn(t, i, s, b, col_lse, row_lse)
+            sums = sums_i.sum(0)
         coef = grad.to(g_i.dtype) / (2 * n)
-        d_image = (coef * s.to(g_i.dtype) * g_i).to(ctx.dtypes[0])
-        d_text = (coef * s.to(g_t.dtype) * g_t).to(ctx.dtypes[1])
-        d_scale = (coef * (sums_i[:, 0].sum() - 2 * diag_s.sum())).to(ctx.dtypes[2]).reshape(ctx.shapes[0])
+        step = coef * s.to(g_i.dtype)
+        d_image = (step * (g_i - 2 * t.to(g_i.dtype))).to(ctx.dtypes[0])
+        d_text = (step * (g_t - 2 * i.to(g_t.dtype))).to(ctx.dtypes[1])
+        if ctx.gathered:
+            if ctx.needs_input_grad[2]:
+                d_all_image = (step * grad_fn(all_i, t, s, b, None, col_lse)[0]).to(ctx.dtypes[0])
+            if ctx.needs_input_grad[3]:
+                d_all_text = (step * grad_fn(all_t, i, s, b, None, row_lse)[0]).to(ctx.dtypes[1])
+        d_scale = (coef * (sums[0] - 2 * diag_s.sum())).to(ctx.dtypes[2]).reshape(ctx.shapes[0])
         d_bias = None
         if b is not None:
-            d_bias = (coef * (sums_i[:, 1].sum() - 2 * n)).to(ctx.dtypes[3]).reshape(ctx.shapes[1])
-        return d_image, d_text, d_scale, d_bias, None
+            d_bias = (coef * (sums[1] - 2 * n)).to(ctx.dtypes[3]).reshape(ctx.shapes[1])
+        return d_image, d_text, d_all_image, d_all_text, d_scale, d_bias, None
+
+
+# --------------------------------------------------------------------------------------------------
+# Multi-GPU: gathering the features with gradient
+# --------------------------------------------------------------------------------------------------
+
+
+class _GatherRows(torch.autograd.Function):
+    """Every rank's rows, concatenated in rank order; ranks may hold different numbers of rows.
+
+    The backward sums each rank's gradient for this rank's rows (a reduce-scatter), so a loss that
+    uses the gathered rows on every rank trains the features where they were computed.
+    """
+
+    @staticmethod
+    def forward(ctx, x, group, sizes: list[int]):
+        import torch.distributed as dist
+
+        ctx.group, ctx.sizes = group, sizes
+        ctx.rank = dist.get_rank(group)
+        longest = max(sizes)
+        padded = torch.nn.functional.pad(x.contiguous(), (0, 0, 0, longest - x.shape[0]))
+        pieces = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(pieces, padded, group=group)
+        return torch.cat([piece[:size] for piece, size in zip(pieces, sizes)])
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+
+        longest = max(ctx.sizes)
+        stacked = torch.stack([torch.nn.functional.pad(g, (0, 0, 0, longest - g.shape[0]))
+                               for g in grad.split(ctx.sizes)])
+        if dist.get_backend(ctx.group) == "nccl":
+            own = stacked.new_empty(stacked.shape[1:])
+            dist.reduce_scatter_tensor(own, stacked.flatten(0, 1), group=ctx.group)
+        else:  # gloo has no reduce-scatter
+            dist.all_reduce(stacked, group=ctx.group)
+            own = stacked[ctx.rank]
+        return own[:ctx.sizes[ctx.rank]], None, None
+
+
+def gather_pairs(image_emb: torch.Tensor, text_emb: torch.Tensor, group) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """All ranks' image and text embeddings (one collective for both, with gradient) and the offset
+    of this rank's pairs in the global batch."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError("clip_loss(group=...) needs torch.distributed to be initialized "
+                         "(torch.distributed.init_process_group, e.g. under torchrun); pass group=None "
+                         "for a single-process loss.")
+    count = torch.tensor([image_emb.shape[0]], dtype=torch.int64, device=image_emb.device)
+    counts = [torch.empty_like(count) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(counts, count, group=group)
+    sizes = [int(c) for c in counts]
+    both = _GatherRows.apply(torch.cat([image_emb, text_emb], dim=1), group, sizes)
+    dim = image_emb.shape[1]
+    return both[:, :dim], both[:, dim:], sum(sizes[:dist.get_rank(group)])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -311,6 +401,7 @@ def clip_loss(
     *,
     logit_bias: torch.Tensor | float | None = None,
     backend: Backend = "auto",
+    group=None,
 ) -> torch.Tensor:
     """CLIP's symmetric contrastive loss, equal to open_clip's ClipLoss, without the N×N logits.
 
@@ -321,14 +412,25 @@ def clip_loss(
         backend: "triton" (tiled kernels; CUDA, or CPU under TRITON_INTERPRET=1; D a multiple of 16),
             "chunked" (the same tiling in PyTorch, O(N·D) memory, any device), "eager" (the full
             N×N oracle), or "auto" (Triton for supported CUDA inputs, otherwise chunked).
+        group: a torch.distributed process group (``torch.distributed.group.WORLD`` for all ranks)
+            to train across ranks: every rank's embeddings are gathered with gradient, and this
+            rank's loss covers its own images against all texts and its own texts against all
+            images (open_clip's ``local_loss=True, gather_with_grad=True``). With equal batches per
+            rank, the mean of the ranks' losses is the loss over the global batch, and the gradients
+            that DDP averages equal the global batch's. Ranks may hold different batch sizes.
 
     Returns:
         The mean of the image→text and text→image cross-entropies: a 0-dim float32 tensor
         (float64 for float64 inputs), with gradients for the embeddings, the scale and the bias.
     """
     _check_inputs(image_emb, text_emb, logit_scale, logit_bias)
+    all_image = all_text = None
+    offset = 0
+    if group is not None:
+        all_image, all_text, offset = gather_pairs(image_emb, text_emb, group)
     if backend == "eager":
-        return reference.clip_loss(image_emb, text_emb, logit_scale, logit_bias)
+        return reference.clip_loss(image_emb, text_emb, logit_scale, logit_bias, all_image=all_image,
+                                   all_text=all_text, offset=offset)
     if backend == "auto":
         backend = "triton" if triton_supports(image_emb) else "chunked"
     if backend not in ("triton", "chunked"):
@@ -342,4 +444,4 @@ def clip_loss(
     if logit_bias is not None:
         bias = torch.as_tensor(logit_bias, device=image_emb.device)
         bias = bias if bias.is_floating_point() else bias.float()
-    return ClipLossFunction.apply(image_emb, text_emb, scale, bias, backend == "triton")
+    return ClipLossFunction.apply(image_emb, text_emb, all_image, all_text, scale, bias, backend == "triton")
