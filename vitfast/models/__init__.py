@@ -1,4 +1,4 @@
-"""Model registry: timm-style names to configs, and `create_model` / `list_models`."""
+"""Model registry: timm/open_clip names to configs, and `create_model` / `list_models`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import difflib
 
 import torch.nn as nn
 
+from .clip import CLIP, CLIP_CONFIGS, CLIPConfig
 from .swin import SWIN_CONFIGS, SwinConfig, SwinTransformer
 from .vit import VIT_CONFIGS, ViTConfig, VisionTransformer
 
@@ -14,10 +15,12 @@ from .vit import VIT_CONFIGS, ViTConfig, VisionTransformer
 FAMILIES: dict[str, tuple[type, type[nn.Module]]] = {
     "vit": (ViTConfig, VisionTransformer),
     "swin": (SwinConfig, SwinTransformer),
+    "clip": (CLIPConfig, CLIP),
 }
 _REGISTRY: dict[str, tuple[str, object]] = {
     **{name: ("vit", cfg) for name, cfg in VIT_CONFIGS.items()},
     **{name: ("swin", cfg) for name, cfg in SWIN_CONFIGS.items()},
+    **{name: ("clip", cfg) for name, cfg in CLIP_CONFIGS.items()},
 }
 
 
@@ -57,6 +60,13 @@ def check_model_name(name: str) -> None:
         raise ValueError(f"unknown model {name!r}.{hint}")
 
 
+def named_config(name: str) -> tuple[str, object]:
+    """The family and a copy of the config that `name` stands for (ValueError for unknown names)."""
+    check_model_name(name)
+    family, base = _REGISTRY[name]
+    return family, dataclasses.replace(base)
+
+
 def create_model(name: str, **overrides) -> nn.Module:
     """A randomly initialized model by timm/open_clip name, with config fields overridden.
 
@@ -70,4 +80,7 @@ def create_model(name: str, **overrides) -> nn.Module:
     return model
 
 
-__all__ = ["SwinConfig", "SwinTransformer", "ViTConfig", "VisionTransformer", "create_model", "list_models"]
+__all__ = [
+    "CLIP", "CLIPConfig", "SwinConfig", "SwinTransformer", "ViTConfig", "VisionTransformer", "create_model",
+    "list_models",
+]
