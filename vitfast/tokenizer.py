@@ -1,0 +1,294 @@
+"""CLIP's byte-level BPE tokenizer on the `tokenizers` library, saved as one ``tokenizer.json``.
+
+The pipeline gives the same ids as open_clip's ``SimpleTokenizer``:
+
+1. Python cleaning, as CLIP's: ``ftfy.fix_text``, HTML unescaping (twice), whitespace collapsed,
+   lower case. The library's normalizers cannot express ftfy or HTML entities, and its Lowercase
+   has no final-sigma rule (``"ΟΔΟΣ"`` must give ``"οδος"``), so this part stays in Python.
+2. The ``tokenizer.json`` itself: whitespace and lower-case normalizer (a no-op on cleaned text),
+   CLIP's split regex, the byte-level alphabet, BPE with the end-of-word suffix ``</w>``,
+   ``<|startoftext|>`` + text + ``<|endoftext|>``, and truncation and zero padding to the context
+   length, which is how the file records that length. Any `tokenizers` client loading the file gets
+   the same ids for text that needs none of step 1 and spells no special token.
+
+Vocabulary layout, for CLIP's merges and for a BPE trained here alike: the 256 byte symbols, the same
+256 with ``</w>``, one token per merge, then the start and end tokens (the last two ids). Padding is
+id 0 as in open_clip, which is the byte symbol ``!``: the text tower pools at the first end token,
+so the pad id only has to differ from the end token's, and the end token, being last, never is 0.
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import importlib.util
+import json
+import os
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import ftfy
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+SOT = "<|startoftext|>"
+EOT = "<|endoftext|>"
+EOW = "</w>"
+TOKENIZER_NAME = "tokenizer.json"
+DEFAULT_CONTEXT_LENGTH = 77
+CLIP_MERGES_NAME = "bpe_simple_vocab_16e6.txt.gz"
+# CLIP keeps the file's first 49152 - 256 - 2 = 48894 merges: with the 2 x 256 byte symbols and the
+# two special tokens, 49408 ids.
+_CLIP_NUM_MERGES = 49152 - 256 - 2
+_MERGES_FIX = (f"pass the path of {CLIP_MERGES_NAME} (--bpe-path, or merges_path=), or "
+               f"`pip install open_clip_torch`, which ships it.")
+_NUM_BYTE_SYMBOLS = 2 * 256
+# CLIP's split, less its special-token alternatives (the library matches added tokens itself). CLIP
+# matches case-insensitively, which on lower-cased text changes one thing: "'s" also matches "'ſ"
+# (long s, U+017F), hence the class below.
+_SPLIT_PATTERN = r"""'[sſ]|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+
+
+class TokenizerError(ValueError):
+    """A tokenizer or merges file that cannot be used: the message names the file and the fix."""
+
+
+def _clean(text: str) -> str:
+    """CLIP's text cleaning: fix mojibake and odd Unicode, unescape HTML, collapse spaces, lower-case."""
+    text = html.unescape(html.unescape(ftfy.fix_text(text)))
+    return " ".join(text.split()).lower()
+
+
+def _byte_alphabet() -> list[str]:
+    # Sorted by code point, the library's byte-level alphabet is in CLIP's bytes_to_unicode order:
+    # printable bytes stand for themselves (< 256), the others map to 256 + n in byte order.
+    return sorted(pre_tokenizers.ByteLevel.alphabet())
+
+
+def _pipeline(model: models.BPE) -> Tokenizer:
+    """A tokenizer around `model` with CLIP's normalizer, pre-tokenizer and decoder."""
+    tokenizer = Tokenizer(model)
+    tokenizer.normalizer = normalizers.Sequence([
+        normalizers.Replace(Regex(r"\s+"), " "),
+        normalizers.Strip(),
+        normalizers.Lowercase(),
+        # CLIP's case-insensitive split regex matches U+0345 with neither its letter class nor its
+        # symbol class, so to CLIP the character is a word break that leaves no token, like a space.
+        normalizers.Replace("\u0345", " "),
+    ])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        # invert + removed: the regex matches are the words and what lies between them (spaces) goes.
+        pre_tokenizers.Split(Regex(_SPLIT_PATTERN), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tokenizer.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Replace(EOW, " ")])
+    return tokenizer
+
+
+def _configure(tokenizer: Tokenizer, context_length: int) -> None:
+    """Set how `tokenizer` encodes: rows of `context_length` ids, special tokens only where added."""
+    if isinstance(context_length, bool) or not isinstance(context_length, int) or context_length < 2:
+        raise ValueError(f"context_length must be an integer of at least 2 (room for the start and end "
+                         f"tokens), got {context_length!r}.")
+    # The library truncates the text to context_length - 2 before adding the start and end tokens,
+    # which is open_clip's rule: keep the first tokens and end on <|endoftext|>.
+    tokenizer.enable_truncation(max_length=context_length)
+    tokenizer.enable_padding(length=context_length, pad_id=ClipTokenizer.pad_token_id,
+                             pad_token=tokenizer.id_to_token(ClipTokenizer.pad_token_id))
+    # A text spelling "<|endoftext|>" stays text: an end token inside a caption would move where the
+    # text tower pools. open_clip, whose special tokens are spelled <end_of_text>, also reads it as text.
+    # (The library does not save this flag, so every tokenizer gets it here.)
+    tokenizer.encode_special_tokens = True
+
+
+class ClipTokenizer:
+    """Texts to CLIP token ids: ``[<|startoftext|>] + BPE ids + [<|endoftext|>]``, zero padded.
+
+    Attributes: ``context_length`` (the row length `__call__` returns by default), ``sot_token_id``,
+    ``eot_token_id``, ``pad_token_id`` (0) and ``vocab_size``.
+    """
+
+    pad_token_id = 0
+
+    def __init__(self, tokenizer: Tokenizer, context_length: int = DEFAULT_CONTEXT_LENGTH) -> None:
+        """Wrap `tokenizer` (built by this module; it is set to truncate and pad to `context_length`)."""
+        sot, eot = tokenizer.token_to_id(SOT), tokenizer.token_to_id(EOT)
+        if sot is None or eot is None:
+            raise TokenizerError(f"the tokenizer has no {SOT} / {EOT} tokens; build it with "
+                                 f"clip_bpe_tokenizer() or train_bpe().")
+        _configure(tokenizer, context_length)
+        self._tokenizer = tokenizer
+        self._other_lengths: dict[int, Tokenizer] = {}
+        self.context_length = context_length
+        self.sot_token_id = sot
+        self.eot_token_id = eot
+        self.vocab_size = tokenizer.get_vocab_size()
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
+        """Token ids of `texts` as a (len(texts), context_length) int64 tensor (one row for a str).
+
+        Texts longer than the context are cut to their first tokens and still end in the end token.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{i}] is a {type(text).__name__}, not a str; pass a string or a "
+                                f"sequence of strings.")
+        length = self.context_length if context_length is None else context_length
+        tokenizer = self._with_length(length)
+        # One text at a time: encode_batch was no faster on captions (measured on 2 cores), and it
+        # would start a thread pool in every DataLoader worker that tokenizes.
+        rows = [tokenizer.encode(_clean(text)).ids for text in texts]
+        return torch.tensor(rows, dtype=torch.long).reshape(len(rows), length)
+
+    def __getstate__(self) -> dict:
+        # The library pickles a tokenizer as its JSON, which leaves out encode_special_tokens; going
+        # through __init__ again keeps DataLoader workers started with "spawn" tokenizing the same way.
+        return {"tokenizer": self._tokenizer.to_str(), "context_length": self.context_length}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(Tokenizer.from_str(state["tokenizer"]), state["context_length"])
+
+    def _with_length(self, context_length: int) -> Tokenizer:
+        if context_length == self.context_length:
+            return self._tokenizer
+        if context_length not in self._other_lengths:
+            copy = Tokenizer.from_str(self._tokenizer.to_str())
+            _configure(copy, context_length)
+            self._other_lengths[context_length] = copy
+        return self._other_lengths[context_length]
+
+    def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
+        """Text of one row of ids: what precedes the first end token, special tokens left out.
+
+        Words come back separated by spaces, as CLIP's decoder gives them (``"hello , world !"``).
+        """
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        if any(not isinstance(i, int) for i in ids):
+            raise TypeError("decode takes one row of integer ids; decode a batch row by row.")
+        if self.eot_token_id in ids:
+            ids = ids[: ids.index(self.eot_token_id)]
+        return self._tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the tokenizer to `path` (a ``.json`` file, else ``path/tokenizer.json``); returns it."""
+        # Imported here: vitfast.checkpoint imports the model registry, which may come to import this.
+        from vitfast.checkpoint import atomic_write
+
+        path = Path(path)
+        target = path if path.suffix == ".json" else path / TOKENIZER_NAME
+        atomic_write(target, lambda tmp: self._tokenizer.save(str(tmp)))
+        return target
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> ClipTokenizer:
+        """Read a tokenizer written by `save` from a ``tokenizer.json`` or the folder that holds it."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / TOKENIZER_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"no tokenizer file at {path}; pass a tokenizer.json written by "
+                                    f"vitfast (or the model folder holding it).")
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as e:  # the library raises a bare Exception for any unreadable file
+            raise TokenizerError(f"{path} is not a readable tokenizer.json ({e}); save it again with "
+                                 f"ClipTokenizer.save.") from None
+        if tokenizer.truncation is None:
+            raise TokenizerError(f"{path} records no context length (its truncation is off), so it was "
+                                 f"not written by vitfast; save it again with ClipTokenizer.save.")
+        try:
+            return cls(tokenizer, tokenizer.truncation["max_length"])
+        except ValueError as e:  # no special tokens, or a context length below 2
+            raise TokenizerError(f"{path}: {e}") from None
+
+
+def load_tokenizer(path: str | os.PathLike[str]) -> ClipTokenizer:
+    """Read the tokenizer saved at `path`: a ``tokenizer.json``, or a model folder holding one."""
+    return ClipTokenizer.from_file(path)
+
+
+def _from_merges(merges: list[tuple[str, str]], context_length: int) -> ClipTokenizer:
+    """A ClipTokenizer over the byte symbols, `merges` in rank order, then the start and end tokens."""
+    alphabet = _byte_alphabet()
+    vocab: dict[str, int] = {}
+    # setdefault: two merges can spell the same token (ab+c, a+bc); it keeps its first id.
+    for token in (*alphabet, *(a + EOW for a in alphabet), *(a + b for a, b in merges)):
+        vocab.setdefault(token, len(vocab))
+    tokenizer = _pipeline(models.BPE(vocab, merges, end_of_word_suffix=EOW))
+    tokenizer.add_special_tokens([SOT, EOT])
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{SOT} $A {EOT}", special_tokens=[(SOT, len(vocab)), (EOT, len(vocab) + 1)])
+    return ClipTokenizer(tokenizer, context_length)
+
+
+def _open_clip_merges() -> Path:
+    """The merges file shipped inside an installed open_clip package, found without importing it."""
+    spec = importlib.util.find_spec("open_clip")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(folder) / CLIP_MERGES_NAME).is_file():
+            return Path(folder) / CLIP_MERGES_NAME
+    raise FileNotFoundError(f"CLIP's BPE merges file {CLIP_MERGES_NAME} was not found; {_MERGES_FIX}")
+
+
+def _read_clip_merges(path: Path) -> list[tuple[str, str]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"no BPE merges file at {path}; {_MERGES_FIX}")
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            lines = f.read().split("\n")
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise TokenizerError(f"{path} is not a gzipped BPE merges file ({e}); pass CLIP's "
+                             f"{CLIP_MERGES_NAME} instead.") from None
+    merges = [tuple(line.split()) for line in lines[1 : 1 + _CLIP_NUM_MERGES]]  # line 0: a version header
+    if len(merges) < _CLIP_NUM_MERGES or any(len(merge) != 2 for merge in merges):
+        raise TokenizerError(f"{path} does not hold {_CLIP_NUM_MERGES} merges of two symbols each after "
+                             f"its header line; pass CLIP's {CLIP_MERGES_NAME} instead.")
+    return merges
+
+
+@lru_cache(maxsize=4)
+def _clip_bpe_cached(path: Path, context_length: int) -> ClipTokenizer:
+    return _from_merges(_read_clip_merges(path), context_length)
+
+
+def clip_bpe_tokenizer(merges_path: str | os.PathLike[str] | None = None,
+                       context_length: int = DEFAULT_CONTEXT_LENGTH) -> ClipTokenizer:
+    """CLIP's tokenizer (49408 ids, start 49406, end 49407) from its BPE merges file.
+
+    `merges_path` defaults to the ``bpe_simple_vocab_16e6.txt.gz`` inside an installed open_clip
+    package. Built tokenizers are cached, so repeated calls are cheap and return the same object.
+    """
+    path = _open_clip_merges() if merges_path is None else Path(merges_path)
+    return _clip_bpe_cached(path.resolve(), context_length)
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int = 1024,
+              context_length: int = DEFAULT_CONTEXT_LENGTH) -> ClipTokenizer:
+    """Train a CLIP-style BPE on `texts` (read once), for a text tower trained from scratch.
+
+    Same cleaning, split, byte alphabet, ``</w>`` suffix, special tokens and id layout as CLIP's
+    tokenizer, so every text encodes, whatever characters it holds. The vocabulary has `vocab_size`
+    ids, or fewer once every word of `texts` is a single token. The same texts give the same tokenizer.
+    """
+    if vocab_size < _NUM_BYTE_SYMBOLS + 2:
+        raise ValueError(f"vocab_size must be at least {_NUM_BYTE_SYMBOLS + 2} (256 byte symbols, the "
+                         f"same with {EOW}, and the start and end tokens), got {vocab_size}.")
+    alphabet = _byte_alphabet()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - 2,
+        show_progress=False,
+        initial_alphabet=alphabet,
+        # Listed up front, the end-of-word symbols get fixed ids; otherwise the trainer numbers them in
+        # hash-map order, and ties between equally frequent pairs (broken by id) vary from run to run.
+        special_tokens=[a + EOW for a in alphabet],
+        end_of_word_suffix=EOW,
+    )
+    tokenizer = _pipeline(models.BPE(end_of_word_suffix=EOW))
+    tokenizer.train_from_iterator((_clean(text) for text in texts), trainer=trainer)
+    merges = json.loads(tokenizer.to_str())["model"]["merges"]
+    # tokenizers < 0.20 writes a merge as "a b", later versions as ["a", "b"].
+    return _from_merges([tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges],
+                        context_length)
