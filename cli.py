@@ -18,9 +18,10 @@ if TYPE_CHECKING:  # torch-heavy modules load inside the commands, so `vitfast -
     from rich.table import Table
 
     from vitfast.bench import AttentionBenchRow
+    from vitfast.bench_clip import ClipBenchRow, MaxBatchResult
     from vitfast.bench_window import WindowBenchRow
 
-    BenchRow = AttentionBenchRow | WindowBenchRow
+    BenchRow = AttentionBenchRow | WindowBenchRow | ClipBenchRow
 
 app = typer.Typer(
     name="vitfast",
@@ -309,6 +310,122 @@ def bench_window(
     ])
 
 
+@bench_app.command("clip-loss")
+def bench_clip_loss(
+    batch_sizes: str | None = typer.Option(
+        None, "--batch-sizes", show_default=False,
+        help="Comma-separated batch sizes N. Default: 4096,8192,16384,32768,65536 on CUDA, 256,1024,4096 on CPU."),
+    dim: int = typer.Option(512, "--dim", help="Embedding dim D (triton: a multiple of 16)."),
+    dtype: str = typer.Option("auto", "--dtype", help="bf16, fp16, fp32, or auto: bf16 on CUDA, fp32 on CPU."),
+    backends: str = typer.Option(
+        "triton,chunked,eager", "--backends",
+        help="Comma-separated: triton, chunked, eager (the N×N logits), open_clip (open_clip's ClipLoss, "
+             "if installed)."),
+    mode: str = typer.Option("both", "--mode", help="fwd (the loss only), fwd+bwd, or both."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    warmup: int | None = typer.Option(None, "--warmup", show_default=False,
+                                      help="Untimed calls before timing. Default: 10 on CUDA, 1 on CPU."),
+    rep: int | None = typer.Option(None, "--rep", show_default=False,
+                                   help="Timed calls; their median is reported. Default: 100 on CUDA, 3 on CPU."),
+    max_batch: bool = typer.Option(
+        False, "--max-batch",
+        help="Also find each backend's largest batch (per mode) that fits in memory: doubling N from the smallest "
+             "--batch-sizes, then bisecting to within 5%."),
+    memory_limit: str | None = typer.Option(
+        None, "--memory-limit", show_default=False,
+        help="With --max-batch: a batch fits when one call's footprint is at most this (e.g. 2GiB); needed on "
+             "CPU. Default on CUDA: until the GPU runs out of memory."),
+    max_batch_cap: int = typer.Option(2**22, "--max-batch-cap", help="With --max-batch: the largest N tried."),
+    json_path: Path | None = typer.Option(None, "--json", help="Also write the results as JSON here."),
+    csv_path: Path | None = typer.Option(None, "--csv", help="Also write the sweep's rows as CSV here."),
+    plot_path: Path | None = typer.Option(None, "--plot", help="Also save a PNG of time against peak memory."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines on stderr."),
+) -> None:
+    """Time, TFLOP/s and peak memory of each CLIP-loss backend across batch sizes; with --max-batch, the
+    largest batch each one fits.
+
+    Inputs are random L2-normalized (N, D) embeddings and a logit scale of 100. Peak memory is what
+    one call allocates above its inputs; the largest-batch footprint also counts the inputs. A case
+    that cannot run (Triton without CUDA, out of memory) is a row that says why.
+
+    Exit code: 0, 1 when no case of the sweep ran at all, 2 on bad flags.
+    """
+    from rich.console import Console
+
+    from vitfast import bench, bench_clip as bc
+    from vitfast.checkpoint import parse_size
+
+    modes = {"fwd": ["fwd"], "fwd+bwd": ["fwd+bwd"], "both": list(bench.MODES)}
+    try:
+        if mode not in modes:
+            raise ValueError(f"unknown mode {mode!r}; choose fwd, fwd+bwd or both.")
+        dev = bench.resolve_device(device)
+        defaults = bench.defaults_for(dev)
+        params = dict(
+            batch_sizes=bc.default_batch_sizes(dev) if batch_sizes is None else _csv_ints(batch_sizes, "--batch-sizes"),
+            dim=dim, dtype=bench.resolve_dtype(dtype, dev), backends=_csv(backends, "--backends"), modes=modes[mode],
+            warmup=defaults.warmup if warmup is None else warmup, rep=defaults.rep if rep is None else rep,
+        )
+        bc.validate_clip_sweep(**params)
+        limit = None if memory_limit is None else parse_size(memory_limit)
+        if max_batch:  # checked before the sweep runs, not minutes later
+            bc.validate_max_batch(backends=params["backends"], modes=params["modes"], dim=dim, dtype=params["dtype"],
+                                  device=dev, memory_limit=limit, cap=max_batch_cap, start=min(params["batch_sizes"]))
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+    env = bench.environment_info(dev)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    where = f"{dev} ({env['device_name']})"
+    shape = f"D={dim} {str(params['dtype']).removeprefix('torch.')}"
+    if not quiet:
+        err.print(f"clip loss on {where}: {shape}, N in {', '.join(map(str, params['batch_sizes']))}; "
+                  f"warmup {params['warmup']}, median of {params['rep']} timed calls")
+    n_cases = len(params["batch_sizes"]) * len(params["backends"]) * len(params["modes"])
+    rows = _sweep_with_progress(lambda on_row: bc.bench_clip_loss(**params, device=dev, on_row=on_row), n_cases,
+                                "clip loss", err, quiet)
+    searches: list[MaxBatchResult] = []
+    for m in params["modes"] if max_batch else ():
+        for backend in params["backends"]:
+            label = f"largest batch, {backend} {m}"
+            log = None if quiet else lambda t, label=label: err.print(
+                f"{label}: N={t.batch} {t.status}"
+                + ("" if t.peak_mem_bytes is None else f" ({t.peak_mem_bytes / 2**20:.4g} MiB)"))
+            searches.append(bc.max_batch(backend, m, dim, params["dtype"], dev, limit, start=min(params["batch_sizes"]),
+                                         cap=max_batch_cap, on_try=log))
+    extra = None
+    if max_batch:
+        from dataclasses import asdict
+
+        extra = {"max_batch_fields": bc.MAX_BATCH_FIELDS, "max_batch": [asdict(r) for r in searches]}
+    within = "until out of memory" if limit is None else f"limit {limit / 2**20:.4g} MiB"
+    _report_sweep(rows, f"clip loss · {where} · {shape}", "N", err, quiet, [
+        (json_path, lambda path: bench.write_json(path, rows, parameters=dict(params, device=dev, memory_limit=limit),
+                                                  environment=env, benchmark="clip_loss", fields=bc.FIELDS,
+                                                  extra=extra)),
+        (csv_path, lambda path: bench.write_csv(path, rows)),
+        (plot_path, lambda path: bench.plot_time_vs_memory(rows, path, point_name="N",
+                                                           title=f"clip loss on {where}: {shape}")),
+    ], baseline="open_clip" if "open_clip" in params["backends"] else "eager",
+        more_tables=(_max_batch_table(searches, f"largest batch · {shape} · {within}"),) if max_batch else ())
+
+
+def _max_batch_table(results: list[MaxBatchResult], title: str) -> Table:
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    for name in ("mode", "backend", "largest N", "peak MiB", "tries", "status"):
+        table.add_column(name, justify="right" if name in ("largest N", "peak MiB", "tries") else "left",
+                         no_wrap=name != "status")
+    for r in results:
+        table.add_row(r.mode, r.backend, "" if r.batch is None else str(r.batch),
+                      "" if r.peak_mem_bytes is None else f"{r.peak_mem_bytes / 2**20:.4g}", str(len(r.tried)),
+                      "[green]ok[/green]" if r.status == "ok" else f"[yellow]{escape(r.status)}[/yellow]")
+    return table
+
+
 def _sweep_with_progress(sweep: Callable[[Callable[[BenchRow], None]], list[BenchRow]], n_cases: int, label: str,
                          err: Console, quiet: bool) -> list[BenchRow]:
     """Run `sweep(on_row)` under a progress bar on stderr (shown only on a terminal and without --quiet)."""
@@ -321,13 +438,18 @@ def _sweep_with_progress(sweep: Callable[[Callable[[BenchRow], None]], list[Benc
 
 
 def _report_sweep(rows: list[BenchRow], title: str, case_header: str, err: Console, quiet: bool,
-                  outputs: list[tuple[Path | None, Callable[[Path], None]]]) -> None:
-    """Print the results table, write each requested (path, writer) output, and exit 1 if no case ran."""
+                  outputs: list[tuple[Path | None, Callable[[Path], None]]], baseline: str = "sdpa",
+                  more_tables: tuple[Table, ...] = ()) -> None:
+    """Print the results table (speedups over `baseline`) and `more_tables`, write each requested
+    (path, writer) output, and exit 1 if no case ran."""
     from rich.console import Console
 
     from vitfast import bench
 
-    Console(highlight=False).print(_bench_table(rows, bench.speedup_over(rows, "sdpa"), title, case_header))
+    out = Console(highlight=False)
+    out.print(_bench_table(rows, bench.speedup_over(rows, baseline), title, case_header, baseline))
+    for table in more_tables:
+        out.print(table)
     try:
         for path, write in outputs:
             if path is not None:
@@ -343,7 +465,7 @@ def _report_sweep(rows: list[BenchRow], title: str, case_header: str, err: Conso
 
 
 def _bench_table(rows: list[BenchRow], speedups: list[float | None], title: str,
-                 case_header: str) -> Table:
+                 case_header: str, baseline: str) -> Table:
     from rich import box
     from rich.markup import escape
     from rich.table import Table
@@ -352,7 +474,7 @@ def _bench_table(rows: list[BenchRow], speedups: list[float | None], title: str,
     notes: dict[str, int] = {}
     table = Table(title=title, title_justify="left", caption_justify="left", box=box.SIMPLE_HEAD,
                   collapse_padding=True, pad_edge=False)
-    for name in ("mode", case_header, "backend", "time ms", "TFLOP/s", "peak MiB", "vs sdpa", "status"):
+    for name in ("mode", case_header, "backend", "time ms", "TFLOP/s", "peak MiB", f"vs {baseline}", "status"):
         table.add_column(name, justify="left" if name in ("mode", "stage", "backend", "status") else "right",
                          no_wrap=True)
     for i, (row, speedup) in enumerate(zip(rows, speedups)):

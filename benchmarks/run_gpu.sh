@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one call: the gpu-marked tests and the attention and window-attention
-# benchmarks that the performance goals are read from. Writes logs, JSON and PNGs under $OUT (default
+# Everything that needs a GPU, in one call: the gpu-marked tests and the attention, window-attention and
+# CLIP-loss benchmarks that the performance goals are read from. Writes logs, JSON and PNGs under $OUT (default
 # benchmarks/results/latest); commit the JSON under benchmarks/results/ with the device in its name.
 # Works offline: installs vitfast without fetching anything (torch, triton, typer, rich, matplotlib
 # and pytest must already be there).
@@ -34,4 +34,17 @@ sdpa_all=sdpa,sdpa-flash,sdpa-efficient,sdpa-cudnn
   # Window 12 (three tiles per window; 56×56 pads to 60×60) on the same stage maps.
   vitfast bench window -b 32 --stages stage1,stage2,stage3 --window 12 --shift 6 --dtype bf16 \
     --json "$out/window_w12_bf16.json"
+  # CLIP-loss goal 1: N=32768, D=512 bf16 fwd+bwd against open_clip's ClipLoss, in a sweep around it. open_clip
+  # is optional (the GPU image may lack it); eager materializes the same N×N logits either way. The chunked
+  # path computes in fp32 and is slow at the largest N, hence 30 reps.
+  clip_backends=triton,chunked,eager
+  python3 -c "import open_clip" 2>/dev/null && clip_backends+=,open_clip
+  vitfast bench clip-loss --dim 512 --dtype bf16 --batch-sizes 4096,8192,16384,32768,65536 \
+    --backends $clip_backends --warmup 3 --rep 30 \
+    --json "$out/clip_loss_d512_bf16.json" --plot "$out/clip_loss_d512_bf16.png"
+  # CLIP-loss goal 2: the loss alone, fwd+bwd, at a batch of 1M (2^20, the cap) on one GPU. chunked is left
+  # out: its memory is O(N·D) like triton's, so it too would only reach the cap, many times slower.
+  vitfast bench clip-loss --dim 512 --dtype bf16 --batch-sizes 4096 --mode fwd+bwd \
+    --backends "${clip_backends/chunked,/}" --warmup 3 --rep 10 --max-batch --max-batch-cap 1048576 \
+    --json "$out/clip_loss_max_batch_bf16.json"
 } 2>&1 | tee "$out/bench.log"

@@ -14,6 +14,7 @@ flushing the L2 cache, on a CPU with ``time.perf_counter``. ``--warmup`` and ``-
 from __future__ import annotations
 
 import contextlib
+import csv
 import gc
 import json
 import math
@@ -24,10 +25,11 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from dataclasses import fields as dataclass_fields
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence, TypeVar
 
 import torch
 
@@ -48,6 +50,8 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 BACKWARD_FLOP_RATIO = 2.5
 # Larger than any current GPU's L2 (H100: 50 MiB), as in triton.testing.do_bench.
 L2_FLUSH_BYTES = 256 * 1024 * 1024
+
+T = TypeVar("T")
 
 TRITON_NEEDS_CUDA = "skipped: Triton kernels need a CUDA GPU"
 OUT_OF_MEMORY = "out of memory"
@@ -217,15 +221,32 @@ def validate_attention_sweep(*, batch: int, heads: int, head_dim: int, dtype: to
 
     Takes the same keywords as :func:`bench_attention` (causal and device need no check).
     """
-    for name, value in (("batch size", batch), ("heads", heads), ("head dim", head_dim),
-                        ("warmup", warmup), ("rep", rep)):
+    check_sweep(counts={"batch size": batch, "heads": heads, "head dim": head_dim, "warmup": warmup, "rep": rep},
+                dtype=dtype, sizes=("sequence lengths", seq_lens),
+                choices=(("backend", backends, KNOWN_BACKENDS), ("mode", modes, MODES)))
+
+
+def check_sweep(*, counts: Mapping[str, int], dtype: torch.dtype,
+                choices: Sequence[tuple[str, Sequence[str], Sequence[str]]],
+                sizes: tuple[str, Sequence[int]] | None = None) -> None:
+    """Raise ValueError naming the first bad argument a sweep shares with the others.
+
+    Args:
+        counts: name → value of each number that must be at least 1 (batch, warmup, rep, ...).
+        dtype: must be one of :data:`DTYPES`.
+        choices: (kind, given, known) for each list of names (backends, modes, stages): every given
+            name must be known, and at least one must be given.
+        sizes: (name, values) of the swept sizes (sequence lengths, batch sizes), if any: a
+            non-empty list of positive integers.
+    """
+    for name, value in counts.items():
         if value < 1:
             raise ValueError(f"{name} must be at least 1; got {value}.")
     if dtype not in DTYPES.values():
         raise ValueError(f"dtype must be one of {', '.join(map(str, DTYPES.values()))}; got {dtype}.")
-    if not seq_lens or any(n < 1 for n in seq_lens):
-        raise ValueError(f"sequence lengths must be positive integers; got {list(seq_lens)}.")
-    for kind, given, known in (("backend", backends, KNOWN_BACKENDS), ("mode", modes, MODES)):
+    if sizes is not None and (not sizes[1] or any(n < 1 for n in sizes[1])):
+        raise ValueError(f"{sizes[0]} must be positive integers; got {list(sizes[1])}.")
+    for kind, given, known in choices:
         unknown = [x for x in given if x not in known]
         if unknown or not given:
             raise ValueError(f"unknown {kind} {', '.join(map(repr, unknown)) or '(none given)'}; "
@@ -278,18 +299,33 @@ def environment_info(device: torch.device | None = None) -> dict[str, object]:
 
 def write_json(path: str | os.PathLike[str], rows: Sequence[AttentionBenchRow], *,
                parameters: Mapping[str, object], environment: Mapping[str, object],
-               benchmark: str = "attention", fields: Mapping[str, str] = FIELDS) -> None:
-    """Write the rows with the sweep's parameters, the environment and what each field means."""
+               benchmark: str = "attention", fields: Mapping[str, str] = FIELDS,
+               extra: Mapping[str, object] | None = None) -> None:
+    """Write the rows with the sweep's parameters, the environment and what each field means.
+
+    `extra` adds top-level entries after the rows (e.g. another search's results, as dicts).
+    """
     doc = {
         "benchmark": benchmark,
         "environment": dict(environment),
         "parameters": {k: _jsonable(v) for k, v in parameters.items()},
         "fields": dict(fields),
         "rows": [asdict(r) for r in rows],
+        **(extra or {}),
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def write_csv(path: str | os.PathLike[str], rows: Sequence[AttentionBenchRow]) -> None:
+    """Write the rows as CSV: a header of field names, then one line per row (empty where no number)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[field.name for field in dataclass_fields(rows[0])])
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
 
 
 def plot_time_vs_memory(rows: Sequence[AttentionBenchRow], path: str | os.PathLike[str], *,
@@ -306,8 +342,9 @@ def plot_time_vs_memory(rows: Sequence[AttentionBenchRow], path: str | os.PathLi
     fig = Figure(figsize=(6.2 * max(1, len(modes)), 5.4), layout="constrained")
     axes = fig.subplots(1, max(1, len(modes)), squeeze=False)[0]
     colors = {"triton": "tab:red", "sdpa": "tab:blue", "eager": "tab:green", "sdpa-flash": "tab:purple",
-              "sdpa-efficient": "tab:orange", "sdpa-cudnn": "tab:brown", "sdpa-math": "tab:gray"}
-    markers = {"triton": "o", "sdpa": "s", "eager": "^"}
+              "sdpa-efficient": "tab:orange", "sdpa-cudnn": "tab:brown", "sdpa-math": "tab:gray",
+              "chunked": "tab:blue", "open_clip": "tab:purple"}
+    markers = {"triton": "o", "sdpa": "s", "eager": "^", "chunked": "s", "open_clip": "v"}
     for ax, mode in zip(axes, modes):
         ok = [r for r in rows if r.mode == mode and r.ok]
         for backend in dict.fromkeys(r.backend for r in rows):
@@ -377,8 +414,18 @@ def measure_case(make_call: Callable[[], Callable[[], None]], backend: str, devi
         # Under TRITON_INTERPRET=1 the kernels would run on CPU, through numpy: correct but so slow
         # that its timings say nothing about the kernels.
         return None, None, TRITON_NEEDS_CUDA
+    measured, status = run_guarded(lambda: _measure(make_call, device, warmup, rep), device)
+    return (None, None, status) if measured is None else (*measured, status)
+
+
+def run_guarded(fn: Callable[[], T], device: torch.device) -> tuple[T | None, str]:
+    """(fn(), "ok"), or (None, why it failed) after freeing what the failure left on `device`.
+
+    Running out of memory (CUDA, or the CPU allocator) becomes :data:`OUT_OF_MEMORY`, an op's
+    ValueError (an unsupported shape) its message, any other exception "error: <type>: <message>".
+    """
     try:
-        time_ms, peak = _measure(make_call, device, warmup, rep)
+        result = fn()
     except torch.cuda.OutOfMemoryError:
         status = OUT_OF_MEMORY
     except MemoryError:
@@ -388,10 +435,10 @@ def measure_case(make_call: Callable[[], Callable[[], None]], backend: str, devi
     except Exception as exc:  # noqa: BLE001 - any failure of one case becomes its row, not a crash
         status = OUT_OF_MEMORY if _is_cpu_oom(exc) else f"error: {type(exc).__name__}: {_first_line(exc)}"
     else:
-        return time_ms, peak, "ok"
+        return result, "ok"
     # Outside the except block, so the traceback no longer pins the failed case's tensors.
     _release_memory(device)
-    return None, None, status
+    return None, status
 
 
 def _measure(make_call: Callable[[], Callable[[], None]], device: torch.device, warmup: int,
@@ -400,7 +447,7 @@ def _measure(make_call: Callable[[], Callable[[], None]], device: torch.device, 
     fn = make_call()
     for _ in range(warmup):
         fn()
-    peak = _peak_memory(fn, device)
+    peak = peak_memory(fn, device)
     return _median_ms(fn, device, rep), peak
 
 
@@ -457,8 +504,11 @@ def _median_ms(fn: Callable[[], None], device: torch.device, rep: int) -> float:
     return statistics.median(start.elapsed_time(end) for start, end in events)
 
 
-def _peak_memory(fn: Callable[[], None], device: torch.device) -> int:
-    """Peak bytes allocated while `fn` runs once, above what was allocated before it."""
+def peak_memory(fn: Callable[[], None], device: torch.device) -> int:
+    """Peak bytes allocated while `fn` runs once, above what was allocated before it.
+
+    On a GPU from torch's CUDA allocator statistics; on a CPU from the profiler's allocation events.
+    """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)

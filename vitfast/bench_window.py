@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from vitfast.bench import BACKWARD_FLOP_RATIO, DTYPES, MODES, defaults_for, measure_case, resolve_device
+from vitfast.bench import BACKWARD_FLOP_RATIO, MODES, check_sweep, defaults_for, measure_case, resolve_device
 from vitfast.kernels import window_attention
 from vitfast.kernels.reference import effective_window
 
@@ -98,19 +98,10 @@ def window_flops(*, batch: int, stage: WindowStage, window: int, mode: str) -> f
 def validate_window_sweep(*, batch: int, stages: Sequence[str], window: int, shift: int, dtype: torch.dtype,
                           backends: Sequence[str], modes: Sequence[str], warmup: int, rep: int) -> None:
     """Raise ValueError naming the first bad argument of :func:`bench_window` (before any run)."""
-    for name, value in (("batch size", batch), ("window", window), ("warmup", warmup), ("rep", rep)):
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1; got {value}.")
+    check_sweep(counts={"batch size": batch, "window": window, "warmup": warmup, "rep": rep}, dtype=dtype,
+                choices=(("stage", stages, tuple(STAGES)), ("backend", backends, BACKENDS), ("mode", modes, MODES)))
     if not 0 <= shift < window:
         raise ValueError(f"shift must be in [0, window); got shift {shift} with window {window}.")
-    if dtype not in DTYPES.values():
-        raise ValueError(f"dtype must be one of {', '.join(map(str, DTYPES.values()))}; got {dtype}.")
-    for kind, given, known in (("stage", stages, tuple(STAGES)), ("backend", backends, BACKENDS),
-                               ("mode", modes, MODES)):
-        unknown = [x for x in given if x not in known]
-        if unknown or not given:
-            raise ValueError(f"unknown {kind} {', '.join(map(repr, unknown)) or '(none given)'}; "
-                             f"choose from {', '.join(known)}.")
 
 
 def bench_window(

@@ -62,7 +62,8 @@ def model_config_dict(model: nn.Module) -> dict:
     }
 
 
-def _parse_size(size: int | str) -> int:
+def parse_size(size: int | str) -> int:
+    """Bytes in a size written like "5GB", "500MB" or "2GiB" (an int is taken as bytes)."""
     if isinstance(size, int):
         return size
     text = size.strip().upper()
@@ -85,7 +86,7 @@ def save(model: nn.Module, directory: str | os.PathLike[str], *, max_shard_size:
     config = model_config_dict(model)
     metadata = {_METADATA_KEY: json.dumps(config)}
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    limit = _parse_size(max_shard_size)
+    limit = parse_size(max_shard_size)
 
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0

@@ -1,0 +1,340 @@
+"""CLIP-loss benchmark: time, TFLOP/s and peak memory of each backend of `vitfast.kernels.clip_loss`
+across batch sizes, and the largest batch each backend fits in memory.
+
+Library half of `vitfast bench clip-loss`. Timing, memory and failure handling are the attention
+benchmark's (vitfast.bench.measure_case): every (mode, batch size, backend) case is one
+:class:`ClipBenchRow`, and a case that cannot run is a row whose ``status`` says why.
+
+Backends: the three of `clip_loss` ("triton", "chunked", "eager") and "open_clip", which is
+``open_clip.loss.ClipLoss()`` itself, the baseline the issue's goal is stated against. open_clip is an
+optional package, so "open_clip" is offered whenever it is importable but left out of the default
+backends, which then run the same everywhere. It is called on the inputs as they are, without
+autocast: bf16 embeddings give bf16 logits, the smallest memory open_clip can use.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from vitfast.bench import (MODES, OUT_OF_MEMORY, TRITON_NEEDS_CUDA, check_sweep, defaults_for, measure_case,
+                           peak_memory, resolve_device, run_guarded)
+from vitfast.kernels import clip_loss
+
+BACKENDS = ("triton", "chunked", "eager", "open_clip")
+DEFAULT_BACKENDS = ("triton", "chunked", "eager")
+# On a GPU up to twice the issue's goal point (N=32768); on a CPU sizes a default sweep finishes in
+# about a minute on two cores.
+CUDA_BATCH_SIZES = (4096, 8192, 16384, 32768, 65536)
+CPU_BATCH_SIZES = (256, 1024, 4096)
+DEFAULT_DIM = 512
+# exp(logit_scale) of a trained CLIP (open_clip clamps it there); a fixed value keeps every case alike.
+LOGIT_SCALE = 100.0
+# The backward does twice the forward's matmul work; see clip_loss_flops.
+BACKWARD_FLOP_RATIO = 2.0
+
+MAX_BATCH_START = 1024
+MAX_BATCH_CAP = 2**22
+OVER_LIMIT = "over the memory limit"
+REACHED_CAP = "reached the cap: every N tried fit"
+
+FIELDS = {
+    "backend": "triton (tiled kernels), chunked (the same passes in PyTorch, row chunks), eager (the full N×N "
+               "logits, as open_clip), open_clip (open_clip.loss.ClipLoss itself)",
+    "mode": "fwd: the loss only, no autograd graph; fwd+bwd: the loss, then gradients of both embeddings and "
+            "the logit scale",
+    "batch": "batch size N (image-text pairs; embeddings are (N, D))",
+    "time_ms": "median time of one call in ms (CUDA events after an L2 flush on a GPU, perf_counter on a CPU); "
+               "null when the case did not run",
+    "tflops": "4·N²·D for fwd (two N×N×D similarity products), 12·N²·D for fwd+bwd, divided by time_ms",
+    "peak_mem_bytes": "peak memory allocated during one call above what was allocated before it "
+                      "(the embeddings and the scale are not counted)",
+    "status": "'ok', or why the case has no numbers",
+}
+MAX_BATCH_FIELDS = {
+    "batch": "the largest N that ran within the memory (null when none did)",
+    "peak_mem_bytes": "the whole footprint of one call at that N: the embeddings and the scale plus the peak "
+                      "the call allocates above them",
+    "memory_limit_bytes": "a batch fits when its footprint is at most this; null: when it does not run out of "
+                          "GPU memory",
+    "status": f"'ok' (the next N tried did not fit), '{REACHED_CAP}', or why the search stopped",
+    "tried": "every N tried, in order, with its footprint and whether it fit ('ok') or why not",
+}
+
+
+@dataclass(frozen=True)
+class ClipBenchRow:
+    """One measured case. Numbers are None when the case did not run; ``status`` then says why."""
+
+    backend: str
+    mode: str
+    batch: int
+    time_ms: float | None
+    tflops: float | None
+    peak_mem_bytes: int | None
+    status: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def case(self) -> str:
+        return f"N={self.batch}"
+
+    @property
+    def point(self) -> str:
+        return str(self.batch)
+
+
+@dataclass(frozen=True)
+class MaxBatchTry:
+    """One batch size the largest-batch search ran: its footprint (None if it failed) and the outcome."""
+
+    batch: int
+    peak_mem_bytes: int | None
+    status: str
+
+
+@dataclass(frozen=True)
+class MaxBatchResult:
+    """The largest batch one backend fits in one mode; the fields are described in MAX_BATCH_FIELDS."""
+
+    backend: str
+    mode: str
+    batch: int | None
+    peak_mem_bytes: int | None
+    memory_limit_bytes: int | None
+    status: str
+    tried: tuple[MaxBatchTry, ...]
+
+
+def default_batch_sizes(device: torch.device) -> tuple[int, ...]:
+    """The batch sizes a sweep on `device` runs when none are given."""
+    return CUDA_BATCH_SIZES if device.type == "cuda" else CPU_BATCH_SIZES
+
+
+def open_clip_available() -> bool:
+    """Whether the "open_clip" backend can run (the open_clip package is importable)."""
+    return importlib.util.find_spec("open_clip") is not None
+
+
+def clip_loss_flops(*, batch: int, dim: int, mode: str) -> float:
+    """Matmul FLOPs of one loss call: 4·N²·D forward, 12·N²·D forward and backward.
+
+    The forward is two passes over the N×N similarities (image rows against all texts, text rows
+    against all images: 2·N²·D each); the backward is two more passes, one per side, each recomputing
+    the similarities (2·N²·D) and multiplying the softmax weights by the other side (2·N²·D). The eager
+    and open_clip paths do exactly this work too (two logits products forward, two gradient products
+    per logits matrix backward), so one count serves every backend. Left out: the O(N²) exponentials
+    and the O(N·D) terms, and the Triton backward's extra recomputation when D > 256 (it recomputes
+    the similarities once per 256-wide output block: 16·N²·D in all at D = 512).
+    """
+    flops = 4.0 * batch * batch * dim
+    if mode == "fwd+bwd":
+        return flops * (1.0 + BACKWARD_FLOP_RATIO)
+    if mode != "fwd":
+        raise ValueError(f"unknown mode {mode!r}; choose {', '.join(MODES)}.")
+    return flops
+
+
+def validate_clip_sweep(*, batch_sizes: Sequence[int], dim: int, dtype: torch.dtype, backends: Sequence[str],
+                        modes: Sequence[str], warmup: int, rep: int) -> None:
+    """Raise ValueError naming the first bad argument of :func:`bench_clip_loss` (before any run)."""
+    check_sweep(counts={"embedding dim": dim, "warmup": warmup, "rep": rep}, dtype=dtype,
+                sizes=("batch sizes", batch_sizes),
+                choices=(("backend", backends, BACKENDS), ("mode", modes, MODES)))
+    _check_backends(backends, dim)
+
+
+def bench_clip_loss(
+    *,
+    dtype: torch.dtype,
+    batch_sizes: Sequence[int] | None = None,
+    dim: int = DEFAULT_DIM,
+    backends: Sequence[str] = DEFAULT_BACKENDS,
+    modes: Sequence[str] = MODES,
+    device: torch.device | None = None,
+    warmup: int | None = None,
+    rep: int | None = None,
+    on_row: Callable[[ClipBenchRow], None] | None = None,
+) -> list[ClipBenchRow]:
+    """Benchmark the CLIP loss on random L2-normalized (N, dim) embeddings for every mode × N × backend.
+
+    Args:
+        dtype: dtype of the embeddings (the logit scale is a float32 scalar, as a model parameter).
+        batch_sizes: the batch sizes N to sweep; default :func:`default_batch_sizes`.
+        dim: embedding dim D (Triton needs a multiple of 16).
+        backends: any of "triton", "chunked", "eager", "open_clip" (needs the open_clip package).
+        modes: "fwd" (the loss, no autograd graph) and/or "fwd+bwd" (gradients of the embeddings and
+            the scale).
+        device, warmup, rep, on_row: as for :func:`vitfast.bench.bench_attention`.
+
+    Returns:
+        Rows ordered by mode, then N, then backend; Triton on a CPU is a skipped row, as in
+        :func:`vitfast.bench.bench_attention`.
+    """
+    device = device if device is not None else resolve_device("auto")
+    defaults = defaults_for(device)
+    warmup = defaults.warmup if warmup is None else warmup
+    rep = defaults.rep if rep is None else rep
+    batch_sizes = default_batch_sizes(device) if batch_sizes is None else batch_sizes
+    validate_clip_sweep(batch_sizes=batch_sizes, dim=dim, dtype=dtype, backends=backends, modes=modes,
+                        warmup=warmup, rep=rep)
+    rows = []
+    for mode in modes:
+        for n in batch_sizes:
+            for backend in backends:
+                make = lambda: _make_call(backend, mode, *_make_inputs(n, dim, dtype, device, mode))  # noqa: E731
+                time_ms, peak, status = measure_case(make, backend, device, warmup, rep)
+                tflops = None
+                if time_ms is not None:
+                    tflops = clip_loss_flops(batch=n, dim=dim, mode=mode) / (time_ms * 1e-3) / 1e12
+                row = ClipBenchRow(backend, mode, n, time_ms, tflops, peak, status)
+                rows.append(row)
+                if on_row is not None:
+                    on_row(row)
+    return rows
+
+
+def measure_footprint(backend: str, mode: str, *, batch: int, dim: int, dtype: torch.dtype,
+                      device: torch.device) -> int:
+    """Bytes one call at batch size `batch` needs in all: its inputs plus the peak it allocates above them.
+
+    Runs the call once (the first Triton call on a GPU also compiles). Raises what the call raises,
+    e.g. torch.cuda.OutOfMemoryError.
+    """
+    inputs = _make_inputs(batch, dim, dtype, device, mode)
+    held = sum(t.numel() * t.element_size() for t in inputs)
+    return held + peak_memory(_make_call(backend, mode, *inputs), device)
+
+
+def max_batch(backend: str, mode: str, dim: int, dtype: torch.dtype, device: torch.device,
+              memory_limit: int | None = None, *, start: int = MAX_BATCH_START, cap: int = MAX_BATCH_CAP,
+              on_try: Callable[[MaxBatchTry], None] | None = None) -> MaxBatchResult:
+    """The largest batch size whose loss call fits in memory, by doubling from `start`, then bisecting.
+
+    A batch fits when its call runs without running out of memory and, if `memory_limit` is given,
+    its footprint (:func:`measure_footprint`) is at most `memory_limit` bytes. On a CPU the limit is
+    required, so the search never exhausts the machine's RAM. Doubling stops at the first N that
+    does not fit, or at `cap`; bisection then narrows the gap between the largest N that fits and the
+    smallest that does not to under 5% of N, trying round numbers (multiples of a power of two of at
+    most 2.5% of N). One untimed call per N tried.
+
+    Args:
+        backend: "triton", "chunked", "eager" or "open_clip".
+        mode: "fwd" or "fwd+bwd".
+        dim, dtype, device: the embeddings' dim, dtype and device.
+        memory_limit: bytes a call may use in all; None: until the GPU runs out of memory.
+        start: the first N tried (lowered to `cap` if above it). cap: the largest N tried.
+        on_try: called with each N tried as soon as it ran (progress display).
+
+    Returns:
+        The largest N that fit and its footprint; Triton on a CPU is skipped, as in the sweep.
+
+    Raises:
+        ValueError: for a bad argument (see :func:`validate_max_batch`), or a CPU device without `memory_limit`.
+    """
+    validate_max_batch(backends=[backend], modes=[mode], dim=dim, dtype=dtype, device=device,
+                       memory_limit=memory_limit, cap=cap, start=start)
+    start = min(start, cap)
+    if backend == "triton" and device.type != "cuda":
+        return MaxBatchResult(backend, mode, None, None, memory_limit, TRITON_NEEDS_CUDA, ())
+    tried: list[MaxBatchTry] = []
+
+    def attempt(n: int) -> str:
+        peak, status = run_guarded(
+            lambda: measure_footprint(backend, mode, batch=n, dim=dim, dtype=dtype, device=device), device)
+        if status == "ok" and memory_limit is not None and peak > memory_limit:
+            status = OVER_LIMIT
+        tried.append(MaxBatchTry(n, peak, status))
+        if on_try is not None:
+            on_try(tried[-1])
+        return status
+
+    fits, fails, n = 0, None, start  # the largest N that fit, the smallest that did not, the next to try
+    while True:
+        status = attempt(n)
+        if status == "ok":
+            fits = n
+        elif status in (OVER_LIMIT, OUT_OF_MEMORY):
+            fails = n
+        else:  # a failure that says nothing about memory ends the search
+            break
+        if fails is None:  # doubling
+            if n >= cap:
+                status = REACHED_CAP
+                break
+            n = min(2 * n, cap)
+        elif not fits:
+            status = f"does not fit at N={start}: {status}"
+            break
+        else:  # bisecting, on round numbers: multiples of the largest power of two at most 2.5% of N
+            step = 1 << max(0, (fits // 40).bit_length() - 1)
+            n = (fits + fails) // 2 // step * step
+            if n <= fits:  # the gap is under two steps: 5% of N
+                status = "ok"
+                break
+    peak = next((t.peak_mem_bytes for t in tried if t.batch == fits and t.status == "ok"), None)
+    return MaxBatchResult(backend, mode, fits or None, peak, memory_limit, status, tuple(tried))
+
+
+def _check_backends(backends: Sequence[str], dim: int) -> None:
+    if "triton" in backends and dim % 16:
+        raise ValueError(f"backend triton needs an embedding dim that is a multiple of 16; got {dim}. "
+                         f"Use e.g. {-(-dim // 16) * 16}, or leave triton out of the backends.")
+    if "open_clip" in backends and not open_clip_available():
+        raise ValueError("backend open_clip needs the open_clip package, which is not installed; "
+                         "pip install open_clip_torch, or leave open_clip out of the backends.")
+
+
+def validate_max_batch(*, backends: Sequence[str], modes: Sequence[str], dim: int, dtype: torch.dtype,
+                       device: torch.device, memory_limit: int | None, cap: int, start: int = MAX_BATCH_START) -> None:
+    """Raise ValueError naming the first bad argument of :func:`max_batch` for any of `backends` × `modes`."""
+    check_sweep(counts={"embedding dim": dim, "first batch": start, "largest-batch cap": cap}, dtype=dtype,
+                choices=(("backend", backends, BACKENDS), ("mode", modes, MODES)))
+    _check_backends(backends, dim)
+    if memory_limit is not None and memory_limit < 1:
+        raise ValueError(f"the memory limit must be a positive number of bytes; got {memory_limit}.")
+    if memory_limit is None and device.type != "cuda":
+        raise ValueError("on a CPU the largest-batch search needs a memory limit (e.g. 2GiB): it stops where the "
+                         "measured footprint passes it instead of exhausting the machine's RAM.")
+
+
+def _make_inputs(batch: int, dim: int, dtype: torch.dtype, device: torch.device,
+                 mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random L2-normalized image and text embeddings and the logit scale; leaves with gradients for fwd+bwd."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    grad = mode == "fwd+bwd"
+    # Drawn in `dtype` directly: float32 draws would double the temporary memory at the largest N.
+    image, text = (F.normalize(torch.randn(batch, dim, generator=gen, dtype=dtype, device=device), dim=-1)
+                   .requires_grad_(grad) for _ in range(2))
+    scale = torch.tensor(LOGIT_SCALE, device=device, requires_grad=grad)
+    return image, text, scale
+
+
+def _make_call(backend: str, mode: str, image: torch.Tensor, text: torch.Tensor,
+               scale: torch.Tensor) -> Callable[[], None]:
+    if backend == "open_clip":
+        from open_clip.loss import ClipLoss
+
+        loss_fn: Callable[..., torch.Tensor] = ClipLoss()
+    else:
+        loss_fn = functools.partial(clip_loss, backend=backend)
+    if mode == "fwd":
+        def fwd() -> None:
+            with torch.no_grad():
+                loss_fn(image, text, scale)
+
+        return fwd
+
+    def fwd_bwd() -> None:
+        # autograd.grad returns fresh gradients instead of accumulating into .grad, so reps stay identical.
+        torch.autograd.grad(loss_fn(image, text, scale), (image, text, scale))
+
+    return fwd_bwd
