@@ -63,10 +63,25 @@ def train_command(
     img_size: int | None = typer.Option(None, "--img-size", help="Default: the model's."),
     drop_path: float | None = typer.Option(None, "--drop-path", help="Stochastic depth rate."),
     skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="Skip (and count) unreadable images."),
+    train_data: Path | None = typer.Option(None, "--train-data", help="CLIP: CSV/TSV of image-text pairs. "
+                                           "Default: the built-in data's captions."),
+    val_data: Path | None = typer.Option(None, "--val-data", help="CLIP: CSV/TSV of pairs for retrieval metrics."),
+    csv_img_key: str = typer.Option("filepath", "--csv-img-key", help="CLIP: the image-path column."),
+    csv_caption_key: str = typer.Option("title", "--csv-caption-key", help="CLIP: the caption column."),
+    csv_separator: str = typer.Option("\t", "--csv-separator", help="CLIP: the tables' separator."),
+    tokenizer: str | None = typer.Option(
+        None, "--tokenizer", help="CLIP: a tokenizer.json, 'clip' (CLIP's BPE) or 'train' (a BPE on the captions). "
+        "Default: 'clip' for CLIP-sized vocabularies, else 'train'."),
+    bpe_path: Path | None = typer.Option(None, "--bpe-path", help="CLIP's bpe_simple_vocab_16e6.txt.gz "
+                                         "(default: the copy inside an installed open_clip)."),
     list_models: bool = typer.Option(False, "--list-models", help="Print the model names and exit."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines on stderr."),
 ) -> None:
-    """Train an image classifier; on a GPU, or on several with `torchrun --nproc_per_node N`."""
+    """Train an image classifier or a CLIP; on a GPU, or on several with `torchrun --nproc_per_node N`.
+
+    CLIP models (e.g. clip_tiny, ViT-B-32) train on image-text pairs (--train-data) and report
+    zero-shot accuracy on the val split of --data-dir and retrieval recall on --val-data.
+    """
     if list_models:
         import vitfast
 
@@ -80,6 +95,9 @@ def train_command(
         amp_dtype=amp_dtype, grad_accum_steps=grad_accum_steps, grad_checkpointing=grad_checkpointing,
         clip_grad=clip_grad, compile=compile, attn_backend=attn_backend, resume=resume, seed=seed,
         workers=workers, img_size=img_size, drop_path=drop_path, skip_bad_images=skip_bad_images, quiet=quiet,
+        train_data=_str_or_none(train_data), val_data=_str_or_none(val_data), csv_img_key=csv_img_key,
+        csv_caption_key=csv_caption_key, csv_separator=_unescape(csv_separator), tokenizer=tokenizer,
+        bpe_path=_str_or_none(bpe_path),
     )
     err = _stderr()
     log = (lambda msg: None) if quiet else (lambda msg: err.print(msg, markup=False))
@@ -99,15 +117,32 @@ def eval_command(
     attn_backend: str = typer.Option("auto", "--attn-backend"),
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
     skip_bad_images: bool = typer.Option(False, "--skip-bad-images"),
+    val_data: Path | None = typer.Option(None, "--val-data", help="CLIP: CSV/TSV of image-text pairs for retrieval."),
+    csv_img_key: str = typer.Option("filepath", "--csv-img-key", help="CLIP: the image-path column."),
+    csv_caption_key: str = typer.Option("title", "--csv-caption-key", help="CLIP: the caption column."),
+    csv_separator: str = typer.Option("\t", "--csv-separator", help="CLIP: the table's separator."),
 ) -> None:
-    """Top-1, top-5, loss and images/s of a saved model on the val split."""
+    """Evaluate a saved model: a classifier's top-1, top-5, loss and images/s on the val split; a CLIP's
+    zero-shot top-1/top-5 on the val split of --data-dir and image/text retrieval R@1/5/10 on --val-data
+    (with neither, both on the built-in data)."""
     from vitfast.evaluate import evaluate_folder
+    from vitfast.pairs import CsvFormat
 
     with _user_errors():
         metrics = evaluate_folder(model_dir, data_dir, batch_size=batch_size, workers=workers,
                                   amp_dtype=amp_dtype, attn_backend=attn_backend,
-                                  skip_bad_images=skip_bad_images)
+                                  skip_bad_images=skip_bad_images, val_data=val_data,
+                                  csv_format=CsvFormat(csv_img_key, csv_caption_key, _unescape(csv_separator)))
     _print_result(metrics, json_out=json_out)
+
+
+def _str_or_none(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _unescape(separator: str) -> str:
+    """'\\t' typed on a command line (as open_clip's docs write it) means a tab."""
+    return separator.encode().decode("unicode_escape") if "\\" in separator else separator
 
 
 def _stderr():

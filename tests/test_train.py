@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
 import vitfast
+from vitfast import tasks as vtasks
 from vitfast import train as vtrain
 from vitfast.cli import app
 from vitfast.train import TrainConfig, TrainingError, train
@@ -93,14 +92,14 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tiny_image_folder, tmp_pat
     _train(tiny_image_folder, out, epochs=1)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".pt", ".safetensors")}
     calls = {"n": 0}
-    real_ce = vtrain.F.cross_entropy
+    real_ce = vtasks.F.cross_entropy
 
     def poisoned(logits, labels, *a, **kw):
         calls["n"] += 1
         loss = real_ce(logits, labels, *a, **kw)
         return loss * float("nan") if calls["n"] == 4 else loss
 
-    monkeypatch.setattr(vtrain.F, "cross_entropy", poisoned)
+    monkeypatch.setattr(vtasks.F, "cross_entropy", poisoned)
     with pytest.raises(TrainingError, match="loss became nan.*last good checkpoint"):
         _train(tiny_image_folder, out, epochs=2, resume="latest")
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".pt", ".safetensors")}
@@ -114,19 +113,12 @@ def test_grad_accumulation_matches_a_bigger_batch(tiny_image_folder, tmp_path):
     _assert_same_weights(tmp_path / "big", tmp_path / "accum", exact=False)
 
 
-def test_two_gloo_processes_equal_one_with_the_global_batch(tiny_image_folder, tmp_path):
+def test_two_gloo_processes_equal_one_with_the_global_batch(tiny_image_folder, ddp_and_single):
     args = ["train", "--data-dir", str(tiny_image_folder), "--model", "vit_micro_patch4_32", "--img-size", "16",
             "--epochs", "1", "--lr", "3e-3", "--warmup-epochs", "0.5", "--workers", "0",
             "--attn-backend", "sdpa", "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "vitfast", *args, "--batch-size", "8", "--output", str(tmp_path / "ddp")],
-        env=env, capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-3000:]
-    result = CliRunner().invoke(app, [*args, "--batch-size", "16", "--output", str(tmp_path / "one")])
-    assert result.exit_code == 0, result.output
-    _assert_same_weights(tmp_path / "ddp", tmp_path / "one", exact=False)
+    ddp, one = ddp_and_single(args)
+    _assert_same_weights(ddp, one, exact=False)
 
 
 def test_eval_reproduces_the_training_accuracy(tiny_image_folder, tmp_path):

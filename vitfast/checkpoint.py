@@ -136,6 +136,14 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
                               "It may be truncated or corrupt; re-save or re-convert it.") from None
 
 
+def read_config(path: str | os.PathLike[str]) -> dict:
+    """The config.json contents of a model folder (or a lone .safetensors file's metadata), without the weights."""
+    path = Path(path)
+    if path.is_dir() and (path / CONFIG_NAME).is_file():
+        return _read_json(path / CONFIG_NAME)
+    return read_state_dict(path)[0]  # a lone file, or a folder whose error read_state_dict words
+
+
 def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict, dict[str, torch.Tensor]]:
     """(config.json contents, state dict) of a model folder or a lone .safetensors file."""
     path = Path(path)

@@ -1,8 +1,10 @@
-"""Image classification data: ImageFolder splits, transforms, loaders, and the built-in default set.
+"""Image data: ImageFolder splits, transforms, loaders, the deterministic sample order and
+augmentation seeds the trainer uses, and the built-in default set.
 
 User data follows timm's layout, ``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg`` (with
 the usual synonyms). With no data dir, :func:`default_data_dir` generates vitfast's own set once
-into a cache folder as a real ImageFolder, so it goes through exactly the same code.
+into a cache folder as a real ImageFolder (with a caption per image for CLIP, see vitfast.pairs), so
+it goes through exactly the same code.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 TRAIN_SYNONYMS = ("train", "training")
 VAL_SYNONYMS = ("val", "valid", "validation", "eval", "evaluation", "test")
@@ -35,7 +38,9 @@ DEFAULT_CLASSES = ("circle", "square", "triangle", "cross", "ring",
                    "hstripes", "vstripes", "checker", "dots", "diamond")
 DEFAULT_IMAGE_SIZE = 32
 DEFAULT_PER_CLASS = {"train": 600, "val": 100}
-_DEFAULT_VERSION = 1  # bump when the generator changes, so caches regenerate
+_DEFAULT_VERSION = 2  # bump when the generator changes, so caches regenerate (2: captions added)
+_DEFAULT_SEED = 1  # the images' seed, unchanged since version 1
+CLASSNAMES_FILE = "classnames.txt"  # optional in any ImageFolder root: one readable name per class folder
 
 
 def cache_dir() -> Path:
@@ -46,8 +51,9 @@ def cache_dir() -> Path:
     return base / "vitfast"
 
 
-def _render(kind: str, rng: np.random.Generator, size: int) -> np.ndarray:
-    """One 8-bit RGB image of a shape class: random colours, position, scale, plus noise."""
+def _render(kind: str, rng: np.random.Generator, size: int) -> tuple[np.ndarray, dict]:
+    """One 8-bit RGB image of a shape class (random colours, position, scale, plus noise) and the
+    attributes a caption can describe."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     bg = rng.uniform(0, 255, 3)
     fg = rng.uniform(0, 255, 3)
@@ -84,28 +90,72 @@ def _render(kind: str, rng: np.random.Generator, size: int) -> np.ndarray:
     else:
         raise ValueError(f"unknown default-data class {kind!r}")
     img = np.where(mask[..., None], fg, bg) + rng.normal(0, 12, (size, size, 3))
-    return np.clip(img, 0, 255).astype(np.uint8)
+    attributes = {"fg": fg, "bg": bg, "x": cx / size, "y": cy / size, "radius": r / size}
+    return np.clip(img, 0, 255).astype(np.uint8), attributes
+
+
+# Captions name what the generator drew: the shape (as CLASS_PHRASES says it), the colours (the
+# nearest of these names), and for single shapes their size and place.
+CLASS_PHRASES = {"circle": "circle", "square": "square", "triangle": "triangle", "cross": "cross", "ring": "ring",
+                 "hstripes": "horizontal stripes", "vstripes": "vertical stripes", "checker": "checkerboard",
+                 "dots": "polka dots", "diamond": "diamond"}
+_PATTERNS = ("hstripes", "vstripes", "checker", "dots")
+_COLOURS = {"black": (0, 0, 0), "white": (255, 255, 255), "red": (220, 30, 30), "green": (40, 170, 60),
+            "blue": (40, 60, 220), "yellow": (240, 220, 40), "cyan": (40, 210, 220), "magenta": (210, 40, 200),
+            "orange": (245, 140, 30), "purple": (120, 50, 160), "grey": (128, 128, 128), "brown": (130, 80, 40),
+            "pink": (250, 160, 190), "navy": (20, 30, 100), "olive": (120, 130, 40), "teal": (30, 120, 120)}
+
+
+def colour_name(rgb: np.ndarray) -> str:
+    names = list(_COLOURS)
+    table = np.array([_COLOURS[n] for n in names], dtype=np.float32)
+    return names[int(((table - np.asarray(rgb, dtype=np.float32)) ** 2).sum(1).argmin())]
+
+
+def caption(kind: str, attributes: dict, rng: np.random.Generator) -> str:
+    """A one-line description of a rendered image, phrased one of several ways (drawn from `rng`)."""
+    fg, bg, thing = colour_name(attributes["fg"]), colour_name(attributes["bg"]), CLASS_PHRASES[kind]
+    if kind in _PATTERNS:
+        forms = (f"{fg} {thing} on a {bg} background", f"a pattern of {fg} and {bg} {thing}",
+                 f"{thing} in {fg} over {bg}", f"an image of {fg} {thing}")
+    else:
+        size = "small" if attributes["radius"] < 0.27 else "large" if attributes["radius"] > 0.33 else "medium"
+        row = "top" if attributes["y"] < 0.45 else "bottom" if attributes["y"] > 0.55 else "middle"
+        col = "left" if attributes["x"] < 0.45 else "right" if attributes["x"] > 0.55 else "centre"
+        place = "the centre" if (row, col) == ("middle", "centre") else f"the {row} {col}"
+        forms = (f"a {fg} {thing} on a {bg} background", f"a {size} {fg} {thing} near {place}",
+                 f"a photo of a {size} {thing}, {fg} on {bg}", f"{bg} background with a {fg} {thing}")
+    return forms[int(rng.integers(len(forms)))]
 
 
 def write_shapes_dataset(folder: str | os.PathLike[str], *, per_class: dict[str, int],
                          classes: tuple[str, ...] = DEFAULT_CLASSES, size: int = DEFAULT_IMAGE_SIZE,
-                         seed: int = _DEFAULT_VERSION) -> Path:
-    """Render the shapes set as an ImageFolder (`folder/<split>/<class>/NNNNN.png`), deterministically."""
+                         seed: int = _DEFAULT_SEED) -> Path:
+    """Render the shapes set as an ImageFolder (`folder/<split>/<class>/NNNNN.png`), deterministically,
+    with a caption per image in `folder/<split>_captions.tsv` (columns filepath, title: open_clip's
+    default CSV keys and separator) and the class phrases in `folder/classnames.txt`."""
     from PIL import Image
 
     folder = Path(folder)
     for split_index, (split, count) in enumerate(per_class.items()):
         rng = np.random.default_rng([seed, split_index])
+        words = np.random.default_rng([seed, split_index, 1])  # separate, so images do not depend on captions
+        rows = []
         for kind in classes:
             out = folder / split / kind
             out.mkdir(parents=True, exist_ok=True)
             for i in range(count):
-                Image.fromarray(_render(kind, rng, size)).save(out / f"{i:05d}.png")
+                image, attributes = _render(kind, rng, size)
+                Image.fromarray(image).save(out / f"{i:05d}.png")
+                rows.append(f"{split}/{kind}/{i:05d}.png\t{caption(kind, attributes, words)}")
+        (folder / f"{split}_captions.tsv").write_text("filepath\ttitle\n" + "\n".join(rows) + "\n")
+    (folder / CLASSNAMES_FILE).write_text("\n".join(CLASS_PHRASES.get(c, c) for c in sorted(classes)) + "\n")
     return folder
 
 
 def default_data_dir(root: str | os.PathLike[str] | None = None) -> Path:
-    """The built-in set, generated on first use: 10 shape classes, 32×32 PNGs, 600/100 per class.
+    """The built-in set, generated on first use: 10 shape classes, 32×32 PNGs, 600/100 per class,
+    each image with a caption (``train_captions.tsv``, ``val_captions.tsv``) for CLIP.
 
     Generation is deterministic (fixed seeds); a completed folder carries a ``vitfast_data.json``
     stamp, and an interrupted one is regenerated.
@@ -179,6 +229,54 @@ def collate_skipping_bad(batch):
     return images, labels, skipped
 
 
+# --------------------------------------------------------------------------------------------------
+# Deterministic data order and augmentation
+# --------------------------------------------------------------------------------------------------
+
+
+class EpochSampler(Sampler[int]):
+    """DistributedSampler's order (permutation seeded by seed + epoch, rank r takes every world-th
+    index), resumable from a given number of samples into the epoch."""
+
+    def __init__(self, n: int, *, shuffle: bool, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.shuffle, self.seed, self.rank, self.world = n, shuffle, seed, rank, world
+        self.epoch = 0
+        self.skip = 0
+        self.per_rank = n // world if shuffle else math.ceil(n / world)
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()[: self.per_rank * self.world]
+        else:
+            order = list(range(self.n))
+        mine = order[self.rank:: self.world]
+        return iter(mine[self.skip:])
+
+    def __len__(self) -> int:
+        mine = self.per_rank if self.shuffle else len(range(self.rank, self.n, self.world))
+        return max(0, mine - self.skip)
+
+
+class SeededAugment(Dataset):
+    """Wraps a dataset so sample i of epoch e is augmented with the RNG seeded by (seed, e, i)."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        # fork_rng: with workers=0 this runs in the training process, whose RNG drives dropout.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+            return self.dataset[index]
+
+
 @dataclass(frozen=True)
 class TransformConfig:
     img_size: int
@@ -186,13 +284,15 @@ class TransformConfig:
     crop_pct: float = 0.875  # eval: resize to img_size / crop_pct, then center-crop img_size
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    hflip: bool = True  # random horizontal flips in training
 
 
 def build_transform(cfg: TransformConfig, train: bool):
     from torchvision.transforms import v2
 
     if train:
-        geometry = [v2.RandomResizedCrop(cfg.img_size, scale=cfg.scale, antialias=True), v2.RandomHorizontalFlip()]
+        geometry = [v2.RandomResizedCrop(cfg.img_size, scale=cfg.scale, antialias=True)]
+        geometry += [v2.RandomHorizontalFlip()] if cfg.hflip else []
     else:
         geometry = [v2.Resize(int(math.floor(cfg.img_size / cfg.crop_pct)), antialias=True),
                     v2.CenterCrop(cfg.img_size)]

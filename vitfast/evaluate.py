@@ -48,11 +48,25 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: to
 
 
 def evaluate_folder(model_dir, data_dir=None, *, batch_size: int = 256, workers: int = 2, amp_dtype: str = "auto",
-                    attn_backend: str = "auto", skip_bad_images: bool = False) -> dict[str, float]:
-    """Load a model folder and evaluate it on the val split of `data_dir` (default: the built-in set)."""
+                    attn_backend: str = "auto", skip_bad_images: bool = False, val_data=None,
+                    csv_format=None) -> dict[str, float]:
+    """Load a model folder and evaluate it on the val split of `data_dir` (default: the built-in set).
+
+    A CLIP folder is evaluated by vitfast.evaluate_clip (zero-shot on `data_dir`, retrieval on the
+    `val_data` table); `val_data` and `csv_format` apply to CLIP only.
+    """
     from vitfast import data as vdata
-    from vitfast.checkpoint import load
+    from vitfast.checkpoint import load, read_config
     from vitfast.train import amp_dtype_for
+
+    if read_config(model_dir).get("family") == "clip":
+        from vitfast.evaluate_clip import evaluate_clip_folder
+
+        return evaluate_clip_folder(model_dir, data_dir, val_data, batch_size=batch_size, workers=workers,
+                                    amp_dtype=amp_dtype, attn_backend=attn_backend, skip_bad_images=skip_bad_images,
+                                    csv_format=csv_format)
+    if val_data is not None:
+        raise ValueError("--val-data (an image-text table) applies to CLIP models; this folder holds a classifier.")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load(model_dir, map_location=device, attn_backend=attn_backend)

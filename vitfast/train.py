@@ -1,4 +1,5 @@
-"""Training loop for image classifiers: AdamW, warmup + cosine, AMP, accumulation, DDP, exact resume.
+"""Training loop for image classifiers and CLIP: AdamW, warmup + cosine, AMP, accumulation, DDP,
+exact resume. What is trained (model, data, loss, validation) comes from vitfast.tasks.
 
 Reproducibility is by construction, so that a resumed run and a multi-process run can be compared
 with an uninterrupted single-process one:
@@ -27,13 +28,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.utils.data import Dataset, Sampler
 
 from vitfast import data as vdata
 from vitfast.checkpoint import CheckpointError, atomic_write, save
-from vitfast.evaluate import evaluate
-from vitfast.models import check_model_name, create_model
+from vitfast.models import check_model_name
+from vitfast.tasks import build_task
 
 STATE_NAME = "train_state.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -91,54 +90,14 @@ class TrainConfig:
     drop_path: float | None = None
     skip_bad_images: bool = False
     quiet: bool = False
-
-
-# --------------------------------------------------------------------------------------------------
-# Deterministic data order and augmentation
-# --------------------------------------------------------------------------------------------------
-
-
-class EpochSampler(Sampler[int]):
-    """DistributedSampler's order (permutation seeded by seed + epoch, rank r takes every world-th
-    index), resumable from a given number of samples into the epoch."""
-
-    def __init__(self, n: int, *, shuffle: bool, seed: int, rank: int = 0, world: int = 1):
-        self.n, self.shuffle, self.seed, self.rank, self.world = n, shuffle, seed, rank, world
-        self.epoch = 0
-        self.skip = 0
-        self.per_rank = n // world if shuffle else math.ceil(n / world)
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.epoch, self.skip = epoch, skip
-
-    def __iter__(self) -> Iterator[int]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()[: self.per_rank * self.world]
-        else:
-            order = list(range(self.n))
-        mine = order[self.rank:: self.world]
-        return iter(mine[self.skip:])
-
-    def __len__(self) -> int:
-        mine = self.per_rank if self.shuffle else len(range(self.rank, self.n, self.world))
-        return max(0, mine - self.skip)
-
-
-class SeededAugment(Dataset):
-    """Wraps a dataset so sample i of epoch e is augmented with the RNG seeded by (seed, e, i)."""
-
-    def __init__(self, dataset: Dataset, seed: int):
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        # fork_rng: with workers=0 this runs in the training process, whose RNG drives dropout.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
-            return self.dataset[index]
+    # CLIP only (see vitfast.tasks.ClipTask); no --train-data: the default data's captions.
+    train_data: str | None = None  # CSV/TSV of image-text pairs
+    val_data: str | None = None
+    csv_img_key: str = "filepath"
+    csv_caption_key: str = "title"
+    csv_separator: str = "\t"
+    tokenizer: str | None = None  # a tokenizer.json, "clip" (CLIP's BPE) or "train" (a BPE on the captions)
+    bpe_path: str | None = None  # CLIP's bpe_simple_vocab_16e6.txt.gz; default: open_clip's copy
 
 
 # --------------------------------------------------------------------------------------------------
@@ -261,49 +220,29 @@ def load_train_state(path: Path) -> dict:
 
 
 def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None] = print) -> dict:
-    """Train `cfg.model` on `cfg.data_dir` (or the default data); returns the last epoch's metrics.
+    """Train `cfg.model` on its data (or the default data); returns the last epoch's metrics.
 
-    Writes under cfg.output: the model folder (config.json + model.safetensors) and train_state.pt
-    after every epoch, and metrics.jsonl.
+    Writes under cfg.output: the model folder (config.json + model.safetensors, + tokenizer.json for
+    CLIP) and train_state.pt after every epoch, and metrics.jsonl.
     """
     check_model_name(cfg.model)  # before any data work: a typo fails at once
     rt = init_runtime()
     amp = amp_dtype_for(cfg.amp_dtype, rt.device)
     output = Path(cfg.output)
-    default_data = cfg.data_dir is None
-    root = vdata.default_data_dir() if default_data else Path(cfg.data_dir)
-    if rt.world > 1:
-        dist.barrier()  # rank 0 may have generated the default data; others wait until it is there
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
 
-    train_root, val_root = vdata.find_split(root, "train"), vdata.find_split(root, "val")
-    probe = vdata.ImageFolderDataset(train_root)
-    num_classes = len(probe.classes)
-    overrides = {"num_classes": num_classes, "attn_backend": cfg.attn_backend}
-    if cfg.img_size is not None:
-        overrides["img_size"] = cfg.img_size
-    if cfg.drop_path is not None:
-        overrides["drop_path_rate"] = cfg.drop_path
-    model = create_model(cfg.model, **overrides)
-    img_size = model.config.img_size
-    scale = cfg.scale or ((0.35, 1.0) if default_data else (0.08, 1.0))
-    tcfg = vdata.TransformConfig(img_size, scale=scale)
-    train_set = SeededAugment(vdata.ImageFolderDataset(train_root, vdata.build_transform(tcfg, True),
-                                                       cfg.skip_bad_images), cfg.seed)
-    val_set = vdata.ImageFolderDataset(val_root, vdata.build_transform(tcfg, False), cfg.skip_bad_images)
-    if val_set.classes != probe.classes:
-        raise vdata.DataError(f"the train and val splits of {root} have different class folders.")
-    sampler = EpochSampler(len(train_set), shuffle=True, seed=cfg.seed, rank=rt.rank, world=rt.world)
+    task = build_task(cfg, rt, output, log if rt.is_main else (lambda msg: None))
+    model = task.model
+    train_set = vdata.SeededAugment(task.train_set, cfg.seed)
+    sampler = vdata.EpochSampler(len(train_set), shuffle=True, seed=cfg.seed, rank=rt.rank, world=rt.world)
     loader = vdata.build_loader(train_set, batch_size=cfg.batch_size, workers=cfg.workers, sampler=sampler,
                                 drop_last=True, seed=cfg.seed)
-    val_sampler = EpochSampler(len(val_set), shuffle=False, seed=0, rank=rt.rank, world=rt.world)
-    val_loader = vdata.build_loader(val_set, batch_size=cfg.batch_size, workers=cfg.workers, sampler=val_sampler)
     steps_per_epoch = len(loader) // cfg.grad_accum_steps
     if steps_per_epoch < 1:
-        raise vdata.DataError(f"{train_root} has {len(train_set)} images: too few for one step of "
+        raise vdata.DataError(f"the training data has {len(train_set)} samples: too few for one step of "
                               f"batch size {cfg.batch_size} × {rt.world} process(es) × "
                               f"{cfg.grad_accum_steps} accumulation steps. Lower --batch-size.")
 
@@ -342,6 +281,7 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
         if not rt.is_main:
             return
         save(model, output)
+        task.save_extra(output)
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                  "epoch": epoch, "step_in_epoch": step_in_epoch, "rng": _rng_state(),
@@ -352,9 +292,8 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
         output.mkdir(parents=True, exist_ok=True)
         (output / "train_args.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
         n_params = sum(p.numel() for p in model.parameters())
-        log(f"{cfg.model}: {n_params / 1e6:.2f}M params, {num_classes} classes, {len(train_set)} train / "
-            f"{len(val_set)} val images from {root}; {rt.world} process(es) on {rt.device}, "
-            f"{cfg.epochs} epochs of {steps_per_epoch} steps")
+        log(f"{cfg.model}: {n_params / 1e6:.2f}M params, {task.description}; {rt.world} process(es) on "
+            f"{rt.device}, {cfg.epochs} epochs of {steps_per_epoch} steps")
 
     metrics: dict = {}
     epoch = start_epoch
@@ -366,15 +305,15 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
             position["step"] = start_step if epoch == start_epoch else 0
             sampler.set_epoch(epoch, skip=position["step"] * cfg.grad_accum_steps * cfg.batch_size)
             with _deferred_sigint(position):
-                stats = _train_epoch(run_model, model, loader, optimizer, scheduler, scaler, cfg, rt, amp,
+                stats = _train_epoch(task, run_model, model, loader, optimizer, scheduler, scaler, cfg, rt, amp,
                                      epoch, position, steps_per_epoch, progress_factory)
-            val = evaluate(model, val_loader, rt.device, amp, distributed=rt.world > 1)
+            val = task.evaluate(rt.device, amp)
             metrics = {"epoch": epoch + 1, **stats, **{f"val_{k}": v for k, v in val.items()}}
             if rt.is_main:
                 with open(output / METRICS_NAME, "a") as f:
                     f.write(json.dumps(metrics) + "\n")
-                log(f"epoch {epoch + 1}/{cfg.epochs}: loss {stats['train_loss']:.4f}, "
-                    f"val top-1 {val['top1']:.2f}%, top-5 {val['top5']:.2f}%, {stats['images_per_s']:.0f} img/s")
+                log(f"epoch {epoch + 1}/{cfg.epochs}: loss {stats['train_loss']:.4f}, {task.summary(val)}, "
+                    f"{stats['images_per_s']:.0f} img/s")
             save_checkpoint(epoch + 1, 0)
     except _StopRequested:
         done = position["step"]
@@ -398,7 +337,7 @@ def _any_rank(flag: bool, rt: Runtime) -> bool:
     return bool(t.item())
 
 
-def _train_epoch(run_model, model, loader, optimizer, scheduler, scaler, cfg: TrainConfig, rt: Runtime,
+def _train_epoch(task, run_model, model, loader, optimizer, scheduler, scaler, cfg: TrainConfig, rt: Runtime,
                  amp: torch.dtype | None, epoch: int, position: dict, steps: int, progress_factory) -> dict:
     run_model.train()
     accum = cfg.grad_accum_steps
@@ -419,7 +358,7 @@ def _train_epoch(run_model, model, loader, optimizer, scheduler, scaler, cfg: Tr
             # Under DDP, gradients are all-reduced only on the micro-batch that ends a step.
             sync = contextlib.nullcontext() if micro == accum - 1 or rt.world == 1 else run_model.no_sync()
             with sync, torch.autocast(rt.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                loss = F.cross_entropy(run_model(images), labels)
+                loss = task.loss(run_model, images, labels)
                 scaler.scale(loss / accum).backward()
             value = loss.detach()
             if not torch.isfinite(value):
@@ -440,6 +379,7 @@ def _train_epoch(run_model, model, loader, optimizer, scheduler, scaler, cfg: Tr
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
             scaler.step(optimizer)
             scaler.update()
+            task.after_step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1

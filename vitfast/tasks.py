@@ -1,0 +1,167 @@
+"""What `vitfast train` optimizes: image classification (ViT, Swin) or image–text contrastive learning
+(CLIP). A task builds the model and its data, gives the loss of a batch, runs the validation, and
+says what else the model folder holds; train.py owns the loop, the checkpoints and the processes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vitfast import data as vdata
+from vitfast.evaluate import evaluate
+from vitfast.models import create_model, named_config
+
+
+class ClassificationTask:
+    """ImageFolder classes; cross-entropy; top-1/top-5 on the val split."""
+
+    def __init__(self, cfg, rt) -> None:
+        default_data = cfg.data_dir is None
+        self.root = vdata.default_data_dir() if default_data else Path(cfg.data_dir)
+        if rt.world > 1:
+            dist.barrier()  # rank 0 may have generated the default data; others wait until it is there
+        train_root, val_root = vdata.find_split(self.root, "train"), vdata.find_split(self.root, "val")
+        classes = vdata.ImageFolderDataset(train_root).classes
+        overrides = {"num_classes": len(classes), "attn_backend": cfg.attn_backend}
+        if cfg.img_size is not None:
+            overrides["img_size"] = cfg.img_size
+        if cfg.drop_path is not None:
+            overrides["drop_path_rate"] = cfg.drop_path
+        self.model = create_model(cfg.model, **overrides)
+        scale = cfg.scale or ((0.35, 1.0) if default_data else (0.08, 1.0))
+        tcfg = vdata.TransformConfig(self.model.config.img_size, scale=scale)
+        self.train_set = vdata.ImageFolderDataset(train_root, vdata.build_transform(tcfg, True), cfg.skip_bad_images)
+        val_set = vdata.ImageFolderDataset(val_root, vdata.build_transform(tcfg, False), cfg.skip_bad_images)
+        if val_set.classes != classes:
+            raise vdata.DataError(f"the train and val splits of {self.root} have different class folders.")
+        sampler = vdata.EpochSampler(len(val_set), shuffle=False, seed=0, rank=rt.rank, world=rt.world)
+        self.val_loader = vdata.build_loader(val_set, batch_size=cfg.batch_size, workers=cfg.workers, sampler=sampler)
+        self.distributed = rt.world > 1
+        self.description = (f"{len(classes)} classes, {len(self.train_set)} train / {len(val_set)} val images "
+                            f"from {self.root}")
+
+    def loss(self, run_model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(run_model(images), labels)
+
+    def after_step(self) -> None:
+        pass
+
+    def evaluate(self, device: torch.device, amp: torch.dtype | None) -> dict:
+        return evaluate(self.model, self.val_loader, device, amp, distributed=self.distributed)
+
+    def save_extra(self, output: Path) -> None:
+        pass
+
+    @staticmethod
+    def summary(val: dict) -> str:
+        return f"val top-1 {val['top1']:.2f}%, top-5 {val['top5']:.2f}%"
+
+
+def choose_tokenizer(cfg, base, captions: list[str], output: Path, log: Callable[[str], None]):
+    """The run's tokenizer: the one saved in --output when resuming; else --tokenizer (a tokenizer.json,
+    or "clip" for CLIP's BPE); else CLIP's BPE for models with CLIP's 49408-token vocabulary, and a BPE
+    trained on the training captions (of the model's vocab_size) for models trained from scratch."""
+    from vitfast.tokenizer import TOKENIZER_NAME, clip_bpe_tokenizer, load_tokenizer, train_bpe
+
+    if cfg.resume and (output / TOKENIZER_NAME).is_file():
+        return load_tokenizer(output / TOKENIZER_NAME)
+    choice = cfg.tokenizer or ("clip" if base.vocab_size == 49408 else "train")
+    if choice == "clip":
+        return clip_bpe_tokenizer(cfg.bpe_path, base.context_length)
+    if choice == "train":
+        tokenizer = train_bpe(captions, vocab_size=base.vocab_size, context_length=base.context_length)
+        log(f"trained a {tokenizer.vocab_size}-token BPE on {len(captions)} captions")
+        return tokenizer
+    if not Path(choice).exists():
+        raise ValueError(f"--tokenizer {choice!r} is neither 'clip', 'train' nor an existing tokenizer.json "
+                         "(or a model folder holding one).")
+    return load_tokenizer(choice)
+
+
+class ClipTask:
+    """Image–text pairs from a CSV/TSV table; the symmetric contrastive loss through
+    vitfast.kernels.clip_loss (gathered across ranks under DDP); zero-shot accuracy on an ImageFolder's
+    val split and retrieval recall on the val pairs. Every rank runs the whole validation, so no
+    collective is needed there; the figures are the same on all ranks."""
+
+    def __init__(self, cfg, rt, output: Path, log: Callable[[str], None]) -> None:
+        from vitfast.evaluate_clip import class_names, clip_transform_config
+        from vitfast.pairs import CaptionTokens, CsvFormat, ImageTextDataset, default_pairs, read_pairs
+
+        if cfg.drop_path is not None:
+            raise ValueError("--drop-path applies to ViT and Swin classifiers; CLIP models have no stochastic depth.")
+        default_data = cfg.train_data is None
+        train_table = default_pairs("train") if default_data else Path(cfg.train_data)
+        val_table = Path(cfg.val_data) if cfg.val_data else default_pairs("val") if default_data else None
+        folder = vdata.default_data_dir() if default_data and cfg.data_dir is None else cfg.data_dir
+        if rt.world > 1:
+            dist.barrier()  # rank 0 may have generated the default data; others wait until it is there
+        fmt = CsvFormat(cfg.csv_img_key, cfg.csv_caption_key, cfg.csv_separator)
+        _, captions = read_pairs(train_table, fmt)
+        _, base = named_config(cfg.model)
+        self.tokenizer = choose_tokenizer(cfg, base, captions, output, log)
+        overrides = {"vocab_size": self.tokenizer.vocab_size, "eot_token_id": self.tokenizer.eot_token_id,
+                     "context_length": self.tokenizer.context_length, "attn_backend": cfg.attn_backend}
+        if cfg.img_size is not None:
+            overrides["image_size"] = cfg.img_size
+        self.model = create_model(cfg.model, **overrides)
+        tcfg = clip_transform_config(self.model.config.image_size)
+        tokenize = CaptionTokens(self.tokenizer)
+        self.train_set = ImageTextDataset(train_table, tokenize, vdata.build_transform(tcfg, True), fmt,
+                                          cfg.skip_bad_images)
+        eval_tf = vdata.build_transform(tcfg, False)
+        self.pairs_loader = self.zero_shot_loader = self.names = None
+        parts = [f"{len(self.train_set)} train pairs from {train_table}"]
+        if val_table is not None:
+            pairs = ImageTextDataset(val_table, tokenize, eval_tf, fmt, cfg.skip_bad_images)
+            self.pairs_loader = vdata.build_loader(pairs, batch_size=cfg.batch_size, workers=cfg.workers)
+            parts.append(f"{len(pairs)} val pairs from {val_table}")
+        if folder is not None:
+            val_root = vdata.find_split(folder, "val")
+            images = vdata.ImageFolderDataset(val_root, eval_tf, cfg.skip_bad_images)
+            self.names = class_names(val_root, images.classes)
+            self.zero_shot_loader = vdata.build_loader(images, batch_size=cfg.batch_size, workers=cfg.workers)
+            parts.append(f"zero-shot on {len(images)} images of {len(self.names)} classes in {val_root}")
+        self.group = dist.group.WORLD if rt.world > 1 else None
+        self.description = "; ".join(parts)
+
+    def loss(self, run_model: nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        from vitfast.kernels import clip_loss
+
+        image_emb, text_emb, scale = run_model(images, tokens)
+        return clip_loss(image_emb, text_emb, scale, group=self.group)
+
+    def after_step(self) -> None:
+        self.model.clamp_logit_scale()
+
+    def evaluate(self, device: torch.device, amp: torch.dtype | None) -> dict:
+        from vitfast.evaluate_clip import evaluate_clip
+
+        metrics = evaluate_clip(self.model, self.tokenizer, zero_shot_loader=self.zero_shot_loader,
+                                names=self.names, pairs_loader=self.pairs_loader, device=device, amp=amp)
+        return {**metrics, "logit_scale": self.model.logit_scale.exp().item()}
+
+    def save_extra(self, output: Path) -> None:
+        self.tokenizer.save(output)
+
+    @staticmethod
+    def summary(val: dict) -> str:
+        parts = []
+        if "zeroshot_top1" in val:
+            parts.append(f"val zero-shot top-1 {val['zeroshot_top1']:.2f}%, top-5 {val['zeroshot_top5']:.2f}%")
+        if "image_to_text_R@1" in val:
+            parts.append(f"image→text R@1 {val['image_to_text_R@1']:.2f}%, "
+                         f"text→image R@1 {val['text_to_image_R@1']:.2f}%")
+        return ", ".join(parts) + f", logit scale {val['logit_scale']:.1f}"
+
+
+def build_task(cfg, rt, output: Path, log: Callable[[str], None]):
+    """The task for cfg.model's family."""
+    family, _ = named_config(cfg.model)
+    return ClipTask(cfg, rt, output, log) if family == "clip" else ClassificationTask(cfg, rt)
