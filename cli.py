@@ -63,9 +63,10 @@ def train_command(
     img_size: int | None = typer.Option(None, "--img-size", help="Default: the model's."),
     drop_path: float | None = typer.Option(None, "--drop-path", help="Stochastic depth rate."),
     skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="Skip (and count) unreadable images."),
-    train_data: Path | None = typer.Option(None, "--train-data", help="CLIP: CSV/TSV of image-text pairs. "
+    train_data: Path | None = typer.Option(None, "--train-data", help="CLIP: CSV/TSV of image-text pairs, or tar shards "
+                                           "('shards/{00000..00099}.tar', webdataset's layout). "
                                            "Default: the built-in data's captions."),
-    val_data: Path | None = typer.Option(None, "--val-data", help="CLIP: CSV/TSV of pairs for retrieval metrics."),
+    val_data: Path | None = typer.Option(None, "--val-data", help="CLIP: CSV/TSV or tar shards of pairs for retrieval metrics."),
     csv_img_key: str = typer.Option("filepath", "--csv-img-key", help="CLIP: the image-path column."),
     csv_caption_key: str = typer.Option("title", "--csv-caption-key", help="CLIP: the caption column."),
     csv_separator: str = typer.Option("\t", "--csv-separator", help="CLIP: the tables' separator."),
@@ -117,7 +118,7 @@ def eval_command(
     attn_backend: str = typer.Option("auto", "--attn-backend"),
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
     skip_bad_images: bool = typer.Option(False, "--skip-bad-images"),
-    val_data: Path | None = typer.Option(None, "--val-data", help="CLIP: CSV/TSV of image-text pairs for retrieval."),
+    val_data: Path | None = typer.Option(None, "--val-data", help="CLIP: CSV/TSV or tar shards of image-text pairs for retrieval."),
     csv_img_key: str = typer.Option("filepath", "--csv-img-key", help="CLIP: the image-path column."),
     csv_caption_key: str = typer.Option("title", "--csv-caption-key", help="CLIP: the caption column."),
     csv_separator: str = typer.Option("\t", "--csv-separator", help="CLIP: the table's separator."),

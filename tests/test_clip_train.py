@@ -1,10 +1,11 @@
-"""CLIP training and evaluation: image-text tables, the default captions, the trainer's CLIP task
+"""CLIP training and evaluation: image-text tables and tar shards, the default captions, the trainer's CLIP task
 (exact resume, two-process DDP through clip_loss(group=)), zero-shot and retrieval metrics, the CLI."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 
 import vitfast
 from vitfast import data as vdata
+from vitfast import pairs as vdata_pairs
 from vitfast.cli import app
 from vitfast.evaluate_clip import class_names, retrieval_metrics
 from vitfast.pairs import CsvFormat, ImageTextDataset, read_pairs
@@ -23,8 +25,8 @@ TINY = dict(model="clip_tiny", img_size=16, batch_size=16, lr=2e-3, warmup_epoch
 
 
 def _train(folder, out, **kw) -> dict:
-    cfg = TrainConfig(train_data=str(folder / "train_captions.tsv"), val_data=str(folder / "val_captions.tsv"),
-                      data_dir=str(folder), output=str(out), **{**TINY, **kw})
+    tables = dict(train_data=str(folder / "train_captions.tsv"), val_data=str(folder / "val_captions.tsv"))
+    cfg = TrainConfig(data_dir=str(folder), output=str(out), **{**TINY, **tables, **kw})
     return train(cfg, log=lambda m: None)
 
 
@@ -145,3 +147,41 @@ def test_clip_flags_and_tokenizer_errors(tiny_image_folder, tmp_path):
                                  "--train-data", str(tiny_image_folder / "train_captions.tsv"),
                                  "--output", str(tmp_path / "o"), "--quiet"])
     assert result.exit_code != 0 and "missing.json" in result.output
+
+
+def _write_shards(folder, out, per_shard: int) -> str:
+    """The tiny folder's train pairs, in table order, as webdataset shards (KEY.png + KEY.txt)."""
+    import io
+    import tarfile
+
+    images, captions = read_pairs(folder / "train_captions.tsv")
+    out.mkdir()
+    for start in range(0, len(images), per_shard):
+        with tarfile.open(out / f"{start // per_shard:03d}.tar", "w") as tar:
+            for i in range(start, min(start + per_shard, len(images))):
+                for name, payload in ((f"{i:06d}.png", images[i].read_bytes()),
+                                      (f"{i:06d}.txt", captions[i].encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+    return str(out / f"{{000..{(len(images) - 1) // per_shard:03d}}}.tar")
+
+
+def test_tar_shards_train_exactly_like_the_table(tiny_image_folder, tmp_path):
+    spec = _write_shards(tiny_image_folder, tmp_path / "shards", per_shard=40)  # 3 shards, the last one short
+    shards = vdata_pairs.pairs_dataset(spec)
+    table = vdata_pairs.pairs_dataset(tiny_image_folder / "train_captions.tsv")
+    assert len(shards.shards) == 3 and shards.captions == table.captions
+    assert np.array_equal(np.asarray(shards.load_image(50)), np.asarray(table.load_image(50)))
+    _train(tiny_image_folder, tmp_path / "table", epochs=1)
+    _train(tiny_image_folder, tmp_path / "tar", epochs=1, train_data=spec, workers=2)
+    a, b = _weights(tmp_path / "table"), _weights(tmp_path / "tar")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_shard_errors_name_the_shard(tmp_path):
+    with pytest.raises(vdata.DataError, match=r"2 of 2 shards do not exist, e\.g\. .*000\.tar"):
+        vdata_pairs.pairs_dataset(str(tmp_path / "{000..001}.tar"))
+    (tmp_path / "bad.tar").write_bytes(b"\x1f\x8b" + b"0" * 600)  # gzip magic: a compressed shard
+    with pytest.raises(vdata.DataError, match=r"cannot read shard .*bad\.tar.*uncompressed"):
+        vdata_pairs.pairs_dataset(str(tmp_path / "bad.tar"))

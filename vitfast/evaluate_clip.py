@@ -141,9 +141,9 @@ def evaluate_clip_folder(model_dir: str | os.PathLike[str], data_dir: str | os.P
                          amp_dtype: str = "auto", attn_backend: str = "auto", skip_bad_images: bool = False,
                          csv_format=None) -> dict[str, float]:
     """Load a CLIP model folder (weights + tokenizer.json) and evaluate it: zero-shot on the val split of
-    `data_dir` and retrieval on the `val_data` table. With neither given, both run on the built-in data."""
+    `data_dir` and retrieval on the `val_data` table or shards. With neither given, both run on the built-in data."""
     from vitfast.checkpoint import load
-    from vitfast.pairs import CaptionTokens, CsvFormat, ImageTextDataset, default_pairs
+    from vitfast.pairs import CaptionTokens, CsvFormat, default_pairs, pairs_dataset
     from vitfast.tokenizer import load_tokenizer
     from vitfast.train import amp_dtype_for
 
@@ -160,8 +160,8 @@ def evaluate_clip_folder(model_dir: str | os.PathLike[str], data_dir: str | os.P
         names = class_names(val_root, images.classes)
         zero_shot_loader = vdata.build_loader(images, batch_size=batch_size, workers=workers)
     if val_data is not None:
-        pairs = ImageTextDataset(val_data, CaptionTokens(tokenizer), transform, csv_format or CsvFormat(),
-                                 skip_bad_images)
+        pairs = pairs_dataset(val_data, transform, csv_format or CsvFormat(), skip_bad_images)
+        pairs.tokenize = CaptionTokens(tokenizer)
         pairs_loader = vdata.build_loader(pairs, batch_size=batch_size, workers=workers)
     return evaluate_clip(model, tokenizer, zero_shot_loader=zero_shot_loader, names=names,
                          pairs_loader=pairs_loader, device=device, amp=amp_dtype_for(amp_dtype, device))

@@ -1,16 +1,25 @@
-"""Image–text pairs for CLIP: CSV/TSV tables read with open_clip's flags, and the built-in captions.
+"""Image–text pairs for CLIP: CSV/TSV tables read with open_clip's flags, webdataset tar shards, and
+the built-in captions.
 
 A table has a header row; ``--csv-img-key`` names the image-path column (default ``filepath``),
 ``--csv-caption-key`` the caption column (default ``title``), ``--csv-separator`` the separator (default
 a tab), as open_clip. Relative image paths are read relative to the table's folder, so a dataset folder
 can be moved as a whole. The built-in default data carries ``train_captions.tsv`` and
 ``val_captions.tsv`` in that format.
+
+Shards (``--train-data "shards/{00000..00099}.tar"``, brace ranges as webdataset writes them, several
+sources joined with ``::``) hold samples as files sharing a key: ``KEY.jpg`` (or png, jpeg, webp) and
+``KEY.txt``. They are indexed once when the dataset is built (the tar headers and captions are read,
+the images are not) and then read by position, so shards get the same seeded sample order, DDP split
+and exact mid-epoch resume as a table.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import os
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -69,10 +78,13 @@ class CaptionTokens:
 
 
 class ImageTextDataset(Dataset):
-    """(image tensor, token ids) pairs from a CSV/TSV table; unreadable images raise or are skipped."""
+    """(image tensor, token ids) pairs from a CSV/TSV table; unreadable images raise or are skipped.
 
-    def __init__(self, table: str | os.PathLike[str], tokenize: Callable[[str], torch.Tensor], transform=None,
-                 fmt: CsvFormat = CsvFormat(), skip_bad_images: bool = False):
+    `tokenize` may be set after construction (the captions can train the tokenizer first).
+    """
+
+    def __init__(self, table: str | os.PathLike[str], tokenize: Callable[[str], torch.Tensor] | None = None,
+                 transform=None, fmt: CsvFormat = CsvFormat(), skip_bad_images: bool = False):
         self.table = Path(table)
         self.images, self.captions = read_pairs(table, fmt)
         self.tokenize, self.transform, self.skip_bad_images = tokenize, transform, skip_bad_images
@@ -80,18 +92,23 @@ class ImageTextDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def _open(self, index: int):
+        return open(self.images[index], "rb")
+
+    def _where(self, index: int) -> str:
+        return f"image {self.images[index]}, listed in {self.table}"
+
     def load_image(self, index: int):
         from PIL import Image
 
-        path = self.images[index]
         try:
-            with Image.open(path) as image:
+            with self._open(index) as f, Image.open(f) as image:
                 image = image.convert("RGB")
         except Exception as exc:  # PIL raises several types for missing, truncated or foreign files
             if self.skip_bad_images:
                 return None
-            raise DataError(f"cannot read image {path}, listed in {self.table} ({type(exc).__name__}: {exc}). "
-                            "Fix the path, or pass --skip-bad-images to skip unreadable images.") from None
+            raise DataError(f"cannot read {self._where(index)} ({type(exc).__name__}: {exc}). "
+                            "Fix it, or pass --skip-bad-images to skip unreadable images.") from None
         return self.transform(image) if self.transform is not None else image
 
     def __getitem__(self, index: int):
@@ -99,3 +116,104 @@ class ImageTextDataset(Dataset):
         if image is None:
             return None
         return image, self.tokenize(self.captions[index])
+
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
+
+def is_shards(spec: str | os.PathLike[str]) -> bool:
+    """Whether --train-data/--val-data names tar shards rather than a CSV/TSV table."""
+    return any(part.endswith(".tar") for part in str(spec).split("::"))
+
+
+def expand_shards(spec: str) -> list[Path]:
+    """The shard paths of a spec such as ``a/{000..009}.tar::b/{00..03}.tar``, all checked to exist."""
+    paths: list[str] = []
+    for part in spec.split("::"):
+        if "{" in part:
+            try:
+                from braceexpand import braceexpand
+            except ImportError:
+                raise DataError(f"{part}: brace ranges need the braceexpand package; "
+                                "pip install 'vitfast[webdataset]'.") from None
+            paths.extend(braceexpand(part))
+        else:
+            paths.append(part)
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} of {len(paths)} shards do not exist, e.g. {missing[0]}; check --train-data/"
+                        "--val-data (brace ranges like {00000..00099} are expanded).")
+    return [Path(p) for p in paths]
+
+
+class TarShardDataset(ImageTextDataset):
+    """(image tensor, token ids) pairs from webdataset-style tar shards, read by position."""
+
+    def __init__(self, spec: str, tokenize: Callable[[str], torch.Tensor] | None = None, transform=None,
+                 skip_bad_images: bool = False):
+        self.table = Path(spec)
+        self.shards = expand_shards(spec)
+        self.tokenize, self.transform, self.skip_bad_images = tokenize, transform, skip_bad_images
+        # per sample: (shard number, key, byte offset and size of the image)
+        self.images: list[tuple[int, str, int, int]] = []
+        self.captions: list[str] = []
+        self.incomplete = 0  # samples lacking an image or a caption, left out
+        for number, shard in enumerate(self.shards):
+            self._index(number, shard)
+        if not self.images:
+            raise DataError(f"the shards {spec} hold no sample with both an image ({', '.join(IMAGE_EXTENSIONS)}) "
+                            "and a caption (.txt) under one key.")
+        self._files: dict[int, object] = {}
+        self._pid = os.getpid()
+
+    def _index(self, number: int, shard: Path) -> None:
+        samples: dict[str, dict] = {}
+        try:
+            with tarfile.open(shard, mode="r:") as tar:  # uncompressed: images are read by offset later
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    folder, _, name = member.name.rpartition("/")
+                    stem, dot, ext = name.partition(".")
+                    if not dot:
+                        continue
+                    sample = samples.setdefault(f"{folder}/{stem}" if folder else stem, {})
+                    ext = ext.lower()
+                    if ext == "txt":
+                        sample["caption"] = tar.extractfile(member).read().decode("utf-8").strip()
+                    elif ext in IMAGE_EXTENSIONS:
+                        sample["image"] = (member.offset_data, member.size)
+        except (tarfile.TarError, OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"cannot read shard {shard} ({type(exc).__name__}: {exc}); shards must be "
+                            "uncompressed .tar files as webdataset writes them.") from None
+        for key, sample in samples.items():
+            if "image" in sample and "caption" in sample:
+                self.images.append((number, key, *sample["image"]))
+                self.captions.append(sample["caption"])
+            else:
+                self.incomplete += 1
+
+    def _open(self, index: int):
+        number, _, offset, size = self.images[index]
+        if self._pid != os.getpid():  # a forked DataLoader worker opens its own files
+            self._files, self._pid = {}, os.getpid()
+        if number not in self._files:
+            self._files[number] = open(self.shards[number], "rb")
+        f = self._files[number]
+        f.seek(offset)
+        return io.BytesIO(f.read(size))
+
+    def _where(self, index: int) -> str:
+        number, key, _, _ = self.images[index]
+        return f"the image of sample {key} in shard {self.shards[number]}"
+
+    def __getstate__(self) -> dict:  # open files stay behind; workers reopen them
+        return {**self.__dict__, "_files": {}}
+
+
+def pairs_dataset(spec: str | os.PathLike[str], transform=None, fmt: CsvFormat = CsvFormat(),
+                  skip_bad_images: bool = False) -> ImageTextDataset:
+    """Tar shards or a CSV/TSV table, by the spec's form; set `.tokenize` before reading samples."""
+    if is_shards(spec):
+        return TarShardDataset(str(spec), transform=transform, skip_bad_images=skip_bad_images)
+    return ImageTextDataset(spec, transform=transform, fmt=fmt, skip_bad_images=skip_bad_images)

@@ -85,43 +85,43 @@ def choose_tokenizer(cfg, base, captions: list[str], output: Path, log: Callable
 
 
 class ClipTask:
-    """Image–text pairs from a CSV/TSV table; the symmetric contrastive loss through
+    """Image–text pairs from a CSV/TSV table or tar shards; the symmetric contrastive loss through
     vitfast.kernels.clip_loss (gathered across ranks under DDP); zero-shot accuracy on an ImageFolder's
     val split and retrieval recall on the val pairs. Every rank runs the whole validation, so no
     collective is needed there; the figures are the same on all ranks."""
 
     def __init__(self, cfg, rt, output: Path, log: Callable[[str], None]) -> None:
         from vitfast.evaluate_clip import class_names, clip_transform_config
-        from vitfast.pairs import CaptionTokens, CsvFormat, ImageTextDataset, default_pairs, read_pairs
+        from vitfast.pairs import CaptionTokens, CsvFormat, default_pairs, pairs_dataset
 
         if cfg.drop_path is not None:
             raise ValueError("--drop-path applies to ViT and Swin classifiers; CLIP models have no stochastic depth.")
         default_data = cfg.train_data is None
-        train_table = default_pairs("train") if default_data else Path(cfg.train_data)
-        val_table = Path(cfg.val_data) if cfg.val_data else default_pairs("val") if default_data else None
+        train_spec = default_pairs("train") if default_data else cfg.train_data
+        val_spec = cfg.val_data if cfg.val_data else default_pairs("val") if default_data else None
         folder = vdata.default_data_dir() if default_data and cfg.data_dir is None else cfg.data_dir
         if rt.world > 1:
             dist.barrier()  # rank 0 may have generated the default data; others wait until it is there
-        fmt = CsvFormat(cfg.csv_img_key, cfg.csv_caption_key, cfg.csv_separator)
-        _, captions = read_pairs(train_table, fmt)
         _, base = named_config(cfg.model)
-        self.tokenizer = choose_tokenizer(cfg, base, captions, output, log)
-        overrides = {"vocab_size": self.tokenizer.vocab_size, "eot_token_id": self.tokenizer.eot_token_id,
-                     "context_length": self.tokenizer.context_length, "attn_backend": cfg.attn_backend}
-        if cfg.img_size is not None:
-            overrides["image_size"] = cfg.img_size
-        self.model = create_model(cfg.model, **overrides)
-        tcfg = clip_transform_config(self.model.config.image_size)
-        tokenize = CaptionTokens(self.tokenizer)
-        self.train_set = ImageTextDataset(train_table, tokenize, vdata.build_transform(tcfg, True), fmt,
-                                          cfg.skip_bad_images)
+        tcfg = clip_transform_config(cfg.img_size or base.image_size)
         eval_tf = vdata.build_transform(tcfg, False)
+        fmt = CsvFormat(cfg.csv_img_key, cfg.csv_caption_key, cfg.csv_separator)
+        self.train_set = pairs_dataset(train_spec, vdata.build_transform(tcfg, True), fmt, cfg.skip_bad_images)
+        self.tokenizer = choose_tokenizer(cfg, base, self.train_set.captions, output, log)
+        overrides = {"vocab_size": self.tokenizer.vocab_size, "eot_token_id": self.tokenizer.eot_token_id,
+                     "context_length": self.tokenizer.context_length, "attn_backend": cfg.attn_backend,
+                     "image_size": tcfg.img_size}
+        self.model = create_model(cfg.model, **overrides)
+        self.train_set.tokenize = CaptionTokens(self.tokenizer)
         self.pairs_loader = self.zero_shot_loader = self.names = None
-        parts = [f"{len(self.train_set)} train pairs from {train_table}"]
-        if val_table is not None:
-            pairs = ImageTextDataset(val_table, tokenize, eval_tf, fmt, cfg.skip_bad_images)
+        parts = [f"{len(self.train_set)} train pairs from {train_spec}"]
+        if getattr(self.train_set, "incomplete", 0):
+            parts.append(f"{self.train_set.incomplete} shard samples without an image or caption left out")
+        if val_spec is not None:
+            pairs = pairs_dataset(val_spec, eval_tf, fmt, cfg.skip_bad_images)
+            pairs.tokenize = self.train_set.tokenize
             self.pairs_loader = vdata.build_loader(pairs, batch_size=cfg.batch_size, workers=cfg.workers)
-            parts.append(f"{len(pairs)} val pairs from {val_table}")
+            parts.append(f"{len(pairs)} val pairs from {val_spec}")
         if folder is not None:
             val_root = vdata.find_split(folder, "val")
             images = vdata.ImageFolderDataset(val_root, eval_tf, cfg.skip_bad_images)
