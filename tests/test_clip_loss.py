@@ -59,7 +59,8 @@ def assert_matches_oracle(backend, image, text, scale, bias=None):
 
 @pytest.mark.parametrize("backend", ["triton", "chunked"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-@pytest.mark.parametrize("n, d", [(1, 64), (3, 64), (65, 48), (200, 512), (130, 768), (70, 16)])
+@pytest.mark.parametrize("n, d", [(1, 64), (3, 64), (1000, 64), (1, 768), (3, 512), (65, 48), (200, 512),
+                                  (130, 768), (70, 16)])
 def test_matches_oracle(n, d, dtype, backend, device):
     image, text = _pairs(n, d, dtype, device, n * 7 + d)
     assert_matches_oracle(backend, image, text, torch.tensor(100.0, device=device).log().exp() * 0.5)
