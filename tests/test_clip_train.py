@@ -147,6 +147,9 @@ def test_clip_flags_and_tokenizer_errors(tiny_image_folder, tmp_path):
                                  "--train-data", str(tiny_image_folder / "train_captions.tsv"),
                                  "--output", str(tmp_path / "o"), "--quiet"])
     assert result.exit_code != 0 and "missing.json" in result.output
+    result = runner.invoke(app, ["train", "--model", "vit_micro_patch4_32", "--train-data", "pairs.tsv",
+                                 "--output", str(tmp_path / "o"), "--quiet"])
+    assert result.exit_code == 1 and "--train-data apply to CLIP models" in result.output
 
 
 def _write_shards(folder, out, per_shard: int) -> str:

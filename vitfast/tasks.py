@@ -164,4 +164,11 @@ class ClipTask:
 def build_task(cfg, rt, output: Path, log: Callable[[str], None]):
     """The task for cfg.model's family."""
     family, _ = named_config(cfg.model)
-    return ClipTask(cfg, rt, output, log) if family == "clip" else ClassificationTask(cfg, rt)
+    if family == "clip":
+        return ClipTask(cfg, rt, output, log)
+    clip_only = [flag for flag, value in (("--train-data", cfg.train_data), ("--val-data", cfg.val_data),
+                                          ("--tokenizer", cfg.tokenizer), ("--bpe-path", cfg.bpe_path)) if value]
+    if clip_only:
+        raise ValueError(f"{', '.join(clip_only)} apply to CLIP models; {cfg.model} is an image classifier, "
+                         "trained on the ImageFolder given with --data-dir.")
+    return ClassificationTask(cfg, rt)
