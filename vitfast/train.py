@@ -315,6 +315,10 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
                 log(f"epoch {epoch + 1}/{cfg.epochs}: loss {stats['train_loss']:.4f}, {task.summary(val)}, "
                     f"{stats['images_per_s']:.0f} img/s")
             save_checkpoint(epoch + 1, 0)
+        if rt.world > 1:
+            # Every rank leaves together: one tearing gloo down while another still finishes its
+            # checkpoint write was seen to abort the process (SIGABRT) under load.
+            dist.barrier()
     except _StopRequested:
         done = position["step"]
         save_checkpoint(epoch, done)
@@ -324,6 +328,7 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
         raise KeyboardInterrupt from None
     finally:
         if rt.world > 1 and dist.is_initialized():
+            del run_model, ddp_model  # DDP's reducer holds collective state: release it before the group
             dist.destroy_process_group()
     return metrics
 
