@@ -137,6 +137,33 @@ def eval_command(
     _print_result(metrics, json_out=json_out)
 
 
+@app.command("convert")
+def convert_command(
+    src: Path = typer.Argument(..., help="A checkpoint: timm ViT/Swin (.safetensors, .pth, .bin, .pth.tar), "
+                               "OpenAI CLIP (.pt, TorchScript or state dict) or open_clip."),
+    dst: Path = typer.Argument(..., help="The vitfast model folder to write."),
+    source: str = typer.Option("auto", "--from", help="auto, timm, openai or open_clip."),
+    model: str | None = typer.Option(None, "--model", "-m", help="The vitfast config with these shapes, when "
+                                     "the weights leave a choice (a ViT's head count, QuickGELU)."),
+    dtype: str | None = typer.Option(None, "--dtype", help="fp32, fp16 or bf16; default: the source's."),
+    max_shard_size: str = typer.Option("5GB", "--max-shard-size"),
+    tokenizer: Path | None = typer.Option(None, "--tokenizer", help="CLIP: a vitfast tokenizer.json; default: "
+                                          "CLIP's BPE for 49408-token vocabularies."),
+    force: bool = typer.Option(False, "--force", help="Replace DST if it exists."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip the comparison with the source library."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Convert another project's weights into a vitfast model folder and check the outputs match."""
+    from vitfast.convert import convert
+
+    with _user_errors():
+        report = convert(src, dst, source=source, model=model, dtype=dtype, max_shard_size=max_shard_size,
+                         tokenizer=tokenizer, force=force, verify=not no_verify)
+    if "warning" in report and not json_out:
+        _stderr().print(f"warning: {report['warning']}", markup=False)
+    _print_result(report, json_out=json_out)
+
+
 def _str_or_none(path: Path | None) -> str | None:
     return None if path is None else str(path)
 

@@ -1,0 +1,138 @@
+"""vitfast convert: timm ViT/Swin, open_clip and OpenAI-layout CLIP checkpoints into model folders that
+give the source library's outputs (fp32, CPU, ≤ 1e-4), safely and atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import vitfast
+from vitfast.checkpoint import read_state_dict
+from vitfast.cli import app
+from vitfast.convert import ConvertError, convert
+
+timm = pytest.importorskip("timm")
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.float() - b.float()).abs().max().item()
+
+
+@pytest.mark.parametrize("kw", [dict(num_classes=7, img_size=64),
+                                dict(num_classes=0, img_size=48, class_token=False, global_pool="avg")],
+                         ids=["token-head", "avg-no-head"])
+def test_timm_vit_training_checkpoint(tmp_path, kw):
+    source = timm.create_model("vit_tiny_patch16_224", **kw).eval()
+    wrapped = {"epoch": 3, "state_dict": {f"module._orig_mod.{k}": v for k, v in source.state_dict().items()}}
+    torch.save(wrapped, tmp_path / "ckpt.pth.tar")
+    report = convert(tmp_path / "ckpt.pth.tar", tmp_path / "out")
+    assert report["source"] == "timm" and report["family"] == "vit" and report["max_abs_diff"] <= 1e-4
+    ours = vitfast.load(tmp_path / "out", attn_backend="eager").eval()
+    x = torch.randn(2, 3, kw["img_size"], kw["img_size"])
+    with torch.no_grad():
+        assert _max_diff(ours(x), source(x)) <= 1e-4
+
+
+def test_timm_swin_safetensors_matches_a_named_config(tmp_path):
+    from safetensors.torch import save_file
+
+    source = timm.create_model("swin_tiny_patch4_window7_224", num_classes=5).eval()
+    save_file(source.state_dict(), tmp_path / "swin.safetensors")
+    report = convert(tmp_path / "swin.safetensors", tmp_path / "out", dtype="fp32")
+    assert report["model_name"] == "swin_tiny_patch4_window7_224" and report["max_abs_diff"] <= 1e-4
+    ours = vitfast.load(tmp_path / "out", attn_backend="eager").eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert _max_diff(ours(x), source(x)) <= 1e-4
+
+
+def _open_clip_model(quick_gelu: bool):
+    open_clip = pytest.importorskip("open_clip")
+    vision = {"image_size": 32, "patch_size": 8, "width": 128, "layers": 2}
+    text = {"context_length": 16, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 2}
+    return open_clip.model.CLIP(64, vision, text, quick_gelu=quick_gelu).eval()
+
+
+@pytest.mark.parametrize("layout", ["open_clip", "openai"])
+def test_clip_checkpoints_match_open_clip(tmp_path, layout):
+    source = _open_clip_model(quick_gelu=layout == "openai")
+    state = source.state_dict()
+    if layout == "openai":  # OpenAI's archives carry these beside the weights
+        state |= {"input_resolution": torch.tensor(32), "context_length": torch.tensor(16),
+                  "vocab_size": torch.tensor(49408)}
+        torch.save(state, tmp_path / "clip.pt")
+    else:
+        torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "clip.pt")
+    report = convert(tmp_path / "clip.pt", tmp_path / "out")
+    assert report["source"] == layout and report["max_abs_diff"] <= 1e-4
+    ours = vitfast.load(tmp_path / "out", attn_backend="eager").eval()
+    assert ours.config.quick_gelu == (layout == "openai") and (tmp_path / "out" / "tokenizer.json").is_file()
+    image = torch.randn(2, 3, 32, 32)
+    text = vitfast.tokenizer.load_tokenizer(tmp_path / "out")(["a diagram", "a dog on a sofa"])
+    with torch.no_grad():
+        assert _max_diff(ours.encode_image(image), source.encode_image(image)) <= 1e-4
+        assert _max_diff(ours.encode_text(text), source.encode_text(text)) <= 1e-4
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_that_runs_code_is_refused_without_running(tmp_path):
+    control, marker = _Exploit(), tmp_path / "pwned"
+    control.marker = tmp_path / "control"
+    pickle.loads(pickle.dumps(control))  # unpickled without restrictions, it runs its command
+    assert control.marker.exists()
+    exploit = _Exploit()
+    exploit.marker = marker
+    torch.save({"state_dict": {"w": exploit}}, tmp_path / "evil.pth")
+    with pytest.raises(ConvertError, match=r"refused or could not read .*evil\.pth.*nothing in the file ran"):
+        convert(tmp_path / "evil.pth", tmp_path / "out")
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_corrupt_missing_and_misshaped_sources_name_the_problem(tmp_path):
+    from safetensors.torch import save_file
+
+    state = timm.create_model("vit_tiny_patch16_224", num_classes=3, img_size=32).state_dict()
+    save_file(state, tmp_path / "good.safetensors")
+    data = (tmp_path / "good.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ConvertError, match=r"cut\.safetensors is not a readable safetensors file"):
+        convert(tmp_path / "cut.safetensors", tmp_path / "out")
+    missing = {k: v for k, v in state.items() if k != "blocks.3.norm1.weight"}
+    torch.save(missing, tmp_path / "missing.pth")
+    with pytest.raises(ConvertError, match=r"missing: blocks\.3\.norm1\.weight"):
+        convert(tmp_path / "missing.pth", tmp_path / "out")
+    torch.save(state | {"blocks.1.mlp.fc2.bias": torch.zeros(5)}, tmp_path / "shape.pth")
+    with pytest.raises(ConvertError, match=r"mis-shaped: blocks\.1\.mlp\.fc2\.bias \(5,\) vs \(192,\)"):
+        convert(tmp_path / "shape.pth", tmp_path / "out")
+    torch.save({"foo.weight": torch.zeros(2)}, tmp_path / "foreign.pth")
+    with pytest.raises(ConvertError, match="match no known layout"):
+        convert(tmp_path / "foreign.pth", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_destination_needs_force_and_survives_a_failure(tmp_path):
+    source = timm.create_model("vit_tiny_patch16_224", num_classes=3, img_size=32)
+    torch.save(source.state_dict(), tmp_path / "a.pth")
+    convert(tmp_path / "a.pth", tmp_path / "out", verify=False)
+    before = (tmp_path / "out" / "model.safetensors").read_bytes()
+    runner = CliRunner()
+    result = runner.invoke(app, ["convert", str(tmp_path / "a.pth"), str(tmp_path / "out")])
+    assert result.exit_code == 1 and "already exists; pass --force" in result.output
+    (tmp_path / "bad.pth").write_bytes(b"garbage")
+    result = runner.invoke(app, ["convert", str(tmp_path / "bad.pth"), str(tmp_path / "out"), "--force"])
+    assert result.exit_code == 1 and (tmp_path / "out" / "model.safetensors").read_bytes() == before
+    result = runner.invoke(app, ["convert", str(tmp_path / "a.pth"), str(tmp_path / "out"), "--force",
+                                 "--dtype", "bf16", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["family"] == "vit"
+    assert read_state_dict(tmp_path / "out")[1]["head.weight"].dtype == torch.bfloat16
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pth", "bad.pth", "out"]  # no temporary left

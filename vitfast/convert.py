@@ -1,0 +1,335 @@
+"""Other projects' weights into vitfast model folders: timm ViT and Swin checkpoints, OpenAI CLIP and
+open_clip checkpoints (Hugging Face folders through vitfast.convert_hf when it is present).
+
+Nothing a checkpoint carries ever runs: pickles are read with ``torch.load(weights_only=True)`` and
+TorchScript archives only through ``torch.jit.load`` on the CPU. The architecture comes from the
+weights (patch size, widths, depths, heads where the weights fix them, image size, classes, context
+length, vocabulary); where the weights leave a choice (a ViT's head count, QuickGELU), a named config
+with the same shapes decides, or ``--model``. The folder is written under a temporary name and
+renamed into place, then reloaded and compared with the source library's model when it is installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from vitfast.checkpoint import load, save
+from vitfast.models import build_config, build_model
+from vitfast.models.clip import CLIP_CONFIGS
+from vitfast.models.swin import SWIN_CONFIGS
+from vitfast.models.vit import VIT_CONFIGS
+
+SOURCES = ("auto", "timm", "openai", "open_clip")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_PREFIXES = ("module.", "_orig_mod.")
+# Buffers OpenAI's TorchScript CLIP keeps beside the weights; open_clip drops them too.
+_OPENAI_EXTRAS = ("input_resolution", "context_length", "vocab_size")
+
+
+class ConvertError(ValueError):
+    """A source that cannot be converted: the message names the file and the fix."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading checkpoints safely
+# --------------------------------------------------------------------------------------------------
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist())
+
+
+def read_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], bool]:
+    """(state dict, whether it came from a TorchScript archive) of a checkpoint file, unwrapped."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConvertError(f"{path} does not exist (or is not a file).")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return _unwrap(load_file(str(path)), path), False
+        except Exception as exc:  # the library raises its own error type for truncated headers
+            raise ConvertError(f"{path} is not a readable safetensors file ({exc}); it may be truncated.") from None
+    if _is_torchscript(path):
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:
+            raise ConvertError(f"cannot read the TorchScript archive {path} ({type(exc).__name__}: {exc}).") from None
+        return _unwrap(dict(module.state_dict()), path), True
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for foreign objects, RuntimeError for truncated zips
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConvertError(f"refused or could not read {path}: only tensors and plain containers are unpickled, "
+                           f"and nothing in the file ran ({first[:200]}).") from None
+    return _unwrap(obj, path), False
+
+
+def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
+    """The state dict inside timm/open_clip training checkpoints, without DDP/compile prefixes."""
+    for key in ("state_dict", "model", "module"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ConvertError(f"{path} holds no state dict of tensors (found {type(obj).__name__}).")
+    state = {}
+    for key, value in obj.items():
+        for prefix in _PREFIXES:
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        state[key] = value
+    return state
+
+
+def detect_source(state: dict[str, torch.Tensor], torchscript: bool = False) -> str:
+    """'timm' (ViT or Swin), 'openai' or 'open_clip', from the keys."""
+    if "visual.conv1.weight" in state and "token_embedding.weight" in state:
+        return "openai" if torchscript or any(k in state for k in _OPENAI_EXTRAS) else "open_clip"
+    if "patch_embed.proj.weight" in state:
+        return "timm"
+    raise ConvertError("the checkpoint's keys match no known layout (timm ViT/Swin, OpenAI CLIP, open_clip); "
+                       f"first keys: {', '.join(list(state)[:5])}. Pass --from.")
+
+
+# --------------------------------------------------------------------------------------------------
+# Architecture from the weights
+# --------------------------------------------------------------------------------------------------
+
+
+def _count(state: dict, pattern: str) -> int:
+    found = {int(m.group(1)) for k in state if (m := re.match(pattern, k))}
+    return max(found) + 1 if found else 0
+
+
+def _pick(named: dict, fields: dict, model: str | None, kind: str):
+    """The named config whose shape fields equal `fields` (or `model`'s), with `fields` applied."""
+    if model is not None:
+        if model not in named:
+            raise ConvertError(f"--model {model!r} is not a {kind} model; known: {', '.join(sorted(named))}.")
+        return dataclasses.replace(named[model], **fields), model
+    matches = [name for name, cfg in named.items()
+               if all(getattr(cfg, k) == v for k, v in fields.items() if k in _SHAPE_FIELDS)]
+    base = named[matches[0]] if matches else next(iter(named.values()))
+    return dataclasses.replace(base, **fields), matches[0] if matches else None
+
+
+# Fields the weights fix; named configs are matched on these.
+_SHAPE_FIELDS = {"patch_size", "embed_dim", "depth", "depths", "num_heads", "window_size", "vision_width",
+                 "vision_layers", "text_width", "text_layers", "image_size", "img_size"}
+
+
+def vit_config(state: dict, model: str | None):
+    dim, chans, patch, _ = state["patch_embed.proj.weight"].shape
+    prefix = 1 if "cls_token" in state else 0
+    grid = math.isqrt(state["pos_embed"].shape[1] - prefix)
+    depth = _count(state, r"blocks\.(\d+)\.")
+    fields = dict(img_size=grid * patch, patch_size=patch, in_chans=chans, embed_dim=dim, depth=depth,
+                  mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / dim, qkv_bias="blocks.0.attn.qkv.bias" in state,
+                  class_token=bool(prefix), global_pool="avg" if "fc_norm.weight" in state else "token",
+                  num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0)
+    config, name = _pick(VIT_CONFIGS, fields, model, "ViT")
+    if name is None:  # the weights do not fix the head count: 64-wide heads, as every named ViT but huge
+        config = dataclasses.replace(config, num_heads=max(1, dim // 64))
+    return "vit", config, name
+
+
+def swin_config(state: dict, model: str | None):
+    dim, chans, patch, _ = state["patch_embed.proj.weight"].shape
+    stages = _count(state, r"layers\.(\d+)\.")
+    depths = tuple(_count(state, rf"layers\.{i}\.blocks\.(\d+)\.") for i in range(stages))
+    heads = tuple(state[f"layers.{i}.blocks.0.attn.relative_position_bias_table"].shape[1] for i in range(stages))
+    window = (math.isqrt(state["layers.0.blocks.0.attn.relative_position_bias_table"].shape[0]) + 1) // 2
+    fields = dict(patch_size=patch, in_chans=chans, embed_dim=dim, depths=depths, num_heads=heads, window_size=window,
+                  img_size=window * patch * 2 ** (stages - 1),  # the maps the named Swins were trained at
+                  mlp_ratio=state["layers.0.blocks.0.mlp.fc1.weight"].shape[0] / dim,
+                  num_classes=state["head.fc.weight"].shape[0] if "head.fc.weight" in state else 0)
+    config, name = _pick(SWIN_CONFIGS, fields, model, "Swin")
+    return "swin", config, name
+
+
+def clip_config(state: dict, model: str | None, quick_gelu: bool):
+    vision_width, chans, patch, _ = state["visual.conv1.weight"].shape
+    text_width = state["ln_final.weight"].shape[0]
+    fields = dict(embed_dim=state["text_projection"].shape[1], in_chans=chans, patch_size=patch,
+                  image_size=math.isqrt(state["visual.positional_embedding"].shape[0] - 1) * patch,
+                  vision_width=vision_width, vision_layers=_count(state, r"visual\.transformer\.resblocks\.(\d+)\."),
+                  text_width=text_width, text_layers=_count(state, r"transformer\.resblocks\.(\d+)\."),
+                  context_length=state["positional_embedding"].shape[0],
+                  vocab_size=state["token_embedding.weight"].shape[0])
+    fields["eot_token_id"] = fields["vocab_size"] - 1  # CLIP's end token is its last id
+    named = {k: v for k, v in CLIP_CONFIGS.items() if v.quick_gelu == quick_gelu or model is not None}
+    config, name = _pick(named, fields, model, "CLIP")
+    if name is None:  # open_clip's default head width
+        config = dataclasses.replace(config, vision_heads=max(1, vision_width // 64),
+                                     text_heads=max(1, text_width // 64), quick_gelu=quick_gelu)
+    return "clip", config, name
+
+
+def _build(family: str, config, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The vitfast model with `state` loaded strictly; mismatches listed in one error."""
+    model = build_model(family, build_config(family, dataclasses.asdict(config)))
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in expected
+              if k in state and state[k].shape != expected[k].shape]
+    problems = [f"{label}: {', '.join(items[:6])}{' ...' if len(items) > 6 else ''}"
+                for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)) if items]
+    if problems:
+        raise ConvertError(f"the weights do not fit the inferred {family} config ({'; '.join(problems)}); "
+                           "name the architecture with --model, or check --from.")
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, source: str = "auto",
+            model: str | None = None, dtype: str | None = None, max_shard_size: int | str = "5GB",
+            tokenizer: str | os.PathLike[str] | None = None, force: bool = False, verify: bool = True) -> dict:
+    """Convert the checkpoint `src` into the vitfast model folder `dst`; returns a report.
+
+    The report holds the source format, the family, the matched named config (if any), the number of
+    tensors, and with `verify` the max absolute difference between vitfast's and the source
+    library's outputs on a random input (None when that library is not installed). The source model is
+    rebuilt from the inferred config, so the check proves the weight mapping; the head count, which
+    weights do not fix, comes from the matched named config or --model.
+    """
+    src, dst = Path(src), Path(dst)
+    if source not in SOURCES:
+        raise ConvertError(f"unknown --from {source!r}; choose one of {', '.join(SOURCES)}.")
+    if dtype is not None and dtype not in DTYPES:
+        raise ConvertError(f"unknown --dtype {dtype!r}; choose fp32, fp16 or bf16.")
+    if dst.exists() and not force:
+        raise ConvertError(f"{dst} already exists; pass --force to replace it.")
+    state, torchscript = read_state(src)
+    detected = detect_source(state, torchscript)
+    source = detected if source == "auto" else source
+    if source == "timm":
+        family, config, name = (swin_config if "layers.0.blocks.0.attn.relative_position_bias_table" in state
+                                else vit_config)(state, model)
+    else:
+        family, config, name = clip_config(state, model, quick_gelu=source == "openai")
+    if source == "openai":
+        state = {k: v for k, v in state.items() if k not in _OPENAI_EXTRAS}
+    net = _build(family, config, state)
+    if dtype is not None:
+        net = net.to(DTYPES[dtype])
+    net.model_name = name
+    _write_atomically(net, dst, max_shard_size, family, config, tokenizer, force)
+    report = {"source": source, "family": family, "model_name": name, "tensors": len(state),
+              "output": str(dst)}
+    if name is None and family in ("vit", "clip"):
+        report["warning"] = ("no named config has these shapes and the weights do not fix the head count: "
+                             "64-wide heads were assumed; pass --model NAME (a config with the same shapes) "
+                             "if the source used others")
+    if verify:
+        report["max_abs_diff"] = verify_against_source(dst, source, family, config, state)
+    return report
+
+
+def _write_atomically(net, dst: Path, max_shard_size, family: str, config, tokenizer, force: bool) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        save(net, tmp, max_shard_size=max_shard_size)
+        if family == "clip":
+            _write_tokenizer(tmp, config, tokenizer)
+        if dst.exists() and force:
+            old = dst.with_name(f".{dst.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            dst.rename(old)
+            tmp.rename(dst)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_tokenizer(folder: Path, config, tokenizer) -> None:
+    """tokenizer.json: --tokenizer's (a vitfast tokenizer.json), else CLIP's BPE at the model's context."""
+    from vitfast.tokenizer import ClipTokenizer, clip_bpe_tokenizer, load_tokenizer
+
+    if tokenizer is not None:
+        if not Path(tokenizer).exists():
+            raise ConvertError(f"--tokenizer {tokenizer} does not exist; pass a vitfast tokenizer.json.")
+        tok = load_tokenizer(tokenizer)
+    elif config.vocab_size == 49408:
+        tok = clip_bpe_tokenizer(context_length=config.context_length)
+    else:
+        raise ConvertError(f"the text tower has {config.vocab_size} tokens, not CLIP's 49408; pass the "
+                           "matching tokenizer.json with --tokenizer.")
+    if not isinstance(tok, ClipTokenizer) or tok.vocab_size != config.vocab_size:
+        raise ConvertError(f"the tokenizer has {tok.vocab_size} tokens but the model {config.vocab_size}.")
+    tok.save(folder)
+
+
+# --------------------------------------------------------------------------------------------------
+# Verification against the source library
+# --------------------------------------------------------------------------------------------------
+
+
+def verify_against_source(dst: Path, source: str, family: str, config, state: dict) -> float | None:
+    """Max |vitfast − source library| on a random input (fp32, CPU), or None without the library."""
+    ours = load(dst, attn_backend="eager").float().eval()
+    g = torch.Generator().manual_seed(0)
+    try:
+        reference = _reference_model(source, family, config, state)
+    except ImportError:
+        return None
+    reference = reference.float().eval()
+    with torch.no_grad():
+        if family == "clip":
+            image = torch.randn(2, config.in_chans, config.image_size, config.image_size, generator=g)
+            text = torch.randint(0, config.vocab_size - 2, (2, config.context_length), generator=g)
+            text[:, -1] = config.vocab_size - 1  # the end token, so both pool at the same place
+            pairs = [(ours.encode_image(image), reference.encode_image(image)),
+                     (ours.encode_text(text), reference.encode_text(text))]
+        else:
+            size = config.img_size
+            image = torch.randn(2, config.in_chans, size, size, generator=g)
+            pairs = [(ours(image), reference(image))]
+    return max((a.float() - b.float()).abs().max().item() for a, b in pairs)
+
+
+def _reference_model(source: str, family: str, config, state: dict) -> torch.nn.Module:
+    """The source library's model with the source weights (ImportError when it is not installed)."""
+    if family == "clip":
+        from open_clip.model import CLIP as OpenClip
+
+        vision = {"image_size": config.image_size, "patch_size": config.patch_size, "width": config.vision_width,
+                  "layers": config.vision_layers, "head_width": config.vision_width // config.vision_heads,
+                  "mlp_ratio": config.vision_mlp_ratio}
+        text = {"context_length": config.context_length, "vocab_size": config.vocab_size, "width": config.text_width,
+                "heads": config.text_heads, "layers": config.text_layers, "mlp_ratio": config.text_mlp_ratio}
+        model = OpenClip(config.embed_dim, vision, text, quick_gelu=config.quick_gelu)
+    elif family == "vit":
+        from timm.models.vision_transformer import VisionTransformer
+
+        model = VisionTransformer(img_size=config.img_size, patch_size=config.patch_size, in_chans=config.in_chans,
+                                  num_classes=config.num_classes, embed_dim=config.embed_dim, depth=config.depth,
+                                  num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias,
+                                  class_token=config.class_token, global_pool=config.global_pool)
+    else:
+        from timm.models.swin_transformer import SwinTransformer
+
+        model = SwinTransformer(img_size=config.img_size, patch_size=config.patch_size, in_chans=config.in_chans,
+                                num_classes=config.num_classes, embed_dim=config.embed_dim, depths=config.depths,
+                                num_heads=config.num_heads, window_size=config.window_size,
+                                mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias)
+    model.load_state_dict(state, strict=True)
+    return model
