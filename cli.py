@@ -140,9 +140,9 @@ def eval_command(
 @app.command("convert")
 def convert_command(
     src: Path = typer.Argument(..., help="A checkpoint: timm ViT/Swin (.safetensors, .pth, .bin, .pth.tar), "
-                               "OpenAI CLIP (.pt, TorchScript or state dict) or open_clip."),
+                               "a Hugging Face folder (ViT, Swin, CLIP), OpenAI CLIP (.pt) or open_clip."),
     dst: Path = typer.Argument(..., help="The vitfast model folder to write."),
-    source: str = typer.Option("auto", "--from", help="auto, timm, openai or open_clip."),
+    source: str = typer.Option("auto", "--from", help="auto, timm, hf, openai or open_clip."),
     model: str | None = typer.Option(None, "--model", "-m", help="The vitfast config with these shapes, when "
                                      "the weights leave a choice (a ViT's head count, QuickGELU)."),
     dtype: str | None = typer.Option(None, "--dtype", help="fp32, fp16 or bf16; default: the source's."),
@@ -151,14 +151,17 @@ def convert_command(
                                           "CLIP's BPE for 49408-token vocabularies."),
     force: bool = typer.Option(False, "--force", help="Replace DST if it exists."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the comparison with the source library."),
+    to: str | None = typer.Option(None, "--to", help="Export a vitfast folder instead: timm (ViT, Swin) or hf "
+                                  "(ViT, Swin, CLIP)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Convert another project's weights into a vitfast model folder and check the outputs match."""
+    """Convert another project's weights into a vitfast model folder and check the outputs match, or
+    (--to) export a vitfast folder for timm or Hugging Face transformers."""
     from vitfast.convert import convert
 
     with _user_errors():
         report = convert(src, dst, source=source, model=model, dtype=dtype, max_shard_size=max_shard_size,
-                         tokenizer=tokenizer, force=force, verify=not no_verify)
+                         tokenizer=tokenizer, force=force, verify=not no_verify, to=to)
     if "warning" in report and not json_out:
         _stderr().print(f"warning: {report['warning']}", markup=False)
     _print_result(report, json_out=json_out)

@@ -136,3 +136,40 @@ def test_existing_destination_needs_force_and_survives_a_failure(tmp_path):
     assert json.loads(result.stdout)["family"] == "vit"
     assert read_state_dict(tmp_path / "out")[1]["head.weight"].dtype == torch.bfloat16
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pth", "bad.pth", "out"]  # no temporary left
+
+
+def test_hf_folders_convert_and_export_back(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    hf_config = transformers.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                       intermediate_size=256, image_size=32, patch_size=8, num_labels=5,
+                                       layer_norm_eps=1e-6)
+    source = transformers.ViTForImageClassification(hf_config).eval()
+    source.save_pretrained(tmp_path / "hf")
+    report = convert(tmp_path / "hf", tmp_path / "vf")
+    assert report["source"] == "hf" and report["max_abs_diff"] <= 1e-4
+    x = torch.randn(2, 3, 32, 32)
+    ours = vitfast.load(tmp_path / "vf", attn_backend="eager").eval()
+    with torch.no_grad():
+        assert _max_diff(ours(x), source(pixel_values=x).logits) <= 1e-4
+    result = CliRunner().invoke(app, ["convert", str(tmp_path / "vf"), str(tmp_path / "back"), "--to", "hf"])
+    assert result.exit_code == 0, result.output
+    exported = transformers.ViTForImageClassification.from_pretrained(tmp_path / "back").eval()
+    with torch.no_grad():
+        assert _max_diff(exported(pixel_values=x).logits, ours(x)) <= 1e-4
+    with pytest.raises(ConvertError, match="already a vitfast model folder"):
+        convert(tmp_path / "vf", tmp_path / "again")
+
+
+def test_export_to_timm_loads_in_timm(tmp_path):
+    model = vitfast.create_model("swin_micro_patch2_window4_32", attn_backend="eager").eval()
+    vitfast.save(model, tmp_path / "vf")
+    report = convert(tmp_path / "vf", tmp_path / "timm", to="timm")
+    assert report["target"] == "timm"
+    meta = json.loads((tmp_path / "timm" / "config.json").read_text())
+    reference = timm.models.swin_transformer.SwinTransformer(**meta["model_args"]).eval()
+    from safetensors.torch import load_file
+
+    reference.load_state_dict(load_file(tmp_path / "timm" / "model.safetensors"), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert _max_diff(reference(x), model(x)) <= 1e-4

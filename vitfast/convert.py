@@ -1,5 +1,6 @@
-"""Other projects' weights into vitfast model folders: timm ViT and Swin checkpoints, OpenAI CLIP and
-open_clip checkpoints (Hugging Face folders through vitfast.convert_hf when it is present).
+"""Other projects' weights into vitfast model folders, and back: timm ViT and Swin checkpoints, Hugging
+Face transformers folders (ViT, Swin, CLIP; key tables in vitfast.convert_hf), OpenAI CLIP and
+open_clip checkpoints; export to timm and Hugging Face.
 
 Nothing a checkpoint carries ever runs: pickles are read with ``torch.load(weights_only=True)`` and
 TorchScript archives only through ``torch.jit.load`` on the CPU. The architecture comes from the
@@ -12,6 +13,7 @@ renamed into place, then reloaded and compared with the source library's model w
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -28,7 +30,10 @@ from vitfast.models.clip import CLIP_CONFIGS
 from vitfast.models.swin import SWIN_CONFIGS
 from vitfast.models.vit import VIT_CONFIGS
 
-SOURCES = ("auto", "timm", "openai", "open_clip")
+SOURCES = ("auto", "timm", "hf", "openai", "open_clip")
+TARGETS = ("timm", "hf")
+_HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+               "pytorch_model.bin.index.json")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _PREFIXES = ("module.", "_orig_mod.")
 # Buffers OpenAI's TorchScript CLIP keeps beside the weights; open_clip drops them too.
@@ -76,6 +81,30 @@ def read_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], b
         raise ConvertError(f"refused or could not read {path}: only tensors and plain containers are unpickled, "
                            f"and nothing in the file ran ({first[:200]}).") from None
     return _unwrap(obj, path), False
+
+
+def read_hf_folder(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config.json, state dict) of a Hugging Face model folder, single-file or sharded."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ConvertError(f"cannot read {path / 'config.json'} ({exc}).") from None
+    for name in _HF_WEIGHTS:
+        if (path / name).is_file():
+            break
+    else:
+        raise ConvertError(f"{path} has no weights: expected one of {', '.join(_HF_WEIGHTS)}.")
+    if name.endswith(".index.json"):
+        try:
+            shards = sorted(set(json.loads((path / name).read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConvertError(f"cannot read the shard index {path / name} ({exc}).") from None
+    else:
+        shards = [name]
+    state: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        state.update(read_state(path / shard)[0])
+    return config, state
 
 
 def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
@@ -198,7 +227,8 @@ def _build(family: str, config, state: dict[str, torch.Tensor]) -> torch.nn.Modu
 
 def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, source: str = "auto",
             model: str | None = None, dtype: str | None = None, max_shard_size: int | str = "5GB",
-            tokenizer: str | os.PathLike[str] | None = None, force: bool = False, verify: bool = True) -> dict:
+            tokenizer: str | os.PathLike[str] | None = None, force: bool = False, verify: bool = True,
+            to: str | None = None) -> dict:
     """Convert the checkpoint `src` into the vitfast model folder `dst`; returns a report.
 
     The report holds the source format, the family, the matched named config (if any), the number of
@@ -214,9 +244,15 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, source:
         raise ConvertError(f"unknown --dtype {dtype!r}; choose fp32, fp16 or bf16.")
     if dst.exists() and not force:
         raise ConvertError(f"{dst} already exists; pass --force to replace it.")
+    if to is not None:
+        return export(src, dst, to, max_shard_size=max_shard_size, force=force)
+    if src.is_dir():
+        return _convert_hf(src, dst, source, dtype, max_shard_size, tokenizer, force, verify)
     state, torchscript = read_state(src)
     detected = detect_source(state, torchscript)
     source = detected if source == "auto" else source
+    if source == "hf":
+        raise ConvertError(f"--from hf takes a Hugging Face model folder (config.json + weights); {src} is a file.")
     if source == "timm":
         family, config, name = (swin_config if "layers.0.blocks.0.attn.relative_position_bias_table" in state
                                 else vit_config)(state, model)
@@ -240,6 +276,124 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, source:
     return report
 
 
+def _convert_hf(src: Path, dst: Path, source: str, dtype, max_shard_size, tokenizer, force: bool,
+                verify: bool) -> dict:
+    from vitfast.convert_hf import hf_to_vitfast
+
+    if (src / "config.json").is_file() and "family" in _json(src / "config.json"):
+        raise ConvertError(f"{src} is already a vitfast model folder; to export it, pass --to timm or --to hf.")
+    if source not in ("auto", "hf"):
+        raise ConvertError(f"{src} is a folder: only Hugging Face folders (--from hf) are read from folders.")
+    hf_config, hf_state = read_hf_folder(src)
+    try:
+        family, config, state = hf_to_vitfast(hf_config, hf_state)
+    except ValueError as exc:
+        raise ConvertError(f"{src}: {exc}") from None
+    net = _build(family, config, state)
+    if dtype is not None:
+        net = net.to(DTYPES[dtype])
+    net.model_name = None
+    _write_atomically(net, dst, max_shard_size, family, config, tokenizer, force)
+    report = {"source": "hf", "family": family, "model_name": None, "tensors": len(state), "output": str(dst)}
+    if verify:
+        report["max_abs_diff"] = _verify_hf(src, dst, family, config)
+    return report
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConvertError(f"cannot read {path} ({exc}).") from None
+
+
+def _verify_hf(src: Path, dst: Path, family: str, config) -> float | None:
+    """Max |vitfast − transformers| on a random input: logits of classifiers, CLIP's normalized
+    embeddings; None without transformers, or for headless ViT/Swin (their HF outputs differ in form)."""
+    try:
+        import transformers
+    except ImportError:
+        return None
+    ours = load(dst, attn_backend="eager").float().eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        if family == "clip":
+            reference = transformers.CLIPModel.from_pretrained(src).float().eval()
+            image = torch.randn(2, 3, config.image_size, config.image_size, generator=g)
+            text = torch.randint(0, config.vocab_size - 1, (2, config.context_length), generator=g)
+            text[:, -1] = config.vocab_size - 1
+            out = reference(input_ids=text, pixel_values=image)
+            return max(_diff(ours.encode_image(image, normalize=True), out.image_embeds),
+                       _diff(ours.encode_text(text, normalize=True), out.text_embeds))
+        if config.num_classes == 0:
+            return None
+        cls = transformers.ViTForImageClassification if family == "vit" else transformers.SwinForImageClassification
+        reference = cls.from_pretrained(src).float().eval()
+        image = torch.randn(2, config.in_chans, config.img_size, config.img_size, generator=g)
+        return _diff(ours(image), reference(pixel_values=image).logits)
+
+
+def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.float() - b.float()).abs().max().item()
+
+
+def export(src: str | os.PathLike[str], dst: str | os.PathLike[str], to: str, *, max_shard_size: int | str = "5GB",
+           force: bool = False) -> dict:
+    """Write the vitfast folder `src` as a timm checkpoint folder (timm's keys in model.safetensors, and a
+    config.json with the architecture and model_args) or a Hugging Face folder (config.json +
+    model.safetensors that transformers' from_pretrained loads)."""
+    from safetensors.torch import save_file
+
+    from vitfast.checkpoint import read_state_dict
+
+    src, dst = Path(src), Path(dst)
+    if to not in TARGETS:
+        raise ConvertError(f"unknown --to {to!r}; choose timm or hf.")
+    if dst.exists() and not force:
+        raise ConvertError(f"{dst} already exists; pass --force to replace it.")
+    meta, state = read_state_dict(src)
+    family = meta["family"]
+    config = build_config(family, meta["config"])
+    if to == "timm":
+        if family == "clip":
+            raise ConvertError("timm has no CLIP text tower; export CLIP with --to hf (or use the folder with "
+                               "open_clip, whose keys vitfast already uses).")
+        args = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("attn_backend", "drop_rate",
+                                                                                   "drop_path_rate")}
+        arch = meta.get("model_name") or ("vit_base_patch16_224" if family == "vit" else "swin_tiny_patch4_window7_224")
+        out_config = {"architecture": arch, "num_classes": config.num_classes, "model_args": args}
+        out_state = state
+    else:
+        from vitfast.convert_hf import vitfast_to_hf
+
+        try:
+            out_config, out_state = vitfast_to_hf(family, config, state)
+        except ValueError as exc:
+            raise ConvertError(f"{src}: {exc}") from None
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        save_file({k: v.contiguous() for k, v in out_state.items()}, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(out_config, indent=2) + "\n")
+        _replace(tmp, dst, force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"target": to, "family": family, "tensors": len(out_state), "output": str(dst)}
+
+
+def _replace(tmp: Path, dst: Path, force: bool) -> None:
+    """Rename the finished `tmp` folder to `dst`, replacing an existing one only with `force`."""
+    if dst.exists() and force:
+        old = dst.with_name(f".{dst.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        dst.rename(old)
+        tmp.rename(dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(dst)
+
+
 def _write_atomically(net, dst: Path, max_shard_size, family: str, config, tokenizer, force: bool) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
@@ -247,14 +401,7 @@ def _write_atomically(net, dst: Path, max_shard_size, family: str, config, token
         save(net, tmp, max_shard_size=max_shard_size)
         if family == "clip":
             _write_tokenizer(tmp, config, tokenizer)
-        if dst.exists() and force:
-            old = dst.with_name(f".{dst.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            dst.rename(old)
-            tmp.rename(dst)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(dst)
+        _replace(tmp, dst, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,0 +1,441 @@
+"""Hugging Face transformers <-> vitfast weight mapping for ViT, Swin (V1) and CLIP.
+
+HF state dicts here are in the layout ``save_pretrained`` writes to ``model.safetensors`` (the layout
+of checkpoints on the Hub; transformers ≥ 5 renames some modules in memory, e.g. ``q_proj``, but
+still saves the original names). Pure functions on dicts and tensors: no files, no downloads.
+
+Layout facts that the mapping relies on (checked against transformers 5.23 by
+``tests/test_convert_hf.py``):
+
+- HF keeps q, k and v as separate linears; vitfast (timm / open_clip layout) packs them into one
+  ``qkv`` / ``in_proj`` weight in q, k, v order along the output dimension.
+- HF Swin puts patch merging at the end of stage i (``layers.{i}.downsample``); vitfast, like recent
+  timm, at the start of stage i + 1. Both concatenate the 2×2 neighbours in the same order and use
+  the same relative-position bias table layout, so the tensors move unchanged.
+- HF CLIP's ``visual_projection`` / ``text_projection`` are bias-free ``nn.Linear`` weights of shape
+  (embed_dim, width); open_clip's are parameters of shape (width, embed_dim) used as ``x @ proj``.
+- HF ViT's ``layer_norm_eps`` defaults to 1e-12; the original (JAX) ViT and timm use 1e-6, which
+  vitfast fixes. Epsilons that differ by at most ``EPS_TOLERANCE`` are accepted: against the
+  activation variances of a real network the change is far below fp32 noise in the outputs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from vitfast.models import build_config, build_model
+
+EPS_TOLERANCE = 1e-5
+"""Largest accepted difference between an HF layer-norm epsilon and vitfast's fixed one."""
+
+_VIT_EPS, _SWIN_EPS, _CLIP_EPS = 1e-6, 1e-5, 1e-5  # vitfast's fixed LayerNorm epsilons
+
+# HF keys that carry nothing vitfast needs, with why dropping them is safe.
+_IGNORED_HF_KEYS = (
+    # Derived buffers that older transformers versions saved; vitfast recomputes them.
+    re.compile(r".*\.position_ids$"),
+    re.compile(r".*\.relative_position_index$"),
+    # ViTModel's tanh pooler (add_pooling_layer=True) is not part of ViT's classifier path, which
+    # reads the normalized class token; last_hidden_state is unaffected by dropping it.
+    re.compile(r"^pooler\.dense\.(weight|bias)$"),
+)
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """One vitfast tensor made from HF tensor(s): "copy", "qkv" (concatenate q, k, v) or "t" (transpose)."""
+
+    vf: str
+    hf: tuple[str, ...]
+    op: str = "copy"
+
+
+def _to_vf(rule: _Rule, tensors: list[Tensor]) -> Tensor:
+    if rule.op == "qkv":
+        return torch.cat(tensors, dim=0)
+    if rule.op == "t":
+        return tensors[0].t().contiguous()
+    return tensors[0]
+
+
+def _to_hf(rule: _Rule, tensor: Tensor) -> list[Tensor]:
+    if rule.op == "qkv":  # clones: safetensors refuses tensors that share storage
+        return [part.clone() for part in tensor.chunk(3, dim=0)]
+    if rule.op == "t":
+        return [tensor.t().contiguous()]
+    return [tensor]
+
+
+def _attn_rules(vf: str, hf: str, names: tuple[str, str, str], bias: bool) -> list[_Rule]:
+    """Packed q/k/v weight (and bias) from three HF linears named ``hf + name``."""
+    rules = [_Rule(f"{vf}.weight", tuple(f"{hf}{n}.weight" for n in names), "qkv")]
+    if bias:
+        rules.append(_Rule(f"{vf}.bias", tuple(f"{hf}{n}.bias" for n in names), "qkv"))
+    return rules
+
+
+def _linear(vf: str, hf: str, bias: bool = True) -> list[_Rule]:
+    """Weight and (optionally) bias of a linear, conv or layer norm, copied unchanged."""
+    rules = [_Rule(f"{vf}.weight", (f"{hf}.weight",))]
+    return rules + [_Rule(f"{vf}.bias", (f"{hf}.bias",))] if bias else rules
+
+
+def _vit_rules(cfg, p: str) -> list[_Rule]:
+    """ViT rules; `p` is the HF prefix: "vit." in ViTForImageClassification, "" in ViTModel."""
+    rules = [
+        _Rule("cls_token", (f"{p}embeddings.cls_token",)),
+        _Rule("pos_embed", (f"{p}embeddings.position_embeddings",)),
+        *_linear("patch_embed.proj", f"{p}embeddings.patch_embeddings.projection"),
+        *_linear("norm", f"{p}layernorm"),
+    ]
+    for i in range(cfg.depth):
+        b, h = f"blocks.{i}", f"{p}encoder.layer.{i}"
+        rules += [
+            *_linear(f"{b}.norm1", f"{h}.layernorm_before"),
+            *_attn_rules(f"{b}.attn.qkv", f"{h}.attention.attention.", ("query", "key", "value"), cfg.qkv_bias),
+            *_linear(f"{b}.attn.proj", f"{h}.attention.output.dense"),
+            *_linear(f"{b}.norm2", f"{h}.layernorm_after"),
+            *_linear(f"{b}.mlp.fc1", f"{h}.intermediate.dense"),
+            *_linear(f"{b}.mlp.fc2", f"{h}.output.dense"),
+        ]
+    return rules + (_linear("head", "classifier") if cfg.num_classes > 0 else [])
+
+
+def _swin_rules(cfg, p: str) -> list[_Rule]:
+    """Swin V1 rules; `p` is "swin." in SwinForImageClassification, "" in SwinModel."""
+    rules = [
+        *_linear("patch_embed.proj", f"{p}embeddings.patch_embeddings.projection"),
+        *_linear("patch_embed.norm", f"{p}embeddings.norm"),
+        *_linear("norm", f"{p}layernorm"),
+    ]
+    for s, depth in enumerate(cfg.depths):
+        stage = f"{p}encoder.layers.{s}"
+        for i in range(depth):
+            b, h = f"layers.{s}.blocks.{i}", f"{stage}.blocks.{i}"
+            rules += [
+                *_linear(f"{b}.norm1", f"{h}.layernorm_before"),
+                *_attn_rules(f"{b}.attn.qkv", f"{h}.attention.self.", ("query", "key", "value"), cfg.qkv_bias),
+                _Rule(f"{b}.attn.relative_position_bias_table", (f"{h}.attention.self.relative_position_bias_table",)),
+                *_linear(f"{b}.attn.proj", f"{h}.attention.output.dense"),
+                *_linear(f"{b}.norm2", f"{h}.layernorm_after"),
+                *_linear(f"{b}.mlp.fc1", f"{h}.intermediate.dense"),
+                *_linear(f"{b}.mlp.fc2", f"{h}.output.dense"),
+            ]
+        if s > 0:  # HF merges at the end of the previous stage, vitfast at the start of this one
+            rules += [
+                *_linear(f"layers.{s}.downsample.norm", f"{p}encoder.layers.{s - 1}.downsample.norm"),
+                *_linear(f"layers.{s}.downsample.reduction", f"{p}encoder.layers.{s - 1}.downsample.reduction",
+                         bias=False),
+            ]
+    return rules + (_linear("head.fc", "classifier") if cfg.num_classes > 0 else [])
+
+
+def _clip_tower_rules(vf: str, hf: str, layers: int) -> list[_Rule]:
+    rules = []
+    for i in range(layers):
+        b, h = f"{vf}.resblocks.{i}", f"{hf}.encoder.layers.{i}"
+        rules += [
+            *_linear(f"{b}.ln_1", f"{h}.layer_norm1"),
+            *[_Rule(f"{b}.attn.in_proj_{kind}", tuple(f"{h}.self_attn.{n}_proj.{kind}" for n in "qkv"), "qkv")
+              for kind in ("weight", "bias")],
+            *_linear(f"{b}.attn.out_proj", f"{h}.self_attn.out_proj"),
+            *_linear(f"{b}.ln_2", f"{h}.layer_norm2"),
+            *_linear(f"{b}.mlp.c_fc", f"{h}.mlp.fc1"),
+            *_linear(f"{b}.mlp.c_proj", f"{h}.mlp.fc2"),
+        ]
+    return rules
+
+
+def _clip_rules(cfg) -> list[_Rule]:
+    return [
+        _Rule("visual.conv1.weight", ("vision_model.embeddings.patch_embedding.weight",)),
+        _Rule("visual.class_embedding", ("vision_model.embeddings.class_embedding",)),
+        _Rule("visual.positional_embedding", ("vision_model.embeddings.position_embedding.weight",)),
+        *_linear("visual.ln_pre", "vision_model.pre_layrnorm"),  # sic: HF's spelling
+        *_clip_tower_rules("visual.transformer", "vision_model", cfg.vision_layers),
+        *_linear("visual.ln_post", "vision_model.post_layernorm"),
+        _Rule("visual.proj", ("visual_projection.weight",), "t"),
+        _Rule("token_embedding.weight", ("text_model.embeddings.token_embedding.weight",)),
+        _Rule("positional_embedding", ("text_model.embeddings.position_embedding.weight",)),
+        *_clip_tower_rules("transformer", "text_model", cfg.text_layers),
+        *_linear("ln_final", "text_model.final_layer_norm"),
+        _Rule("text_projection", ("text_projection.weight",), "t"),
+        _Rule("logit_scale", ("logit_scale",)),
+    ]
+
+
+def _rules(family: str, config, hf_prefix: str) -> list[_Rule]:
+    if family == "vit":
+        return _vit_rules(config, hf_prefix)
+    if family == "swin":
+        return _swin_rules(config, hf_prefix)
+    return _clip_rules(config)
+
+
+def _expected_shapes(family: str, config) -> dict[str, torch.Size]:
+    # Built once on CPU: the model is the single source of truth for shapes (a few seconds for ViT-H).
+    return {k: v.shape for k, v in build_model(family, config).state_dict().items()}
+
+
+def _fail_on_problems(what: str, missing: list[str], unexpected: list[str], misshaped: list[str], fix: str) -> None:
+    """One ValueError listing every key problem, so a bad checkpoint is diagnosed in one run."""
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+        if keys:
+            more = f", … ({len(keys) - 20} more)" if len(keys) > 20 else ""
+            parts.append(f"{label} {len(keys)}: {', '.join(keys[:20])}{more}")
+    if parts:
+        raise ValueError(f"{what} does not match its config; " + "; ".join(parts) + f". {fix}")
+
+
+# --------------------------------------------------------------------------------------------- import
+
+
+def _check_eps(eps: float, fixed: float, field: str) -> None:
+    if abs(eps - fixed) > EPS_TOLERANCE:
+        raise ValueError(f"{field} is {eps}, but vitfast's layer norms use eps={fixed} and the outputs would "
+                         "differ; this checkpoint cannot be converted exactly.")
+
+
+def _check_act(act: str, allowed: tuple[str, ...], field: str) -> None:
+    if act not in allowed:
+        raise ValueError(f"{field} is {act!r}; vitfast supports {', '.join(map(repr, allowed))} here.")
+
+
+def _square(value, field: str) -> int:
+    """HF sizes may be an int or an (h, w) pair; vitfast models are square."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2 or value[0] != value[1]:
+            raise ValueError(f"{field} is {value}; vitfast supports square sizes only.")
+        return int(value[0])
+    return int(value)
+
+
+def _mlp_ratio(hidden: int, intermediate: int, field: str) -> float:
+    ratio = intermediate / hidden
+    if int(hidden * ratio) != intermediate:  # vitfast sizes the MLP as int(dim * mlp_ratio)
+        raise ValueError(f"{field} {intermediate} is not reachable as int({hidden} * mlp_ratio).")
+    return ratio
+
+
+def _prefix(state: dict[str, Tensor], prefix: str) -> str:
+    return prefix if any(k.startswith(prefix) for k in state) else ""
+
+
+def _vit_config(hf: dict, state: dict[str, Tensor]) -> dict:
+    _check_act(hf.get("hidden_act", "gelu"), ("gelu",), "hidden_act")
+    _check_eps(hf.get("layer_norm_eps", 1e-12), _VIT_EPS, "layer_norm_eps")
+    dim = hf.get("hidden_size", 768)
+    classifier = state.get("classifier.weight")
+    return {
+        "img_size": _square(hf.get("image_size", 224), "image_size"),
+        "patch_size": _square(hf.get("patch_size", 16), "patch_size"),
+        "in_chans": hf.get("num_channels", 3),
+        "num_classes": classifier.shape[0] if classifier is not None else 0,
+        "embed_dim": dim,
+        "depth": hf.get("num_hidden_layers", 12),
+        "num_heads": hf.get("num_attention_heads", 12),
+        "mlp_ratio": _mlp_ratio(dim, hf.get("intermediate_size", 3072), "intermediate_size"),
+        "qkv_bias": hf.get("qkv_bias", True),
+    }
+
+
+def _swin_config(hf: dict, state: dict[str, Tensor]) -> dict:
+    _check_act(hf.get("hidden_act", "gelu"), ("gelu",), "hidden_act")
+    _check_eps(hf.get("layer_norm_eps", 1e-5), _SWIN_EPS, "layer_norm_eps")
+    if hf.get("use_absolute_embeddings", False):
+        raise ValueError("use_absolute_embeddings=True (an absolute position embedding) is not part of "
+                         "vitfast's Swin; only relative position bias models convert.")
+    classifier = state.get("classifier.weight")
+    return {
+        "img_size": _square(hf.get("image_size", 224), "image_size"),
+        "patch_size": _square(hf.get("patch_size", 4), "patch_size"),
+        "in_chans": hf.get("num_channels", 3),
+        "num_classes": classifier.shape[0] if classifier is not None else 0,
+        "embed_dim": hf.get("embed_dim", 96),
+        "depths": tuple(hf.get("depths", (2, 2, 6, 2))),
+        "num_heads": tuple(hf.get("num_heads", (3, 6, 12, 24))),
+        "window_size": _square(hf.get("window_size", 7), "window_size"),
+        "mlp_ratio": hf.get("mlp_ratio", 4.0),
+        "qkv_bias": hf.get("qkv_bias", True),
+    }
+
+
+def _clip_config(hf: dict) -> dict:
+    vision, text = hf.get("vision_config") or {}, hf.get("text_config") or {}
+    acts = {vision.get("hidden_act", "quick_gelu"), text.get("hidden_act", "quick_gelu")}
+    if len(acts) != 1:
+        raise ValueError(f"the towers use different activations {sorted(acts)}; vitfast's CLIP uses one for both.")
+    act = acts.pop()
+    _check_act(act, ("quick_gelu", "gelu"), "hidden_act")
+    for name, tower in (("vision", vision), ("text", text)):
+        _check_eps(tower.get("layer_norm_eps", 1e-5), _CLIP_EPS, f"{name}_config.layer_norm_eps")
+    vw, tw = vision.get("hidden_size", 768), text.get("hidden_size", 512)
+    vocab = text.get("vocab_size", 49408)
+    eos = text.get("eos_token_id", 2)
+    # HF reads eos_token_id == 2 as the legacy rule "pool at argmax(input_ids)"; with CLIP's tokenizer the
+    # end-of-text token is the largest id, so that is the first vocab_size - 1 (vitfast's rule).
+    eot = vocab - 1 if eos == 2 else eos
+    return {
+        "embed_dim": hf.get("projection_dim", 512),
+        "image_size": _square(vision.get("image_size", 224), "vision_config.image_size"),
+        "patch_size": _square(vision.get("patch_size", 32), "vision_config.patch_size"),
+        "in_chans": vision.get("num_channels", 3),
+        "vision_width": vw,
+        "vision_layers": vision.get("num_hidden_layers", 12),
+        "vision_heads": vision.get("num_attention_heads", 12),
+        "vision_mlp_ratio": _mlp_ratio(vw, vision.get("intermediate_size", 3072), "vision_config.intermediate_size"),
+        "context_length": text.get("max_position_embeddings", 77),
+        "vocab_size": vocab,
+        "text_width": tw,
+        "text_heads": text.get("num_attention_heads", 8),
+        "text_layers": text.get("num_hidden_layers", 12),
+        "text_mlp_ratio": _mlp_ratio(tw, text.get("intermediate_size", 2048), "text_config.intermediate_size"),
+        "eot_token_id": eot,
+        "quick_gelu": act == "quick_gelu",
+    }
+
+
+def hf_to_vitfast(hf_config: dict, state: dict[str, Tensor]) -> tuple[str, object, dict[str, Tensor]]:
+    """Convert a transformers checkpoint to vitfast: (family, config, state dict for strict loading).
+
+    `hf_config` is the checkpoint's config.json as a dict (model_type "vit", "swin" or "clip");
+    `state` its weights as ``save_pretrained`` writes them, for ViTModel / ViTForImageClassification,
+    SwinModel / SwinForImageClassification or CLIPModel. The number of classes comes from the
+    classifier weight (0 without one). ViTModel's pooler and derived buffers (``position_ids``,
+    ``relative_position_index``) are dropped. Raises ValueError naming any feature vitfast cannot
+    represent, or listing every missing, unexpected and mis-shaped key at once.
+    """
+    model_type = hf_config.get("model_type")
+    if model_type == "vit":
+        family, fields = "vit", _vit_config(hf_config, state)
+        prefix = _prefix(state, "vit.")
+    elif model_type == "swin":
+        family, fields = "swin", _swin_config(hf_config, state)
+        prefix = _prefix(state, "swin.")
+    elif model_type == "clip":
+        family, fields, prefix = "clip", _clip_config(hf_config), ""
+    else:
+        raise ValueError(f"model_type {model_type!r} is not supported; vitfast converts 'vit', 'swin' (V1, not "
+                         "'swinv2') and 'clip' checkpoints.")
+    config = build_config(family, fields)
+    expected = _expected_shapes(family, config)
+    out: dict[str, Tensor] = {}
+    used: set[str] = set()
+    missing, misshaped = [], []
+    for rule in _rules(family, config, prefix):
+        absent = [k for k in rule.hf if k not in state]
+        missing += absent
+        used.update(rule.hf)
+        if absent:
+            continue
+        # The HF shapes the vitfast shape implies, found by running the export direction on a meta tensor.
+        want = [t.shape for t in _to_hf(rule, torch.empty(expected[rule.vf], device="meta"))]
+        bad = [f"{k} {tuple(state[k].shape)} (expected {tuple(w)})" for k, w in zip(rule.hf, want)
+               if state[k].shape != w]
+        misshaped += bad
+        if not bad:
+            out[rule.vf] = _to_vf(rule, [state[k] for k in rule.hf])
+    unexpected = [k for k in state if k not in used and not any(p.match(k) for p in _IGNORED_HF_KEYS)]
+    _fail_on_problems(f"the {model_type} state dict", missing, sorted(unexpected), misshaped,
+                      "Pass the weights saved with this config.json by save_pretrained (model.safetensors).")
+    return family, config, out
+
+
+# --------------------------------------------------------------------------------------------- export
+
+
+def _vit_hf_config(cfg) -> dict:
+    if not cfg.class_token or cfg.global_pool != "token":
+        raise ValueError(f"HF's ViT pools the class token; this model uses class_token={cfg.class_token}, "
+                         f"global_pool={cfg.global_pool!r}, which transformers' ViT cannot represent.")
+    out = {
+        "model_type": "vit", "hidden_size": cfg.embed_dim, "num_hidden_layers": cfg.depth,
+        "num_attention_heads": cfg.num_heads, "intermediate_size": int(cfg.embed_dim * cfg.mlp_ratio),
+        "hidden_act": "gelu", "layer_norm_eps": _VIT_EPS, "image_size": cfg.img_size, "patch_size": cfg.patch_size,
+        "num_channels": cfg.in_chans, "qkv_bias": cfg.qkv_bias,
+        "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+    }
+    return out | _head_fields(cfg.num_classes, "ViTForImageClassification", "ViTModel")
+
+
+def _swin_hf_config(cfg) -> dict:
+    out = {
+        "model_type": "swin", "image_size": cfg.img_size, "patch_size": cfg.patch_size, "num_channels": cfg.in_chans,
+        "embed_dim": cfg.embed_dim, "depths": list(cfg.depths), "num_heads": list(cfg.num_heads),
+        "window_size": cfg.window_size, "mlp_ratio": cfg.mlp_ratio, "qkv_bias": cfg.qkv_bias, "hidden_act": "gelu",
+        "layer_norm_eps": _SWIN_EPS, "use_absolute_embeddings": False, "drop_path_rate": cfg.drop_path_rate,
+        "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+    }
+    return out | _head_fields(cfg.num_classes, "SwinForImageClassification", "SwinModel")
+
+
+def _head_fields(num_classes: int, with_head: str, without: str) -> dict:
+    if num_classes <= 0:
+        return {"architectures": [without]}
+    return {"architectures": [with_head], "id2label": {str(i): f"LABEL_{i}" for i in range(num_classes)},
+            "label2id": {f"LABEL_{i}": i for i in range(num_classes)}}
+
+
+def _clip_hf_config(cfg) -> dict:
+    if cfg.eot_token_id == 2:
+        raise ValueError("eot_token_id 2 cannot be exported: transformers reads eos_token_id 2 as the legacy "
+                         "'pool at argmax(input_ids)' rule, which differs from vitfast's first-EOT pooling.")
+    act = "quick_gelu" if cfg.quick_gelu else "gelu"
+    vision = {
+        "hidden_size": cfg.vision_width, "num_hidden_layers": cfg.vision_layers,
+        "num_attention_heads": cfg.vision_heads,
+        "intermediate_size": int(cfg.vision_width * cfg.vision_mlp_ratio), "image_size": cfg.image_size,
+        "patch_size": cfg.patch_size, "num_channels": cfg.in_chans, "hidden_act": act, "layer_norm_eps": _CLIP_EPS,
+        "projection_dim": cfg.embed_dim,
+    }
+    text = {
+        "hidden_size": cfg.text_width, "num_hidden_layers": cfg.text_layers, "num_attention_heads": cfg.text_heads,
+        "intermediate_size": int(cfg.text_width * cfg.text_mlp_ratio), "vocab_size": cfg.vocab_size,
+        "max_position_embeddings": cfg.context_length, "eos_token_id": cfg.eot_token_id, "hidden_act": act,
+        "layer_norm_eps": _CLIP_EPS, "projection_dim": cfg.embed_dim,
+        # vitfast has no begin/pad tokens of its own; HF's defaults (49406, 1) may lie outside a small vocabulary.
+        "bos_token_id": None, "pad_token_id": None,
+    }
+    return {"model_type": "clip", "architectures": ["CLIPModel"], "projection_dim": cfg.embed_dim,
+                "logit_scale_init_value": cfg.init_logit_scale, "vision_config": vision, "text_config": text}
+
+
+def vitfast_to_hf(family: str, config, state: dict[str, Tensor]) -> tuple[dict, dict[str, Tensor]]:
+    """Convert a vitfast model to transformers: (config.json dict, state dict as ``save_pretrained`` writes it).
+
+    The class is named in the config's ``architectures``: ViTForImageClassification /
+    SwinForImageClassification when the model has a head (num_classes > 0), else ViTModel / SwinModel;
+    CLIPModel for CLIP. Load a headless ViT with ``ViTModel.from_pretrained(path, add_pooling_layer=False)``:
+    vitfast has no pooler to export. ``AutoConfig.for_model(**config)`` accepts the dict. Raises
+    ValueError for features transformers cannot represent (ViT without class-token pooling) or, listing
+    all at once, for missing, unexpected or mis-shaped vitfast keys.
+    """
+    if family == "vit":
+        hf_config, prefix = _vit_hf_config(config), "vit." if config.num_classes > 0 else ""
+    elif family == "swin":
+        hf_config, prefix = _swin_hf_config(config), "swin." if config.num_classes > 0 else ""
+    elif family == "clip":
+        hf_config, prefix = _clip_hf_config(config), ""
+    else:
+        raise ValueError(f"unknown model family {family!r}; vitfast exports 'vit', 'swin' and 'clip'.")
+    expected = _expected_shapes(family, config)
+    out: dict[str, Tensor] = {}
+    missing, misshaped = [], []
+    rules = _rules(family, config, prefix)
+    for rule in rules:
+        if rule.vf not in state:
+            missing.append(rule.vf)
+        elif state[rule.vf].shape != expected[rule.vf]:
+            misshaped.append(f"{rule.vf} {tuple(state[rule.vf].shape)} (expected {tuple(expected[rule.vf])})")
+        else:
+            out.update(zip(rule.hf, _to_hf(rule, state[rule.vf])))
+    known = {rule.vf for rule in rules}
+    unexpected = sorted(k for k in state if k not in known)
+    _fail_on_problems(f"the vitfast {family} state dict", missing, unexpected, misshaped,
+                      "Pass model.state_dict() of the model built from this config.")
+    return hf_config, out
