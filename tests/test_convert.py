@@ -173,3 +173,20 @@ def test_export_to_timm_loads_in_timm(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert _max_diff(reference(x), model(x)) <= 1e-4
+
+
+def test_torchscript_clip_archive_is_read_without_running_it(tmp_path):
+    source = _open_clip_model(quick_gelu=True)
+    image = torch.randn(1, 3, 32, 32)
+    text = torch.randint(0, 49406, (1, 16))
+    text[:, -1] = 49407
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracing warns about open_clip's data-dependent pooling
+        torch.jit.trace(source, (image, text), strict=False, check_trace=False).save(str(tmp_path / "clip.pt"))
+    report = convert(tmp_path / "clip.pt", tmp_path / "out")
+    assert report["source"] == "openai" and report["max_abs_diff"] <= 1e-4
+    ours = vitfast.load(tmp_path / "out", attn_backend="eager").eval()
+    with torch.no_grad():
+        assert _max_diff(ours.encode_text(text), source.encode_text(text)) <= 1e-4

@@ -36,8 +36,9 @@ _HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_mod
                "pytorch_model.bin.index.json")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _PREFIXES = ("module.", "_orig_mod.")
-# Buffers OpenAI's TorchScript CLIP keeps beside the weights; open_clip drops them too.
-_OPENAI_EXTRAS = ("input_resolution", "context_length", "vocab_size")
+# Buffers OpenAI's TorchScript CLIP keeps beside the weights (open_clip drops them too), and the text
+# tower's causal mask, which TorchScript archives carry and vitfast's causal kernel makes unnecessary.
+_OPENAI_EXTRAS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 
 
 class ConvertError(ValueError):
