@@ -12,6 +12,7 @@ renamed into place, then reloaded and compared with the source library's model w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -21,6 +22,7 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -84,22 +86,26 @@ def read_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], b
     return _unwrap(obj, path), False
 
 
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConvertError(f"cannot read {path} ({exc}).") from None
+
+
 def read_hf_folder(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """(config.json, state dict) of a Hugging Face model folder, single-file or sharded."""
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ConvertError(f"cannot read {path / 'config.json'} ({exc}).") from None
+    config = _json(path / "config.json")
     for name in _HF_WEIGHTS:
         if (path / name).is_file():
             break
     else:
         raise ConvertError(f"{path} has no weights: expected one of {', '.join(_HF_WEIGHTS)}.")
     if name.endswith(".index.json"):
-        try:
-            shards = sorted(set(json.loads((path / name).read_text())["weight_map"].values()))
-        except (OSError, ValueError, KeyError) as exc:
-            raise ConvertError(f"cannot read the shard index {path / name} ({exc}).") from None
+        weight_map = _json(path / name).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ConvertError(f"the shard index {path / name} has no weight_map.")
+        shards = sorted(set(weight_map.values()))
     else:
         shards = [name]
     state: dict[str, torch.Tensor] = {}
@@ -145,6 +151,11 @@ def _count(state: dict, pattern: str) -> int:
     return max(found) + 1 if found else 0
 
 
+# Fields the weights fix; named configs are matched on these.
+_SHAPE_FIELDS = {"patch_size", "embed_dim", "depth", "depths", "num_heads", "window_size", "vision_width",
+                 "vision_layers", "text_width", "text_layers", "image_size", "img_size"}
+
+
 def _pick(named: dict, fields: dict, model: str | None, kind: str):
     """The named config whose shape fields equal `fields` (or `model`'s), with `fields` applied."""
     if model is not None:
@@ -155,11 +166,6 @@ def _pick(named: dict, fields: dict, model: str | None, kind: str):
                if all(getattr(cfg, k) == v for k, v in fields.items() if k in _SHAPE_FIELDS)]
     base = named[matches[0]] if matches else next(iter(named.values()))
     return dataclasses.replace(base, **fields), matches[0] if matches else None
-
-
-# Fields the weights fix; named configs are matched on these.
-_SHAPE_FIELDS = {"patch_size", "embed_dim", "depth", "depths", "num_heads", "window_size", "vision_width",
-                 "vision_layers", "text_width", "text_layers", "image_size", "img_size"}
 
 
 def vit_config(state: dict, model: str | None):
@@ -243,10 +249,10 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, source:
         raise ConvertError(f"unknown --from {source!r}; choose one of {', '.join(SOURCES)}.")
     if dtype is not None and dtype not in DTYPES:
         raise ConvertError(f"unknown --dtype {dtype!r}; choose fp32, fp16 or bf16.")
-    if dst.exists() and not force:
-        raise ConvertError(f"{dst} already exists; pass --force to replace it.")
     if to is not None:
         return export(src, dst, to, max_shard_size=max_shard_size, force=force)
+    if dst.exists() and not force:
+        raise ConvertError(f"{dst} already exists; pass --force to replace it.")
     if src.is_dir():
         return _convert_hf(src, dst, source, dtype, max_shard_size, tokenizer, force, verify)
     state, torchscript = read_state(src)
@@ -261,11 +267,7 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, source:
         family, config, name = clip_config(state, model, quick_gelu=source == "openai")
     if source == "openai":
         state = {k: v for k, v in state.items() if k not in _OPENAI_EXTRAS}
-    net = _build(family, config, state)
-    if dtype is not None:
-        net = net.to(DTYPES[dtype])
-    net.model_name = name
-    _write_atomically(net, dst, max_shard_size, family, config, tokenizer, force)
+    _save_converted(family, config, state, name, dst, dtype, max_shard_size, tokenizer, force)
     report = {"source": source, "family": family, "model_name": name, "tensors": len(state),
               "output": str(dst)}
     if name is None and family in ("vit", "clip"):
@@ -290,22 +292,11 @@ def _convert_hf(src: Path, dst: Path, source: str, dtype, max_shard_size, tokeni
         family, config, state = hf_to_vitfast(hf_config, hf_state)
     except ValueError as exc:
         raise ConvertError(f"{src}: {exc}") from None
-    net = _build(family, config, state)
-    if dtype is not None:
-        net = net.to(DTYPES[dtype])
-    net.model_name = None
-    _write_atomically(net, dst, max_shard_size, family, config, tokenizer, force)
+    _save_converted(family, config, state, None, dst, dtype, max_shard_size, tokenizer, force)
     report = {"source": "hf", "family": family, "model_name": None, "tensors": len(state), "output": str(dst)}
     if verify:
         report["max_abs_diff"] = _verify_hf(src, dst, family, config)
     return report
-
-
-def _json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConvertError(f"cannot read {path} ({exc}).") from None
 
 
 def _verify_hf(src: Path, dst: Path, family: str, config) -> float | None:
@@ -371,41 +362,44 @@ def export(src: str | os.PathLike[str], dst: str | os.PathLike[str], to: str, *,
             out_config, out_state = vitfast_to_hf(family, config, state)
         except ValueError as exc:
             raise ConvertError(f"{src}: {exc}") from None
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
+    with _staged(dst, force) as tmp:
         save_file({k: v.contiguous() for k, v in out_state.items()}, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(out_config, indent=2) + "\n")
-        _replace(tmp, dst, force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"target": to, "family": family, "tensors": len(out_state), "output": str(dst)}
 
 
-def _replace(tmp: Path, dst: Path, force: bool) -> None:
-    """Rename the finished `tmp` folder to `dst`, replacing an existing one only with `force`."""
-    if dst.exists() and force:
-        old = dst.with_name(f".{dst.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        dst.rename(old)
-        tmp.rename(dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(dst)
-
-
-def _write_atomically(net, dst: Path, max_shard_size, family: str, config, tokenizer, force: bool) -> None:
+@contextlib.contextmanager
+def _staged(dst: Path, force: bool) -> Iterator[Path]:
+    """A temporary folder beside `dst`, renamed to `dst` when the block succeeds (replacing an existing
+    one only with `force`) and removed when it fails, so `dst` is never half-written."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
-        save(net, tmp, max_shard_size=max_shard_size)
-        if family == "clip":
-            _write_tokenizer(tmp, config, tokenizer)
-        _replace(tmp, dst, force)
+        yield tmp
+        if dst.exists() and force:
+            old = dst.with_name(f".{dst.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            dst.rename(old)
+            tmp.rename(dst)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _save_converted(family: str, config, state: dict, name: str | None, dst: Path, dtype: str | None,
+                    max_shard_size, tokenizer, force: bool) -> None:
+    """Build the vitfast model from `state` (strictly), cast it, and write its folder (+ tokenizer.json)."""
+    net = _build(family, config, state)
+    if dtype is not None:
+        net = net.to(DTYPES[dtype])
+    net.model_name = name
+    with _staged(dst, force) as tmp:
+        save(net, tmp, max_shard_size=max_shard_size)
+        if family == "clip":
+            _write_tokenizer(tmp, config, tokenizer)
 
 
 def _write_tokenizer(folder: Path, config, tokenizer) -> None:
@@ -451,7 +445,7 @@ def verify_against_source(dst: Path, source: str, family: str, config, state: di
             size = config.img_size
             image = torch.randn(2, config.in_chans, size, size, generator=g)
             pairs = [(ours(image), reference(image))]
-    return max((a.float() - b.float()).abs().max().item() for a, b in pairs)
+    return max(_diff(a, b) for a, b in pairs)
 
 
 def _reference_model(source: str, family: str, config, state: dict) -> torch.nn.Module:
