@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -114,20 +115,51 @@ def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, chunk: in
     return out
 
 
-def evaluate_clip(model: nn.Module, tokenizer, *, zero_shot_loader: DataLoader | None, names: Sequence[str] | None,
-                  pairs_loader: DataLoader | None, device: torch.device,
+@dataclass
+class ClipEvalData:
+    """What a CLIP is evaluated on: an ImageFolder val split with its class names (zero-shot), and/or
+    image-text pairs (retrieval); `description` says what and where, for logs."""
+
+    zero_shot_loader: DataLoader | None = None
+    names: list[str] | None = None
+    pairs_loader: DataLoader | None = None
+    description: list[str] = field(default_factory=list)
+
+
+def clip_eval_data(data_dir, val_data, transform, tokenize, fmt, *, batch_size: int, workers: int,
+                   skip_bad_images: bool = False) -> ClipEvalData:
+    """Loaders over the val split of the ImageFolder `data_dir` and over the `val_data` table or shards
+    (either may be None), with `transform` for the images and `tokenize` for the captions."""
+    from vitfast.pairs import pairs_dataset
+
+    out = ClipEvalData()
+    if val_data is not None:
+        pairs = pairs_dataset(val_data, transform, fmt, skip_bad_images)
+        pairs.tokenize = tokenize
+        out.pairs_loader = vdata.build_loader(pairs, batch_size=batch_size, workers=workers)
+        out.description.append(f"{len(pairs)} val pairs from {val_data}")
+    if data_dir is not None:
+        val_root = vdata.find_split(data_dir, "val")
+        images = vdata.ImageFolderDataset(val_root, transform, skip_bad_images)
+        out.names = class_names(val_root, images.classes)
+        out.zero_shot_loader = vdata.build_loader(images, batch_size=batch_size, workers=workers)
+        out.description.append(f"zero-shot on {len(images)} images of {len(out.names)} classes in {val_root}")
+    return out
+
+
+def evaluate_clip(model: nn.Module, tokenizer, data: ClipEvalData, device: torch.device,
                   amp: torch.dtype | None = None) -> dict[str, float]:
-    """Zero-shot top-1/top-5 (when given an ImageFolder loader) and retrieval recalls (when given pairs)."""
+    """Zero-shot top-1/top-5 (when `data` has an ImageFolder loader) and retrieval recalls (when it has pairs)."""
     was_training = model.training
     model.eval()
     start = time.perf_counter()
     metrics: dict[str, float] = {}
     try:
-        if zero_shot_loader is not None:
-            classifier = zero_shot_classifier(model, tokenizer, names, device=device, amp=amp)
-            metrics |= zero_shot_accuracy(model, zero_shot_loader, classifier, device, amp)
-        if pairs_loader is not None:
-            image_emb, text_emb = encode_pairs(model, pairs_loader, device, amp)
+        if data.zero_shot_loader is not None:
+            classifier = zero_shot_classifier(model, tokenizer, data.names, device=device, amp=amp)
+            metrics |= zero_shot_accuracy(model, data.zero_shot_loader, classifier, device, amp)
+        if data.pairs_loader is not None:
+            image_emb, text_emb = encode_pairs(model, data.pairs_loader, device, amp)
             metrics |= retrieval_metrics(image_emb, text_emb)
             metrics["pairs"] = len(image_emb)
     finally:
@@ -143,7 +175,7 @@ def evaluate_clip_folder(model_dir: str | os.PathLike[str], data_dir: str | os.P
     """Load a CLIP model folder (weights + tokenizer.json) and evaluate it: zero-shot on the val split of
     `data_dir` and retrieval on the `val_data` table or shards. With neither given, both run on the built-in data."""
     from vitfast.checkpoint import load
-    from vitfast.pairs import CaptionTokens, CsvFormat, default_pairs, pairs_dataset
+    from vitfast.pairs import CaptionTokens, CsvFormat, default_pairs
     from vitfast.tokenizer import load_tokenizer
     from vitfast.train import amp_dtype_for
 
@@ -153,15 +185,6 @@ def evaluate_clip_folder(model_dir: str | os.PathLike[str], data_dir: str | os.P
     if data_dir is None and val_data is None:
         data_dir, val_data = vdata.default_data_dir(), default_pairs("val")
     transform = vdata.build_transform(clip_transform_config(model.config.image_size), False)
-    zero_shot_loader = names = pairs_loader = None
-    if data_dir is not None:
-        val_root = vdata.find_split(data_dir, "val")
-        images = vdata.ImageFolderDataset(val_root, transform, skip_bad_images)
-        names = class_names(val_root, images.classes)
-        zero_shot_loader = vdata.build_loader(images, batch_size=batch_size, workers=workers)
-    if val_data is not None:
-        pairs = pairs_dataset(val_data, transform, csv_format or CsvFormat(), skip_bad_images)
-        pairs.tokenize = CaptionTokens(tokenizer)
-        pairs_loader = vdata.build_loader(pairs, batch_size=batch_size, workers=workers)
-    return evaluate_clip(model, tokenizer, zero_shot_loader=zero_shot_loader, names=names,
-                         pairs_loader=pairs_loader, device=device, amp=amp_dtype_for(amp_dtype, device))
+    data = clip_eval_data(data_dir, val_data, transform, CaptionTokens(tokenizer), csv_format or CsvFormat(),
+                          batch_size=batch_size, workers=workers, skip_bad_images=skip_bad_images)
+    return evaluate_clip(model, tokenizer, data, device, amp_dtype_for(amp_dtype, device))

@@ -91,7 +91,7 @@ class ClipTask:
     collective is needed there; the figures are the same on all ranks."""
 
     def __init__(self, cfg, rt, output: Path, log: Callable[[str], None]) -> None:
-        from vitfast.evaluate_clip import class_names, clip_transform_config
+        from vitfast.evaluate_clip import clip_eval_data, clip_transform_config
         from vitfast.pairs import CaptionTokens, CsvFormat, default_pairs, pairs_dataset
 
         if cfg.drop_path is not None:
@@ -113,21 +113,13 @@ class ClipTask:
                      "image_size": tcfg.img_size}
         self.model = create_model(cfg.model, **overrides)
         self.train_set.tokenize = CaptionTokens(self.tokenizer)
-        self.pairs_loader = self.zero_shot_loader = self.names = None
         parts = [f"{len(self.train_set)} train pairs from {train_spec}"]
         if getattr(self.train_set, "incomplete", 0):
             parts.append(f"{self.train_set.incomplete} shard samples without an image or caption left out")
-        if val_spec is not None:
-            pairs = pairs_dataset(val_spec, eval_tf, fmt, cfg.skip_bad_images)
-            pairs.tokenize = self.train_set.tokenize
-            self.pairs_loader = vdata.build_loader(pairs, batch_size=cfg.batch_size, workers=cfg.workers)
-            parts.append(f"{len(pairs)} val pairs from {val_spec}")
-        if folder is not None:
-            val_root = vdata.find_split(folder, "val")
-            images = vdata.ImageFolderDataset(val_root, eval_tf, cfg.skip_bad_images)
-            self.names = class_names(val_root, images.classes)
-            self.zero_shot_loader = vdata.build_loader(images, batch_size=cfg.batch_size, workers=cfg.workers)
-            parts.append(f"zero-shot on {len(images)} images of {len(self.names)} classes in {val_root}")
+        self.eval_data = clip_eval_data(folder, val_spec, eval_tf, self.train_set.tokenize, fmt,
+                                        batch_size=cfg.batch_size, workers=cfg.workers,
+                                        skip_bad_images=cfg.skip_bad_images)
+        parts += self.eval_data.description
         self.group = dist.group.WORLD if rt.world > 1 else None
         self.description = "; ".join(parts)
 
@@ -143,8 +135,7 @@ class ClipTask:
     def evaluate(self, device: torch.device, amp: torch.dtype | None) -> dict:
         from vitfast.evaluate_clip import evaluate_clip
 
-        metrics = evaluate_clip(self.model, self.tokenizer, zero_shot_loader=self.zero_shot_loader,
-                                names=self.names, pairs_loader=self.pairs_loader, device=device, amp=amp)
+        metrics = evaluate_clip(self.model, self.tokenizer, self.eval_data, device, amp)
         return {**metrics, "logit_scale": self.model.logit_scale.exp().item()}
 
     def save_extra(self, output: Path) -> None:
