@@ -33,6 +33,18 @@ app = typer.Typer(
 bench_app = typer.Typer(help="Benchmark kernels against eager PyTorch and torch's SDPA.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
+# Options several commands share (the bench commands all of these), declared once; Typer reads them
+# per command.
+_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines on stderr.")
+_BENCH_DTYPE = typer.Option("auto", "--dtype", help="bf16, fp16, fp32, or auto: bf16 on CUDA, fp32 on CPU.")
+_BENCH_DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
+_BENCH_WARMUP = typer.Option(None, "--warmup", show_default=False,
+                             help="Untimed calls before timing. Default: 10 on CUDA, 1 on CPU.")
+_BENCH_REP = typer.Option(None, "--rep", show_default=False,
+                          help="Timed calls; their median is reported. Default: 100 on CUDA, 3 on CPU.")
+_BENCH_JSON = typer.Option(None, "--json", help="Also write the results as JSON here.")
+_BENCH_PLOT = typer.Option(None, "--plot", help="Also save a PNG of time against peak memory.")
+
 
 @app.callback()
 def _root() -> None:
@@ -76,7 +88,7 @@ def train_command(
     bpe_path: Path | None = typer.Option(None, "--bpe-path", help="CLIP's bpe_simple_vocab_16e6.txt.gz "
                                          "(default: the copy inside an installed open_clip)."),
     list_models: bool = typer.Option(False, "--list-models", help="Print the model names and exit."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines on stderr."),
+    quiet: bool = _QUIET,
 ) -> None:
     """Train an image classifier or a CLIP; on a GPU, or on several with `torchrun --nproc_per_node N`.
 
@@ -248,24 +260,20 @@ def bench_attention(
         help="Batch size B. Default: 64 on CUDA (ViT-B training), 1 on CPU."),
     heads: int = typer.Option(12, "--heads", help="Attention heads H."),
     head_dim: int = typer.Option(64, "--head-dim", help="Head dim D."),
-    dtype: str = typer.Option("auto", "--dtype",
-                              help="bf16, fp16, fp32, or auto: bf16 on CUDA, fp32 on CPU."),
+    dtype: str = _BENCH_DTYPE,
     seq_lens: str = typer.Option("197,257,577,1025,2048,4096", "--seq-lens",
                                  help="Comma-separated sequence lengths N."),
     backends: str = typer.Option("triton,sdpa,eager", "--backends", help="Comma-separated: triton, sdpa, eager; or SDPA pinned to one kernel: sdpa-flash, sdpa-efficient, sdpa-cudnn, sdpa-math."),
     modes: str = typer.Option("fwd,fwd+bwd", "--modes", help="Comma-separated: fwd, fwd+bwd."),
     causal: bool = typer.Option(False, "--causal/--no-causal", help="Causal masking (FLOPs halved)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    device: str = _BENCH_DEVICE,
     warmup: int | None = typer.Option(
         None, "--warmup", show_default=False,
         help="Untimed calls before timing; the first compiles. Default: 10 on CUDA, 1 on CPU."),
-    rep: int | None = typer.Option(
-        None, "--rep", show_default=False,
-        help="Timed calls; their median is reported. Default: 100 on CUDA, 3 on CPU."),
-    json_path: Path | None = typer.Option(None, "--json", help="Also write the results as JSON here."),
-    plot_path: Path | None = typer.Option(None, "--plot",
-                                          help="Also save a PNG of time against peak memory."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines on stderr."),
+    rep: int | None = _BENCH_REP,
+    json_path: Path | None = _BENCH_JSON,
+    plot_path: Path | None = _BENCH_PLOT,
+    quiet: bool = _QUIET,
 ) -> None:
     """Time, TFLOP/s and peak memory of each attention backend across sequence lengths.
 
@@ -320,17 +328,15 @@ def bench_window(
                                     "(28×28, 192, 6), stage3 (14×14, 384, 12), stage4 (7×7, 768, 24)."),
     window: int = typer.Option(7, "--window", help="Window size."),
     shift: int = typer.Option(3, "--shift", help="Cyclic shift (0: no shift)."),
-    dtype: str = typer.Option("auto", "--dtype", help="bf16, fp16, fp32, or auto: bf16 on CUDA, fp32 on CPU."),
+    dtype: str = _BENCH_DTYPE,
     backends: str = typer.Option("triton,sdpa,eager", "--backends", help="Comma-separated: triton, sdpa, eager."),
     modes: str = typer.Option("fwd,fwd+bwd", "--modes", help="Comma-separated: fwd, fwd+bwd."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    warmup: int | None = typer.Option(None, "--warmup", show_default=False,
-                                      help="Untimed calls before timing. Default: 10 on CUDA, 1 on CPU."),
-    rep: int | None = typer.Option(None, "--rep", show_default=False,
-                                   help="Timed calls; their median is reported. Default: 100 on CUDA, 3 on CPU."),
-    json_path: Path | None = typer.Option(None, "--json", help="Also write the results as JSON here."),
-    plot_path: Path | None = typer.Option(None, "--plot", help="Also save a PNG of time against peak memory."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines on stderr."),
+    device: str = _BENCH_DEVICE,
+    warmup: int | None = _BENCH_WARMUP,
+    rep: int | None = _BENCH_REP,
+    json_path: Path | None = _BENCH_JSON,
+    plot_path: Path | None = _BENCH_PLOT,
+    quiet: bool = _QUIET,
 ) -> None:
     """Time, TFLOP/s and peak memory of each window-attention backend at Swin stage shapes.
 
@@ -382,17 +388,15 @@ def bench_clip_loss(
         None, "--batch-sizes", show_default=False,
         help="Comma-separated batch sizes N. Default: 4096,8192,16384,32768,65536 on CUDA, 256,1024,4096 on CPU."),
     dim: int = typer.Option(512, "--dim", help="Embedding dim D (triton: a multiple of 16)."),
-    dtype: str = typer.Option("auto", "--dtype", help="bf16, fp16, fp32, or auto: bf16 on CUDA, fp32 on CPU."),
+    dtype: str = _BENCH_DTYPE,
     backends: str = typer.Option(
         "triton,chunked,eager", "--backends",
         help="Comma-separated: triton, chunked, eager (the N×N logits), open_clip (open_clip's ClipLoss, "
              "if installed)."),
     mode: str = typer.Option("both", "--mode", help="fwd (the loss only), fwd+bwd, or both."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    warmup: int | None = typer.Option(None, "--warmup", show_default=False,
-                                      help="Untimed calls before timing. Default: 10 on CUDA, 1 on CPU."),
-    rep: int | None = typer.Option(None, "--rep", show_default=False,
-                                   help="Timed calls; their median is reported. Default: 100 on CUDA, 3 on CPU."),
+    device: str = _BENCH_DEVICE,
+    warmup: int | None = _BENCH_WARMUP,
+    rep: int | None = _BENCH_REP,
     max_batch: bool = typer.Option(
         False, "--max-batch",
         help="Also find each backend's largest batch (per mode) that fits in memory: doubling N from the smallest "
@@ -402,10 +406,10 @@ def bench_clip_loss(
         help="With --max-batch: a batch fits when one call's footprint is at most this (e.g. 2GiB); needed on "
              "CPU. Default on CUDA: until the GPU runs out of memory."),
     max_batch_cap: int = typer.Option(2**22, "--max-batch-cap", help="With --max-batch: the largest N tried."),
-    json_path: Path | None = typer.Option(None, "--json", help="Also write the results as JSON here."),
+    json_path: Path | None = _BENCH_JSON,
     csv_path: Path | None = typer.Option(None, "--csv", help="Also write the sweep's rows as CSV here."),
-    plot_path: Path | None = typer.Option(None, "--plot", help="Also save a PNG of time against peak memory."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines on stderr."),
+    plot_path: Path | None = _BENCH_PLOT,
+    quiet: bool = _QUIET,
 ) -> None:
     """Time, TFLOP/s and peak memory of each CLIP-loss backend across batch sizes; with --max-batch, the
     largest batch each one fits.
