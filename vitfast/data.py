@@ -106,10 +106,13 @@ _COLOURS = {"black": (0, 0, 0), "white": (255, 255, 255), "red": (220, 30, 30), 
             "pink": (250, 160, 190), "navy": (20, 30, 100), "olive": (120, 130, 40), "teal": (30, 120, 120)}
 
 
+_COLOUR_NAMES = list(_COLOURS)
+_COLOUR_TABLE = np.array(list(_COLOURS.values()), dtype=np.float32)
+
+
 def colour_name(rgb: np.ndarray) -> str:
-    names = list(_COLOURS)
-    table = np.array([_COLOURS[n] for n in names], dtype=np.float32)
-    return names[int(((table - np.asarray(rgb, dtype=np.float32)) ** 2).sum(1).argmin())]
+    """The nearest named colour (squared RGB distance)."""
+    return _COLOUR_NAMES[int(((_COLOUR_TABLE - np.asarray(rgb, dtype=np.float32)) ** 2).sum(1).argmin())]
 
 
 def caption(kind: str, attributes: dict, rng: np.random.Generator) -> str:
