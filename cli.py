@@ -160,7 +160,8 @@ def convert_command(
     dtype: str | None = typer.Option(None, "--dtype", help="fp32, fp16 or bf16; default: the source's."),
     max_shard_size: str = typer.Option("5GB", "--max-shard-size"),
     tokenizer: Path | None = typer.Option(None, "--tokenizer", help="CLIP: a vitfast tokenizer.json; default: "
-                                          "CLIP's BPE for 49408-token vocabularies."),
+                                          "a Hugging Face folder's own tokenizer files, else CLIP's BPE for "
+                                          "49408-token vocabularies."),
     force: bool = typer.Option(False, "--force", help="Replace DST if it exists."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the comparison with the source library."),
     to: str | None = typer.Option(None, "--to", help="Export a vitfast folder instead: timm (ViT, Swin) or hf "

@@ -190,3 +190,86 @@ def test_torchscript_clip_archive_is_read_without_running_it(tmp_path):
     ours = vitfast.load(tmp_path / "out", attn_backend="eager").eval()
     with torch.no_grad():
         assert _max_diff(ours.encode_text(text), source.encode_text(text)) <= 1e-4
+
+
+@pytest.mark.parametrize("files", ["tokenizer.json", "vocab+merges"])
+def test_hf_clip_folder_brings_its_tokenizer_and_exports_it(tmp_path, files):
+    transformers = pytest.importorskip("transformers")
+    from vitfast.tokenizer import load_tokenizer, train_bpe, write_hf_tokenizer
+
+    captions = ["a photo of a red dog", "two cats and one bird", "a blue car on the road"] * 20
+    tok = train_bpe(captions, vocab_size=560, context_length=16)
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    write_hf_tokenizer(tok, hf_dir)  # the slow tokenizer's files: vocab.json + merges.txt
+    hf_tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    if files == "tokenizer.json":  # what transformers 5 (and CLIPTokenizerFast) save instead
+        for name in ("vocab.json", "merges.txt"):
+            (hf_dir / name).unlink()
+        hf_tok.save_pretrained(hf_dir)
+        assert (hf_dir / "tokenizer.json").is_file()
+    config = transformers.CLIPConfig(
+        projection_dim=32,
+        vision_config={"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 256,
+                       "image_size": 32, "patch_size": 8},
+        text_config={"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 256,
+                     "vocab_size": tok.vocab_size, "max_position_embeddings": 16, "pad_token_id": 0,
+                     "bos_token_id": tok.sot_token_id, "eos_token_id": tok.eot_token_id})
+    torch.manual_seed(0)
+    source = transformers.CLIPModel(config).eval()
+    source.save_pretrained(hf_dir)
+
+    report = convert(hf_dir, tmp_path / "vf")
+    assert report["family"] == "clip" and report["max_abs_diff"] <= 1e-4
+    ours = vitfast.load(tmp_path / "vf", attn_backend="eager").eval()
+    converted = load_tokenizer(tmp_path / "vf")
+    texts = ["a red bird on the car", "one dog"]
+    ids = converted(texts)
+    for row, text in zip(ids.tolist(), texts):
+        assert row[: row.index(tok.eot_token_id) + 1] == hf_tok(text)["input_ids"]
+    hf_ids = hf_tok(texts, padding="max_length", max_length=16, return_tensors="pt")["input_ids"]
+    with torch.no_grad():  # vitfast pads with 0, transformers with the end token: the embedding is the same
+        expected = source(input_ids=hf_ids, pixel_values=torch.randn(2, 3, 32, 32)).text_embeds
+        assert _max_diff(ours.encode_text(ids, normalize=True), expected) <= 1e-4
+
+    # and back: the exported folder carries a tokenizer transformers loads, with the same ids
+    export = convert(tmp_path / "vf", tmp_path / "back", to="hf")
+    assert export["tokenizer"]
+    again = transformers.AutoTokenizer.from_pretrained(tmp_path / "back")
+    assert [again(t)["input_ids"] for t in texts] == [hf_tok(t)["input_ids"] for t in texts]
+
+
+def test_hf_tokenizer_that_is_not_clips_is_refused(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.CLIPConfig(
+        projection_dim=16,
+        vision_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+                       "image_size": 16, "patch_size": 8},
+        text_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+                     "vocab_size": 600, "max_position_embeddings": 8, "eos_token_id": 599, "bos_token_id": 598})
+    transformers.CLIPModel(config).save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "vocab.json").write_text(json.dumps({"a": 0, "b": 1}))
+    (tmp_path / "hf" / "merges.txt").write_text("#version: 0.2\na b\n")
+    with pytest.raises(ConvertError, match="lacks .* of CLIP's tokens"):
+        convert(tmp_path / "hf", tmp_path / "vf")
+    (tmp_path / "hf" / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ConvertError, match="tokenizer files are unreadable"):
+        convert(tmp_path / "hf", tmp_path / "vf")
+    assert not (tmp_path / "vf").exists()
+
+
+@pytest.mark.parametrize("family", ["vit", "swin"])
+def test_headless_hf_models_are_verified_from_a_sharded_folder(tmp_path, family):
+    transformers = pytest.importorskip("transformers")
+    if family == "vit":
+        config = transformers.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                        intermediate_size=128, image_size=24, patch_size=8, layer_norm_eps=1e-6)
+        source = transformers.ViTModel(config)  # with its pooler, which vitfast leaves out
+    else:
+        config = transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[2, 2],
+                                         num_heads=[2, 4], window_size=4)
+        source = transformers.SwinModel(config)
+    source.save_pretrained(tmp_path / "hf", max_shard_size="40KB")
+    assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
+    report = convert(tmp_path / "hf", tmp_path / "vf")
+    assert report["family"] == family and report["max_abs_diff"] is not None and report["max_abs_diff"] <= 1e-4

@@ -292,6 +292,8 @@ def _convert_hf(src: Path, dst: Path, source: str, dtype, max_shard_size, tokeni
         family, config, state = hf_to_vitfast(hf_config, hf_state)
     except ValueError as exc:
         raise ConvertError(f"{src}: {exc}") from None
+    if family == "clip" and tokenizer is None:
+        tokenizer = _hf_tokenizer(src, config)
     _save_converted(family, config, state, None, dst, dtype, max_shard_size, tokenizer, force)
     report = {"source": "hf", "family": family, "model_name": None, "tensors": len(state), "output": str(dst)}
     if verify:
@@ -300,8 +302,8 @@ def _convert_hf(src: Path, dst: Path, source: str, dtype, max_shard_size, tokeni
 
 
 def _verify_hf(src: Path, dst: Path, family: str, config) -> float | None:
-    """Max |vitfast − transformers| on a random input: logits of classifiers, CLIP's normalized
-    embeddings; None without transformers, or for headless ViT/Swin (their HF outputs differ in form)."""
+    """Max |vitfast − transformers| on a random input: logits of classifiers, the normalized tokens of
+    headless ViT/Swin (and Swin's pooled features), CLIP's normalized embeddings; None without transformers."""
     try:
         import transformers
     except ImportError:
@@ -317,11 +319,17 @@ def _verify_hf(src: Path, dst: Path, family: str, config) -> float | None:
             out = reference(input_ids=text, pixel_values=image)
             return max(_diff(ours.encode_image(image, normalize=True), out.image_embeds),
                        _diff(ours.encode_text(text, normalize=True), out.text_embeds))
-        if config.num_classes == 0:
-            return None
+        image = torch.randn(2, config.in_chans, config.img_size, config.img_size, generator=g)
+        if config.num_classes == 0:  # a headless model: its normalized tokens
+            if family == "vit":
+                reference = transformers.ViTModel.from_pretrained(src, add_pooling_layer=False).float().eval()
+                return _diff(ours.forward_features(image), reference(pixel_values=image).last_hidden_state)
+            reference = transformers.SwinModel.from_pretrained(src).float().eval()
+            out = reference(pixel_values=image)
+            return max(_diff(ours.forward_features(image).flatten(1, 2), out.last_hidden_state),
+                       _diff(ours.forward_head(ours.forward_features(image), pre_logits=True), out.pooler_output))
         cls = transformers.ViTForImageClassification if family == "vit" else transformers.SwinForImageClassification
         reference = cls.from_pretrained(src).float().eval()
-        image = torch.randn(2, config.in_chans, config.img_size, config.img_size, generator=g)
         return _diff(ours(image), reference(pixel_values=image).logits)
 
 
@@ -333,7 +341,8 @@ def export(src: str | os.PathLike[str], dst: str | os.PathLike[str], to: str, *,
            force: bool = False) -> dict:
     """Write the vitfast folder `src` as a timm checkpoint folder (timm's keys in model.safetensors, and a
     config.json with the architecture and model_args) or a Hugging Face folder (config.json +
-    model.safetensors that transformers' from_pretrained loads)."""
+    model.safetensors that transformers' from_pretrained loads, and for CLIP the tokenizer's
+    vocab.json + merges.txt that its AutoTokenizer loads)."""
     from safetensors.torch import save_file
 
     from vitfast.checkpoint import read_state_dict
@@ -362,10 +371,20 @@ def export(src: str | os.PathLike[str], dst: str | os.PathLike[str], to: str, *,
             out_config, out_state = vitfast_to_hf(family, config, state)
         except ValueError as exc:
             raise ConvertError(f"{src}: {exc}") from None
+    tokenizer = None
+    if to == "hf" and family == "clip" and (src / "tokenizer.json").is_file():
+        from vitfast.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(src)
     with _staged(dst, force) as tmp:
         save_file({k: v.contiguous() for k, v in out_state.items()}, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(out_config, indent=2) + "\n")
-    return {"target": to, "family": family, "tensors": len(out_state), "output": str(dst)}
+        if tokenizer is not None:
+            from vitfast.tokenizer import write_hf_tokenizer
+
+            write_hf_tokenizer(tokenizer, tmp)
+    return {"target": to, "family": family, "tensors": len(out_state), "output": str(dst),
+            "tokenizer": tokenizer is not None}
 
 
 @contextlib.contextmanager
@@ -402,11 +421,24 @@ def _save_converted(family: str, config, state: dict, name: str | None, dst: Pat
             _write_tokenizer(tmp, config, tokenizer)
 
 
+def _hf_tokenizer(src: Path, config):
+    """The tokenizer a Hugging Face CLIP folder ships (tokenizer.json, or vocab.json + merges.txt), or None."""
+    from vitfast.tokenizer import TokenizerError, read_hf_tokenizer
+
+    try:
+        return read_hf_tokenizer(src, config.context_length)
+    except TokenizerError as exc:
+        raise ConvertError(str(exc)) from None
+
+
 def _write_tokenizer(folder: Path, config, tokenizer) -> None:
-    """tokenizer.json: --tokenizer's (a vitfast tokenizer.json), else CLIP's BPE at the model's context."""
+    """tokenizer.json: `tokenizer` (a ClipTokenizer read from the source, or --tokenizer's vitfast
+    tokenizer.json), else CLIP's BPE at the model's context."""
     from vitfast.tokenizer import ClipTokenizer, clip_bpe_tokenizer, load_tokenizer
 
-    if tokenizer is not None:
+    if isinstance(tokenizer, ClipTokenizer):
+        tok = tokenizer
+    elif tokenizer is not None:
         if not Path(tokenizer).exists():
             raise ConvertError(f"--tokenizer {tokenizer} does not exist; pass a vitfast tokenizer.json.")
         tok = load_tokenizer(tokenizer)
@@ -417,6 +449,9 @@ def _write_tokenizer(folder: Path, config, tokenizer) -> None:
                            "matching tokenizer.json with --tokenizer.")
     if not isinstance(tok, ClipTokenizer) or tok.vocab_size != config.vocab_size:
         raise ConvertError(f"the tokenizer has {tok.vocab_size} tokens but the model {config.vocab_size}.")
+    if tok.eot_token_id != config.eot_token_id:
+        raise ConvertError(f"the tokenizer's end token is id {tok.eot_token_id} but the model pools at id "
+                           f"{config.eot_token_id}; pass the model's own tokenizer with --tokenizer.")
     tok.save(folder)
 
 

@@ -217,11 +217,81 @@ def _from_merges(merges: list[tuple[str, str]], context_length: int) -> ClipToke
     # setdefault: two merges can spell the same token (ab+c, a+bc); it keeps its first id.
     for token in (*alphabet, *(a + EOW for a in alphabet), *(a + b for a, b in merges)):
         vocab.setdefault(token, len(vocab))
-    tokenizer = _pipeline(models.BPE(vocab, merges, end_of_word_suffix=EOW))
+    return _from_vocab(vocab | {SOT: len(vocab), EOT: len(vocab) + 1}, merges, context_length)
+
+
+def _from_vocab(vocab: dict[str, int], merges: list[tuple[str, str]], context_length: int) -> ClipTokenizer:
+    """A ClipTokenizer over `vocab` (which holds the start and end tokens) and `merges` in rank order."""
+    bpe_vocab = {token: i for token, i in vocab.items() if token not in (SOT, EOT)}
+    tokenizer = _pipeline(models.BPE(bpe_vocab, merges, end_of_word_suffix=EOW))
     tokenizer.add_special_tokens([SOT, EOT])
     tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{SOT} $A {EOT}", special_tokens=[(SOT, len(vocab)), (EOT, len(vocab) + 1)])
+        single=f"{SOT} $A {EOT}", special_tokens=[(SOT, vocab[SOT]), (EOT, vocab[EOT])])
     return ClipTokenizer(tokenizer, context_length)
+
+
+# --------------------------------------------------------------------------------------------------
+# Hugging Face's tokenizer files (what a CLIPModel folder ships), read and written
+# --------------------------------------------------------------------------------------------------
+
+HF_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
+
+
+def read_hf_tokenizer(folder: str | os.PathLike[str], context_length: int) -> ClipTokenizer | None:
+    """CLIP's tokenizer from a Hugging Face folder's files, or None when it has none.
+
+    Reads ``tokenizer.json`` (what transformers' CLIPTokenizerFast, and every CLIPTokenizer of
+    transformers 5, saves) or else ``vocab.json`` + ``merges.txt`` (the slow CLIPTokenizer's files).
+    The ids are the file's own; only its vocabulary and merges are taken, the cleaning and split being
+    CLIP's (see the module docstring), so the ids are open_clip's for the same vocabulary.
+    """
+    folder = Path(folder)
+    fast, vocab_file, merges_file = (folder / name for name in HF_FILES)
+    try:
+        if fast.is_file():
+            model = json.loads(fast.read_text(encoding="utf-8")).get("model") or {}
+            if model.get("type") != "BPE":
+                raise TokenizerError(f"{fast} holds a {model.get('type')!r} model, not CLIP's byte-level BPE; "
+                                     f"pass a vitfast tokenizer.json with --tokenizer.")
+            vocab, raw_merges, where = model["vocab"], model["merges"], fast
+        elif vocab_file.is_file() and merges_file.is_file():
+            vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
+            lines = merges_file.read_text(encoding="utf-8").split("\n")
+            raw_merges = [line for line in lines if line.strip() and not line.startswith("#version")]
+            where = merges_file
+        else:
+            return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, AttributeError) as e:
+        raise TokenizerError(f"{folder}'s tokenizer files are unreadable ({type(e).__name__}: {e}); pass a "
+                             f"vitfast tokenizer.json with --tokenizer.") from None
+    # tokenizers < 0.20 writes a merge as "a b", later versions (and merges.txt lines) ["a", "b"].
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in raw_merges]
+    if any(len(m) != 2 for m in merges) or not isinstance(vocab, dict):
+        raise TokenizerError(f"{where} does not hold a vocabulary and merges of two symbols each; pass a vitfast "
+                             f"tokenizer.json with --tokenizer.")
+    required = (*_byte_alphabet(), *(a + EOW for a in _byte_alphabet()), SOT, EOT, *(a + b for a, b in merges))
+    absent = [token for token in required if token not in vocab]
+    if absent:
+        raise TokenizerError(f"{folder}'s vocabulary lacks {len(absent)} of CLIP's tokens ({', '.join(absent[:4])}"
+                             f"{' ...' if len(absent) > 4 else ''}), so it is not a CLIP byte-level BPE; pass a "
+                             f"vitfast tokenizer.json with --tokenizer.")
+    return _from_vocab(vocab, merges, context_length)
+
+
+def write_hf_tokenizer(tokenizer: ClipTokenizer, folder: str | os.PathLike[str]) -> None:
+    """Write `tokenizer` as Hugging Face's CLIPTokenizer files (vocab.json, merges.txt and the configs), which
+    transformers' AutoTokenizer loads; its ids are the same as vitfast's for text that needs no cleaning."""
+    folder = Path(folder)
+    state = json.loads(tokenizer._tokenizer.to_str())
+    vocab = dict(state["model"]["vocab"])
+    vocab.update({SOT: tokenizer.sot_token_id, EOT: tokenizer.eot_token_id})
+    merges = [" ".join(m.split(" ") if isinstance(m, str) else m) for m in state["model"]["merges"]]
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False) + "\n", encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    specials = {"bos_token": SOT, "eos_token": EOT, "unk_token": EOT, "pad_token": EOT}
+    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": tokenizer.context_length, **specials}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    (folder / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n", encoding="utf-8")
 
 
 def _open_clip_merges() -> Path:
