@@ -481,6 +481,186 @@ def bench_clip_loss(
         more_tables=(_max_batch_table(searches, f"largest batch · {shape} · {within}"),) if max_batch else ())
 
 
+@bench_app.command("model")
+def bench_model_command(
+    model: str = typer.Option("vit_base_patch16_224", "--model", "-m", help="A vitfast model name (ViT, Swin, CLIP)."),
+    mode: str = typer.Option("both", "--mode", help="train, infer, or both."),
+    batch_size: int | None = typer.Option(None, "--batch-size", "-b", show_default=False,
+                                          help="Default: 256 on CUDA (timm's benchmark), 8 on CPU."),
+    img_size: int | None = typer.Option(None, "--img-size", help="Default: the model's."),
+    amp_dtype: str = typer.Option("auto", "--amp-dtype", help="bf16, fp16, fp32; auto: bf16 on CUDA, fp32 on CPU."),
+    attn_backend: str = typer.Option("triton,sdpa,eager", "--attn-backend",
+                                     help="Comma-separated vitfast attention backends: triton, sdpa, eager."),
+    compare: str | None = typer.Option(None, "--compare", help="Also time the same architecture in timm (ViT, "
+                                       "Swin) or open_clip (CLIP), comma-separated."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile each model."),
+    retry: bool = typer.Option(True, "--retry/--no-retry", help="On out of memory, halve the batch and retry."),
+    device: str = _BENCH_DEVICE,
+    warmup: int | None = _BENCH_WARMUP,
+    rep: int | None = _BENCH_REP,
+    json_path: Path | None = _BENCH_JSON,
+    plot_path: Path | None = typer.Option(None, "--plot", help="Also save a PNG of samples/s against peak memory."),
+    quiet: bool = _QUIET,
+) -> None:
+    """Samples/s, step time, peak memory, parameters and GFLOPs of a whole model per attention backend.
+
+    A train step is forward, loss, backward and an SGD step; an infer step a forward under
+    inference_mode. GFLOPs are counted from the config. A case that cannot run (Triton without CUDA,
+    out of memory at batch 1) is a row that says why.
+
+    Exit code: 0, 1 when no case ran at all, 2 on bad flags.
+    """
+    from rich.console import Console
+
+    from vitfast import bench, bench_model as bm
+
+    modes = {"train": ["train"], "infer": ["infer"], "both": list(bm.MODES)}
+    try:
+        if mode not in modes:
+            raise ValueError(f"unknown mode {mode!r}; choose train, infer or both.")
+        dev = bench.resolve_device(device)
+        defaults = bench.defaults_for(dev)
+        amp = ("bf16" if dev.type == "cuda" else "fp32") if amp_dtype == "auto" else amp_dtype
+        params = dict(name=model, modes=modes[mode], backends=_csv(attn_backend, "--attn-backend"),
+                      batch=bm.default_batch(dev) if batch_size is None else batch_size, img_size=img_size,
+                      amp_dtype=amp, compare=[] if compare is None else _csv(compare, "--compare"))
+        bm.validate_model_bench(**params)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    params.update(compile=compile, warmup=defaults.warmup if warmup is None else warmup,
+                  rep=defaults.rep if rep is None else rep, retry_smaller=retry)
+
+    env = bench.environment_info(dev)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    where = f"{dev} ({env['device_name']})"
+    shape = f"{model} B={params['batch']} {amp}" + (" compiled" if compile else "")
+    if not quiet:
+        err.print(f"model on {where}: {shape}; warmup {params['warmup']}, median of {params['rep']} timed steps")
+    n_cases = len(params["modes"]) * (len(params["backends"]) + len(params["compare"]))
+    rows = _sweep_with_progress(lambda on_row: bm.bench_model(**params, device=dev, on_row=on_row), n_cases,
+                                "model", err, quiet, describe=lambda r: f"{r.label} {r.mode}")
+    baseline = next((r.label for r in rows if r.impl != "vitfast" and r.ok), "sdpa")
+    per_mode = ", ".join(f"{r.gflops:.3g} {r.mode}" for r in rows if r.label == rows[0].label)
+    title = f"{shape} · {rows[0].params / 1e6:.3g}M params · GFLOPs/sample {per_mode} · {where}"
+    Console(highlight=False).print(_model_table(rows, bm.speedups(rows, baseline), title, baseline))
+    _write_outputs([
+        (json_path, lambda path: bench.write_json(path, rows, parameters=dict(params, device=dev), environment=env,
+                                                  benchmark="model", fields=bm.FIELDS)),
+        (plot_path, lambda path: bm.plot_speed_vs_memory(rows, path, title=f"{model} on {where}")),
+    ], err, quiet)
+    if not any(row.ok for row in rows):
+        raise _fail("no case ran; the status column says why.", 1)
+
+
+@bench_app.command("all")
+def bench_all_command(
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for each sweep's JSON and PNG and the summary."),
+    quick: bool = typer.Option(False, "--quick", help="Small shapes that finish on a CPU in a few minutes."),
+    dtype: str = _BENCH_DTYPE,
+    device: str = _BENCH_DEVICE,
+    quiet: bool = _QUIET,
+) -> None:
+    """Every sweep (attention, window attention, CLIP loss, models against timm/open_clip) with its JSON,
+    a PNG of speed against memory each, and a summary table (summary.md).
+
+    Exit code: 0, 1 when no case ran at all, 2 on bad flags.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from vitfast import bench, bench_all
+
+    try:
+        dev = bench.resolve_device(device)
+        dt = bench.resolve_dtype(dtype, dev)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    sweeps = bench_all.plan(dev, quick, dt)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True, disable=quiet or not err.is_terminal) as progress:
+        task = progress.add_task("bench all", total=sum(s.cases for s in sweeps))
+
+        def started(sweep) -> None:
+            if not quiet:
+                progress.console.print(f"{sweep.title} ...")
+
+        try:
+            lines = bench_all.run_all(output, device=dev, quick=quick, dtype=dt, on_sweep=started,
+                                      on_row=lambda sweep, row: progress.update(task, advance=1,
+                                                                                description=sweep.name))
+        except OSError as exc:
+            raise _fail(f"cannot write {exc.filename}: {exc.strerror}.", 1) from None
+    Console(highlight=False).print(_summary_table(lines, f"vitfast bench all{' --quick' if quick else ''} · "
+                                                         f"{dev} ({bench.environment_info(dev)['device_name']})"))
+    if not quiet:
+        err.print(f"wrote {len(sweeps)} JSON and PNG files, summary.md and summary.json to {output}")
+    if not any(line.status == "ok" for line in lines):
+        raise _fail("no case ran; the status column says why.", 1)
+
+
+def _summary_table(lines, title: str) -> Table:
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    notes: dict[str, int] = {}
+    table = Table(title=title, title_justify="left", caption_justify="left", box=box.SIMPLE_HEAD,
+                  collapse_padding=True, pad_edge=False)
+    for name in ("sweep", "case", "mode", "backend", "ms", "peak MiB", "speedup", "status"):
+        # Model names are long: that column folds rather than squeezing the numbers.
+        table.add_column(name, justify="right" if name in ("ms", "peak MiB", "speedup") else "left",
+                         no_wrap=name != "sweep", overflow="fold", min_width={"sweep": 9, "status": 12}.get(name))
+    for i, x in enumerate(lines):
+        if i and x.sweep != lines[i - 1].sweep:
+            table.add_section()
+        table.add_row(x.sweep.removeprefix("model_"), x.case, x.mode, x.backend,
+                      "" if x.time_ms is None else f"{x.time_ms:.4g}", "" if x.peak_mib is None else f"{x.peak_mib:.4g}",
+                      "" if x.speedup is None else f"{x.speedup:.2f}× {escape(x.baseline)}",
+                      _status_cell(x.status, notes))
+    if notes:
+        table.caption = "\n".join(f"[{n}] {escape(text)}" for text, n in notes.items())
+    return table
+
+
+def _model_table(rows, speedups: list[float | None], title: str, baseline: str) -> Table:
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    notes: dict[str, int] = {}
+    table = Table(title=title, title_justify="left", caption_justify="left", box=box.SIMPLE_HEAD,
+                  collapse_padding=True, pad_edge=False)
+    for name in ("mode", "impl", "batch", "samples/s", "step ms", "peak MiB", f"vs {baseline}", "status"):
+        table.add_column(name, justify="left" if name in ("mode", "impl", "status") else "right", no_wrap=True)
+    for i, (r, speedup) in enumerate(zip(rows, speedups)):
+        if i and r.mode != rows[i - 1].mode:
+            table.add_section()
+        batch = str(r.batch) if r.batch == r.requested_batch else f"{r.batch} (of {r.requested_batch})"
+        table.add_row(r.mode, r.label, batch,
+                      "" if r.samples_per_s is None else f"{r.samples_per_s:.4g}",
+                      "" if r.step_ms is None else f"{r.step_ms:.4g}",
+                      "" if r.peak_mem_bytes is None else f"{r.peak_mem_bytes / 2**20:.4g}",
+                      "" if speedup is None else f"{speedup:.2f}×",
+                      _status_cell(r.status, notes))
+    if notes:
+        table.caption = "\n".join(f"[{n}] {escape(text)}" for text, n in notes.items())
+    return table
+
+
+def _status_cell(status: str, notes: dict[str, int]) -> str:
+    """A row's status for a table: short ones in place, long ones as a numbered note (added to `notes`)."""
+    from rich.markup import escape
+
+    if status == "ok":
+        return "[green]ok[/green]"
+    if len(status) <= 16:
+        return f"[yellow]{escape(status)}[/yellow]"
+    note = notes.setdefault(status, len(notes) + 1)
+    head = status.split(":")[0]
+    return f"[yellow]{head if head.isalpha() else 'not run'} [{note}][/yellow]"  # "skipped", "error", else generic
+
+
 def _max_batch_table(results: list[MaxBatchResult], title: str) -> Table:
     from rich import box
     from rich.markup import escape
@@ -498,14 +678,15 @@ def _max_batch_table(results: list[MaxBatchResult], title: str) -> Table:
 
 
 def _sweep_with_progress(sweep: Callable[[Callable[[BenchRow], None]], list[BenchRow]], n_cases: int, label: str,
-                         err: Console, quiet: bool) -> list[BenchRow]:
+                         err: Console, quiet: bool, describe: Callable[[BenchRow], str] | None = None) -> list[BenchRow]:
     """Run `sweep(on_row)` under a progress bar on stderr (shown only on a terminal and without --quiet)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    describe = describe or (lambda row: f"{row.backend} {row.mode} {row.case}")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True, disable=quiet or not err.is_terminal) as progress:
         task = progress.add_task(label, total=n_cases)
-        return sweep(lambda row: progress.update(task, advance=1, description=f"{row.backend} {row.mode} {row.case}"))
+        return sweep(lambda row: progress.update(task, advance=1, description=describe(row)))
 
 
 def _report_sweep(rows: list[BenchRow], title: str, case_header: str, err: Console, quiet: bool,
@@ -521,6 +702,13 @@ def _report_sweep(rows: list[BenchRow], title: str, case_header: str, err: Conso
     out.print(_bench_table(rows, bench.speedup_over(rows, baseline), title, case_header, baseline))
     for table in more_tables:
         out.print(table)
+    _write_outputs(outputs, err, quiet)
+    if not any(row.ok for row in rows):
+        raise _fail("no case ran; the status column says why.", 1)
+
+
+def _write_outputs(outputs: list[tuple[Path | None, Callable[[Path], None]]], err: Console, quiet: bool) -> None:
+    """Write each requested (path, writer) output; a path that cannot be written exits 1."""
     try:
         for path, write in outputs:
             if path is not None:
@@ -531,8 +719,6 @@ def _report_sweep(rows: list[BenchRow], title: str, case_header: str, err: Conso
         for path, _ in outputs:
             if path is not None:
                 err.print(f"wrote {path}")
-    if not any(row.ok for row in rows):
-        raise _fail("no case ran; the status column says why.", 1)
 
 
 def _bench_table(rows: list[BenchRow], speedups: list[float | None], title: str,
@@ -551,15 +737,7 @@ def _bench_table(rows: list[BenchRow], speedups: list[float | None], title: str,
     for i, (row, speedup) in enumerate(zip(rows, speedups)):
         if i and row.mode != rows[i - 1].mode:
             table.add_section()
-        if row.ok:
-            status = "[green]ok[/green]"
-        elif len(row.status) <= 16:
-            status = f"[yellow]{escape(row.status)}[/yellow]"
-        else:
-            note = notes.setdefault(row.status, len(notes) + 1)
-            head = row.status.split(":")[0]
-            label = head if head.isalpha() else "not run"  # "skipped", "error", else generic
-            status = f"[yellow]{label} [{note}][/yellow]"
+        status = _status_cell(row.status, notes)
         table.add_row(
             row.mode, row.point, row.backend,
             "" if row.time_ms is None else f"{row.time_ms:.4g}",

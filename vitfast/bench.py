@@ -543,6 +543,9 @@ def _peak_memory_cpu(fn: Callable[[], None]) -> int:
 # which would bury the progress output under dozens of lines per sweep.
 _KINETO_NOISE = ("USDT:", "ERROR:")
 _KINETO_NOISE_MARKERS = ("SyncActivityProfilerHandler", "gpuGetDeviceCount", "DeviceProperties")
+# and the allocator's warning when a step frees memory allocated before profiling (a training step frees
+# the previous step's gradients), which the peak computation already accounts for.
+_PROFILER_WARNING = "allocated before the profiling started"
 
 
 @contextlib.contextmanager
@@ -564,7 +567,8 @@ def _filter_native_stderr() -> Iterator[None]:
             os.close(saved)
             tmp.seek(0)
             for line in tmp.read().decode(errors="replace").splitlines(keepends=True):
-                if not (line.startswith(_KINETO_NOISE) and any(m in line for m in _KINETO_NOISE_MARKERS)):
+                kineto = line.startswith(_KINETO_NOISE) and any(m in line for m in _KINETO_NOISE_MARKERS)
+                if not (kineto or _PROFILER_WARNING in line):
                     sys.stderr.write(line)
 
 

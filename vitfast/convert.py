@@ -31,6 +31,7 @@ from vitfast.models import build_config, build_model
 from vitfast.models.clip import CLIP_CONFIGS
 from vitfast.models.swin import SWIN_CONFIGS
 from vitfast.models.vit import VIT_CONFIGS
+from vitfast.peers import peer_model
 
 SOURCES = ("auto", "timm", "hf", "openai", "open_clip")
 TARGETS = ("timm", "hf")
@@ -275,7 +276,7 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, source:
                              "64-wide heads were assumed; pass --model NAME (a config with the same shapes) "
                              "if the source used others")
     if verify:
-        report["max_abs_diff"] = verify_against_source(dst, source, family, config, state)
+        report["max_abs_diff"] = verify_against_source(dst, family, config, state)
     return report
 
 
@@ -460,14 +461,15 @@ def _write_tokenizer(folder: Path, config, tokenizer) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def verify_against_source(dst: Path, source: str, family: str, config, state: dict) -> float | None:
+def verify_against_source(dst: Path, family: str, config, state: dict) -> float | None:
     """Max |vitfast − source library| on a random input (fp32, CPU), or None without the library."""
     ours = load(dst, attn_backend="eager").float().eval()
     g = torch.Generator().manual_seed(0)
     try:
-        reference = _reference_model(source, family, config, state)
+        reference = peer_model(family, config)
     except ImportError:
         return None
+    reference.load_state_dict(state, strict=True)
     reference = reference.float().eval()
     with torch.no_grad():
         if family == "clip":
@@ -481,32 +483,3 @@ def verify_against_source(dst: Path, source: str, family: str, config, state: di
             image = torch.randn(2, config.in_chans, size, size, generator=g)
             pairs = [(ours(image), reference(image))]
     return max(_diff(a, b) for a, b in pairs)
-
-
-def _reference_model(source: str, family: str, config, state: dict) -> torch.nn.Module:
-    """The source library's model with the source weights (ImportError when it is not installed)."""
-    if family == "clip":
-        from open_clip.model import CLIP as OpenClip
-
-        vision = {"image_size": config.image_size, "patch_size": config.patch_size, "width": config.vision_width,
-                  "layers": config.vision_layers, "head_width": config.vision_width // config.vision_heads,
-                  "mlp_ratio": config.vision_mlp_ratio}
-        text = {"context_length": config.context_length, "vocab_size": config.vocab_size, "width": config.text_width,
-                "heads": config.text_heads, "layers": config.text_layers, "mlp_ratio": config.text_mlp_ratio}
-        model = OpenClip(config.embed_dim, vision, text, quick_gelu=config.quick_gelu)
-    elif family == "vit":
-        from timm.models.vision_transformer import VisionTransformer
-
-        model = VisionTransformer(img_size=config.img_size, patch_size=config.patch_size, in_chans=config.in_chans,
-                                  num_classes=config.num_classes, embed_dim=config.embed_dim, depth=config.depth,
-                                  num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias,
-                                  class_token=config.class_token, global_pool=config.global_pool)
-    else:
-        from timm.models.swin_transformer import SwinTransformer
-
-        model = SwinTransformer(img_size=config.img_size, patch_size=config.patch_size, in_chans=config.in_chans,
-                                num_classes=config.num_classes, embed_dim=config.embed_dim, depths=config.depths,
-                                num_heads=config.num_heads, window_size=config.window_size,
-                                mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias)
-    model.load_state_dict(state, strict=True)
-    return model

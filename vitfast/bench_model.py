@@ -1,0 +1,367 @@
+"""Whole-model benchmark: samples/s, step time, peak memory, parameters and GFLOPs of a ViT, Swin or CLIP
+per attention backend, optionally beside the peer library's model of the same architecture.
+
+Library half of `vitfast bench model`, in the manner of timm's ``benchmark.py``: an inference step is
+a forward pass under ``torch.inference_mode``; a training step is forward, loss (cross-entropy on
+random labels, or the CLIP loss: vitfast's for vitfast, open_clip's ClipLoss for open_clip), backward
+and an SGD-with-momentum update (gradients freed after it), under autocast when an AMP dtype is set. Each (mode, backend) case is one :class:`ModelBenchRow`; a case that cannot run
+(Triton without CUDA, out of memory) is a row whose ``status`` says why. With ``retry_smaller`` a case
+that runs out of memory is tried again at half the batch, as timm's benchmark does, and the row records
+the batch that ran.
+
+FLOPs are counted from the config (matrix products only, 2 FLOPs per multiply-add, as fvcore and
+``torch.utils.flop_counter`` count them; LayerNorm, softmax and activations left out). A training step
+is counted as 3× the forward (the backward's two products per forward product). The CLIP text tower's
+causal attention is counted in full, as those counters count it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vitfast.bench import TRITON_NEEDS_CUDA, OUT_OF_MEMORY, _median_ms, peak_memory, run_guarded
+from vitfast.models import build_config, named_config
+from vitfast.peers import PEERS, peer_model
+
+MODES = ("infer", "train")
+BACKENDS = ("triton", "sdpa", "eager")
+COMPARE = ("timm", "open_clip")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+FIELDS = {
+    "model": "the vitfast model name",
+    "impl": "vitfast, or the peer library (timm for ViT/Swin, open_clip for CLIP) with the same architecture",
+    "backend": "vitfast's attention backend (triton, sdpa, eager); for a peer, the library's own attention",
+    "mode": "infer: forward under inference_mode; train: forward, loss, backward, SGD step, zero_grad",
+    "batch": "the batch that ran (smaller than requested_batch after an out-of-memory retry)",
+    "requested_batch": "the batch asked for",
+    "img_size": "input image size",
+    "amp_dtype": "autocast dtype, or fp32 (no autocast)",
+    "samples_per_s": "batch / step_ms",
+    "step_ms": "median time of one step in ms (CUDA events on a GPU, perf_counter on a CPU)",
+    "peak_mem_bytes": "peak memory allocated during one step above what existed before it: activations, "
+                      "gradients and temporaries (the weights, SGD's momentum and the inputs are state_bytes)",
+    "state_bytes": "bytes of parameters and buffers, and in train mode SGD's momentum",
+    "params": "number of parameters",
+    "gflops": "GFLOPs per sample of one step, counted from the config (train: 3× the forward)",
+    "tflops": "achieved TFLOP/s: gflops × batch / step time",
+    "status": "'ok', or why the case has no numbers",
+}
+
+
+@dataclass(frozen=True)
+class ModelBenchRow:
+    """One measured (model, implementation, backend, mode). Numbers are None when it did not run."""
+
+    model: str
+    impl: str
+    backend: str
+    mode: str
+    batch: int
+    requested_batch: int
+    img_size: int
+    amp_dtype: str
+    samples_per_s: float | None
+    step_ms: float | None
+    peak_mem_bytes: int | None
+    state_bytes: int | None
+    params: int
+    gflops: float
+    tflops: float | None
+    status: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def label(self) -> str:
+        return self.backend if self.impl == "vitfast" else self.impl
+
+
+# --------------------------------------------------------------------------------------------------
+# FLOPs from the config
+# --------------------------------------------------------------------------------------------------
+
+
+def _block_macs(tokens: int, dim: int, hidden: int, attn_tokens: int | None = None) -> int:
+    """Multiply-adds of one pre-norm transformer block over `tokens` tokens of width `dim`: qkv, the two
+    attention products (each query against `attn_tokens` keys), the output projection and the MLP."""
+    keys = tokens if attn_tokens is None else attn_tokens
+    return tokens * dim * 3 * dim + 2 * tokens * keys * dim + tokens * dim * dim + 2 * tokens * dim * hidden
+
+
+def _vit_macs(cfg, img_size: int) -> int:
+    grid = (img_size // cfg.patch_size) ** 2
+    tokens = grid + int(cfg.class_token)
+    hidden = int(cfg.embed_dim * cfg.mlp_ratio)
+    patch = grid * cfg.embed_dim * cfg.in_chans * cfg.patch_size**2
+    head = cfg.embed_dim * cfg.num_classes
+    return patch + cfg.depth * _block_macs(tokens, cfg.embed_dim, hidden) + head
+
+
+def _swin_macs(cfg, img_size: int) -> int:
+    from vitfast.kernels.reference import effective_window
+
+    grid = -(-img_size // cfg.patch_size)
+    macs = grid * grid * cfg.embed_dim * cfg.in_chans * cfg.patch_size**2
+    for i, depth in enumerate(cfg.depths):
+        dim, res = cfg.embed_dim * 2**i, -(-grid // 2**i)
+        if i:  # patch merging: (res x res) tokens of 4·C/2 channels projected to C
+            macs += res * res * 2 * dim * dim
+        tokens, hidden = res * res, int(dim * cfg.mlp_ratio)
+        for j in range(depth):
+            (wh, ww), _ = effective_window(res, res, cfg.window_size, cfg.window_size // 2 if j % 2 else 0)
+            padded = -(-res // wh) * wh * -(-res // ww) * ww  # windows cover the map padded to whole windows
+            macs += tokens * dim * 3 * dim + 2 * padded * wh * ww * dim + tokens * dim * dim
+            macs += 2 * tokens * dim * hidden
+    return macs + cfg.embed_dim * 2 ** (len(cfg.depths) - 1) * cfg.num_classes
+
+
+def _clip_macs(cfg, img_size: int) -> int:
+    grid = (img_size // cfg.patch_size) ** 2
+    vision = (grid * cfg.vision_width * cfg.in_chans * cfg.patch_size**2
+              + cfg.vision_layers * _block_macs(grid + 1, cfg.vision_width, int(cfg.vision_width * cfg.vision_mlp_ratio))
+              + cfg.vision_width * cfg.embed_dim)
+    text = (cfg.text_layers * _block_macs(cfg.context_length, cfg.text_width, int(cfg.text_width * cfg.text_mlp_ratio))
+            + cfg.text_width * cfg.embed_dim)
+    return vision + text
+
+
+def count_flops(family: str, config, img_size: int | None = None, mode: str = "infer") -> float:
+    """FLOPs per sample of one `mode` step ('infer' or 'train') of the model `config` describes."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose {', '.join(MODES)}.")
+    size = img_size or (config.image_size if family == "clip" else config.img_size)
+    macs = {"vit": _vit_macs, "swin": _swin_macs, "clip": _clip_macs}[family](config, size)
+    return 2.0 * macs * (3 if mode == "train" else 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# The benchmark
+# --------------------------------------------------------------------------------------------------
+
+
+def model_config(name: str, img_size: int | None = None, backend: str | None = None):
+    """(family, config) of the vitfast model `name`, at `img_size` and with `backend` if given."""
+    family, config = named_config(name)
+    overrides = {}
+    if img_size is not None:
+        overrides["image_size" if family == "clip" else "img_size"] = img_size
+    if backend is not None:
+        overrides["attn_backend"] = backend
+    fields = {**dataclasses.asdict(config), **overrides}
+    return family, build_config(family, fields)
+
+
+def validate_model_bench(*, name: str, modes: Sequence[str], backends: Sequence[str], compare: Sequence[str],
+                         batch: int, img_size: int | None, amp_dtype: str) -> None:
+    """Raise ValueError naming the first bad argument, before anything is built or timed."""
+    model_config(name, img_size)  # unknown names and impossible sizes
+    for mode in modes:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose infer, train or both.")
+    for backend in backends:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown attention backend {backend!r}; choose from {', '.join(BACKENDS)}.")
+    for peer in compare:
+        if peer not in COMPARE:
+            raise ValueError(f"unknown --compare {peer!r}; choose timm (ViT, Swin) or open_clip (CLIP).")
+    if batch < 1:
+        raise ValueError(f"--batch-size must be at least 1; got {batch}.")
+    if amp_dtype not in AMP_DTYPES:
+        raise ValueError(f"unknown AMP dtype {amp_dtype!r}; choose bf16, fp16 or fp32.")
+
+
+def bench_model(*, name: str, modes: Sequence[str], backends: Sequence[str], batch: int, device: torch.device,
+                img_size: int | None = None, amp_dtype: str = "fp32", compare: Sequence[str] = (),
+                compile: bool = False, warmup: int = 1, rep: int = 3, retry_smaller: bool = False,
+                on_row: Callable[[ModelBenchRow], None] | None = None) -> list[ModelBenchRow]:
+    """One row per (mode, vitfast backend), then per (mode, peer library) in `compare`."""
+    validate_model_bench(name=name, modes=modes, backends=backends, compare=compare, batch=batch,
+                         img_size=img_size, amp_dtype=amp_dtype)
+    rows = []
+    cases = [("vitfast", b) for b in backends] + [(peer, peer) for peer in compare]
+    for mode in modes:
+        for impl, backend in cases:
+            row = _bench_one(name, impl, backend, mode, batch, device, img_size, amp_dtype, compile, warmup, rep,
+                             retry_smaller)
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
+    return rows
+
+
+def _bench_one(name: str, impl: str, backend: str, mode: str, batch: int, device: torch.device,
+               img_size: int | None, amp_dtype: str, compile: bool, warmup: int, rep: int,
+               retry_smaller: bool) -> ModelBenchRow:
+    family, config = model_config(name, img_size, backend if impl == "vitfast" else None)
+    size = config.image_size if family == "clip" else config.img_size
+    flops = count_flops(family, config, size, mode)
+    params = _param_count(name, img_size)
+    base = dict(model=name, impl=impl, backend=backend, mode=mode, requested_batch=batch, img_size=size,
+                amp_dtype=amp_dtype, params=params, gflops=flops / 1e9)
+    empty = dict(samples_per_s=None, step_ms=None, peak_mem_bytes=None, state_bytes=None, tflops=None)
+    if impl == "vitfast" and backend == "triton" and device.type != "cuda":
+        return ModelBenchRow(batch=batch, status=TRITON_NEEDS_CUDA, **base, **empty)
+    if impl != "vitfast" and PEERS[family] != impl:
+        why = f"skipped: {impl} has no {family} model; compare a {family} with {PEERS[family]}"
+        return ModelBenchRow(batch=batch, status=why, **base, **empty)
+    while True:
+        measured, status = run_guarded(
+            lambda: _measure_step(family, config, impl, mode, batch, device, amp_dtype, compile, warmup, rep),
+            device)
+        if status != OUT_OF_MEMORY or not retry_smaller or batch == 1:
+            break
+        batch //= 2
+    if measured is None:
+        if status.startswith("error: ImportError") or status.startswith("error: ModuleNotFoundError"):
+            status = f"skipped: {impl} is not installed"
+        return ModelBenchRow(batch=batch, status=status, **base, **empty)
+    step_ms, peak, state = measured
+    return ModelBenchRow(batch=batch, samples_per_s=batch / (step_ms * 1e-3), step_ms=step_ms, peak_mem_bytes=peak,
+                         state_bytes=state, tflops=flops * batch / (step_ms * 1e-3) / 1e12, status="ok", **base)
+
+
+@functools.lru_cache(maxsize=8)
+def _param_count(name: str, img_size: int | None) -> int:
+    from vitfast.models import build_model
+
+    family, config = model_config(name, img_size)
+    with torch.no_grad():  # a CPU build: the models' init reads values (torch.linspace(...).tolist())
+        return sum(p.numel() for p in build_model(family, config).parameters())
+
+
+def _measure_step(family: str, config, impl: str, mode: str, batch: int, device: torch.device, amp_dtype: str,
+                  compile: bool, warmup: int, rep: int) -> tuple[float, int, int]:
+    """(median step ms, peak bytes above the state, state bytes); everything dies with this frame."""
+    if impl == "vitfast":
+        from vitfast.models import build_model
+
+        model = build_model(family, config)
+    else:
+        model = peer_model(family, config)
+    model = model.to(device)
+    step = _make_step(family, config, model, mode, batch, device, AMP_DTYPES[amp_dtype], compile)
+    for _ in range(max(warmup, 1)):  # at least one: SGD allocates its momentum on the first step
+        step()
+    state = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    if mode == "train":
+        state += sum(p.numel() * p.element_size() for p in model.parameters())  # SGD's momentum
+    peak = peak_memory(step, device)
+    return _median_ms(step, device, rep), peak, state
+
+
+def _make_step(family: str, config, model: nn.Module, mode: str, batch: int, device: torch.device,
+               amp: torch.dtype | None, compile: bool) -> Callable[[], None]:
+    gen = torch.Generator(device=device).manual_seed(0)
+    size = config.image_size if family == "clip" else config.img_size
+    images = torch.randn(batch, config.in_chans, size, size, generator=gen, device=device)
+    if family == "clip":
+        text = torch.randint(0, config.vocab_size - 2, (batch, config.context_length), generator=gen, device=device)
+        text[:, -1] = config.vocab_size - 1  # the end token, where both open_clip and vitfast read the text
+        inputs = (images, text)
+    else:
+        labels = torch.randint(0, max(config.num_classes, 1), (batch,), generator=gen, device=device)
+        inputs = (images,)
+    forward = torch.compile(model) if compile else model
+    autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp is not None else contextlib.nullcontext
+
+    if family == "clip" and not isinstance(model, _vitfast_classes()):
+        from open_clip.loss import ClipLoss  # open_clip trains with its own loss: time the two as used
+
+        open_clip_loss = ClipLoss()
+
+    def loss_of(out) -> torch.Tensor:
+        if family == "clip":
+            image, txt, scale = (t.float() for t in out[:3])
+            if not isinstance(model, _vitfast_classes()):
+                return open_clip_loss(image, txt, scale)
+            from vitfast.kernels import clip_loss
+
+            return clip_loss(image, txt, scale, backend="triton" if device.type == "cuda" else "chunked")
+        if config.num_classes == 0:
+            return out.float().pow(2).mean()
+        return F.cross_entropy(out.float(), labels)
+
+    if mode == "infer":
+        model.eval()
+
+        def infer() -> None:
+            with torch.inference_mode(), autocast():
+                forward(*inputs)
+
+        return infer
+
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+    def train() -> None:
+        with autocast():
+            out = forward(*inputs)
+        loss_of(out).backward()
+        optimizer.step()
+        # Gradients freed at the end rather than the start (as timm's benchmark), the same work per step:
+        # no step then begins with the last one's gradients, so its peak counts them on every device.
+        optimizer.zero_grad(set_to_none=True)
+
+    return train
+
+
+def _vitfast_classes() -> tuple[type, ...]:
+    from vitfast.models import FAMILIES
+
+    return tuple(cls for _, cls in FAMILIES.values())
+
+
+def speedups(rows: Sequence[ModelBenchRow], baseline: str) -> list[float | None]:
+    """Each row's samples/s over the `baseline` label's (a backend, or a peer library) in the same mode."""
+    base = {r.mode: r.samples_per_s for r in rows if r.label == baseline and r.ok}
+    return [r.samples_per_s / base[r.mode] if r.ok and base.get(r.mode) else None for r in rows]
+
+
+def plot_speed_vs_memory(rows: Sequence[ModelBenchRow], path, *, title: str) -> None:
+    """A PNG of samples/s against peak memory, one panel per mode, one point per backend or peer."""
+    from pathlib import Path
+
+    from matplotlib.figure import Figure
+
+    modes = [m for m in MODES if any(r.mode == m for r in rows)]
+    fig = Figure(figsize=(5.6 * max(1, len(modes)), 4.6), layout="constrained")
+    axes = fig.subplots(1, max(1, len(modes)), squeeze=False)[0]
+    colors = {"triton": "tab:red", "sdpa": "tab:blue", "eager": "tab:green", "timm": "tab:purple",
+              "open_clip": "tab:purple"}
+    for ax, mode in zip(axes, modes):
+        ok = [r for r in rows if r.mode == mode and r.ok]
+        for r in ok:
+            ax.scatter(r.peak_mem_bytes / 2**20, r.samples_per_s, color=colors.get(r.label), s=40, label=r.label)
+            ax.annotate(f"{r.label} (B={r.batch})", (r.peak_mem_bytes / 2**20, r.samples_per_s),
+                        xytext=(5, 4), textcoords="offset points", fontsize=8)
+        ax.set_title(mode)
+        ax.set_xlabel("peak memory of a step above weights and state (MiB)")
+        ax.set_ylabel("samples / s")
+        ax.margins(0.2)
+        ax.grid(True, alpha=0.4)
+        if not ok:
+            ax.text(0.5, 0.5, "no case ran", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle(title)
+    failed = sorted({f"{r.label}: {r.status}" for r in rows if not r.ok})
+    if failed:
+        fig.text(0.01, 0.0, "not run: " + "; ".join(failed), fontsize=8, ha="left", va="bottom", wrap=True)
+        fig.get_layout_engine().set(rect=(0, 0.06, 1, 0.94))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=130)
+
+
+def default_batch(device: torch.device) -> int:
+    """timm's benchmark default on a GPU (256), a CPU-sized one (8) otherwise."""
+    return 256 if device.type == "cuda" else 8
+
