@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one call: the gpu-marked tests and the attention, window-attention and
-# CLIP-loss benchmarks that the performance goals are read from. Writes logs, JSON and PNGs under $OUT (default
+# Everything that needs a GPU, in one call: the gpu-marked tests, the attention, window-attention, CLIP-loss
+# and model benchmarks that the performance goals are read from, `bench all` and the pytest-benchmark
+# suites. Writes logs, JSON and PNGs under $OUT (default
 # benchmarks/results/latest); commit the JSON under benchmarks/results/ with the device in its name.
 # Works offline: installs vitfast without fetching anything (torch, triton, typer, rich, matplotlib
 # and pytest must already be there).
@@ -47,4 +48,22 @@ sdpa_all=sdpa,sdpa-flash,sdpa-efficient,sdpa-cudnn
   vitfast bench clip-loss --dim 512 --dtype bf16 --batch-sizes 4096 --mode fwd+bwd \
     --backends "${clip_backends/chunked,/}" --warmup 3 --rep 10 --max-batch --max-batch-cap 1048576 \
     --json "$out/clip_loss_max_batch_bf16.json"
+  # Whole models: train and infer steps per attention backend beside timm / open_clip, bf16 autocast.
+  vitfast bench model -m vit_base_patch16_224 -b 256 --compare timm \
+    --json "$out/model_vitb16.json" --plot "$out/model_vitb16.png"
+  vitfast bench model -m swin_tiny_patch4_window7_224 -b 128 --compare timm \
+    --json "$out/model_swint.json" --plot "$out/model_swint.png"
+  vitfast bench model -m ViT-B-16 -b 128 --compare open_clip --json "$out/model_clip_b16.json"
+  # Every sweep at its default GPU shapes, with PNGs and summary.md.
+  vitfast bench all --output "$out/all"
 } 2>&1 | tee "$out/bench.log"
+
+# The pytest-benchmark suites (kernels and a model step at GPU shapes).
+if python3 -c "import pytest_benchmark" 2>/dev/null; then
+  python3 -m pytest benchmarks -q --benchmark-enable --benchmark-json "$out/pytest_benchmark.json" 2>&1 \
+    | tee "$out/pytest_benchmark.log"
+else
+  echo "pytest-benchmark is not installed: the suites in benchmarks/ were not run" | tee "$out/pytest_benchmark.log"
+fi
+# One file for benchmarks/results/: <device>-<date>.json, with device name and torch/Triton versions.
+python3 benchmarks/collect.py "$out" --results "$out"

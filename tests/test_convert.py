@@ -273,3 +273,13 @@ def test_headless_hf_models_are_verified_from_a_sharded_folder(tmp_path, family)
     assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
     report = convert(tmp_path / "hf", tmp_path / "vf")
     assert report["family"] == family and report["max_abs_diff"] is not None and report["max_abs_diff"] <= 1e-4
+
+
+def test_resnet_clip_is_refused_by_name(tmp_path):
+    # open_clip's RN50 layout (a ModifiedResNet image tower), as a few of its keys
+    state = {"visual.conv1.weight": torch.zeros(32, 3, 3, 3), "visual.layer1.0.conv1.weight": torch.zeros(64, 64, 1, 1),
+             "token_embedding.weight": torch.zeros(49408, 8), "positional_embedding": torch.zeros(77, 8)}
+    torch.save(state, tmp_path / "rn50.pt")
+    with pytest.raises(ConvertError, match=r"ResNet .* image tower; vitfast's CLIP has a ViT image tower only"):
+        convert(tmp_path / "rn50.pt", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -393,7 +393,7 @@ def plot_time_vs_memory(rows: Sequence[AttentionBenchRow], path: str | os.PathLi
 
 def _bench_case(backend: str, mode: str, shape: tuple[int, int, int, int], dtype: torch.dtype,
                 causal: bool, device: torch.device, warmup: int, rep: int) -> AttentionBenchRow:
-    time_ms, peak, status = measure_case(lambda: _make_call(backend, mode, shape, dtype, causal, device),
+    time_ms, peak, status = measure_case(lambda: make_call(backend, mode, shape, dtype, causal, device),
                                          backend, device, warmup, rep)
     tflops = None
     if time_ms is not None:
@@ -451,8 +451,10 @@ def _measure(make_call: Callable[[], Callable[[], None]], device: torch.device, 
     return _median_ms(fn, device, rep), peak
 
 
-def _make_call(backend: str, mode: str, shape: tuple[int, int, int, int], dtype: torch.dtype,
-               causal: bool, device: torch.device) -> Callable[[], None]:
+def make_call(backend: str, mode: str, shape: tuple[int, int, int, int], dtype: torch.dtype,
+              causal: bool, device: torch.device) -> Callable[[], None]:
+    """The call one case times: attention on random (B, H, N, D) inputs, with its backward for fwd+bwd.
+    (Also what the pytest-benchmark suites in benchmarks/ time.)"""
     gen = torch.Generator(device=device).manual_seed(0)
     q, k, v = (torch.randn(shape, generator=gen, dtype=dtype, device=device) for _ in range(3))
     op_backend, kernel_scope = backend, contextlib.nullcontext

@@ -190,7 +190,7 @@ def bench_clip_loss(
     for mode in modes:
         for n in batch_sizes:
             for backend in backends:
-                make = lambda: _make_call(backend, mode, *_make_inputs(n, dim, dtype, device, mode))  # noqa: E731
+                make = lambda: make_call(backend, mode, *make_inputs(n, dim, dtype, device, mode))  # noqa: E731
                 time_ms, peak, status = measure_case(make, backend, device, warmup, rep)
                 tflops = None
                 if time_ms is not None:
@@ -209,9 +209,9 @@ def measure_footprint(backend: str, mode: str, *, batch: int, dim: int, dtype: t
     Runs the call once (the first Triton call on a GPU also compiles). Raises what the call raises,
     e.g. torch.cuda.OutOfMemoryError.
     """
-    inputs = _make_inputs(batch, dim, dtype, device, mode)
+    inputs = make_inputs(batch, dim, dtype, device, mode)
     held = sum(t.numel() * t.element_size() for t in inputs)
-    return held + peak_memory(_make_call(backend, mode, *inputs), device)
+    return held + peak_memory(make_call(backend, mode, *inputs), device)
 
 
 def max_batch(backend: str, mode: str, dim: int, dtype: torch.dtype, device: torch.device,
@@ -306,8 +306,8 @@ def validate_max_batch(*, backends: Sequence[str], modes: Sequence[str], dim: in
                          "measured footprint passes it instead of exhausting the machine's RAM.")
 
 
-def _make_inputs(batch: int, dim: int, dtype: torch.dtype, device: torch.device,
-                 mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def make_inputs(batch: int, dim: int, dtype: torch.dtype, device: torch.device,
+                mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random L2-normalized image and text embeddings and the logit scale; leaves with gradients for fwd+bwd."""
     gen = torch.Generator(device=device).manual_seed(0)
     grad = mode == "fwd+bwd"
@@ -318,8 +318,9 @@ def _make_inputs(batch: int, dim: int, dtype: torch.dtype, device: torch.device,
     return image, text, scale
 
 
-def _make_call(backend: str, mode: str, image: torch.Tensor, text: torch.Tensor,
-               scale: torch.Tensor) -> Callable[[], None]:
+def make_call(backend: str, mode: str, image: torch.Tensor, text: torch.Tensor,
+              scale: torch.Tensor) -> Callable[[], None]:
+    """The call one case times: the loss on `make_inputs`' embeddings (and their gradients for fwd+bwd)."""
     if backend == "open_clip":
         from open_clip.loss import ClipLoss
 

@@ -250,7 +250,7 @@ def _measure_step(family: str, config, impl: str, mode: str, batch: int, device:
     else:
         model = peer_model(family, config)
     model = model.to(device)
-    step = _make_step(family, config, model, mode, batch, device, AMP_DTYPES[amp_dtype], compile)
+    step = make_step(family, config, model, mode, batch, device, AMP_DTYPES[amp_dtype], compile)
     for _ in range(max(warmup, 1)):  # at least one: SGD allocates its momentum on the first step
         step()
     state = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
@@ -260,8 +260,9 @@ def _measure_step(family: str, config, impl: str, mode: str, batch: int, device:
     return _median_ms(step, device, rep), peak, state
 
 
-def _make_step(family: str, config, model: nn.Module, mode: str, batch: int, device: torch.device,
-               amp: torch.dtype | None, compile: bool) -> Callable[[], None]:
+def make_step(family: str, config, model: nn.Module, mode: str, batch: int, device: torch.device,
+              amp: torch.dtype | None, compile: bool) -> Callable[[], None]:
+    """One `mode` step of `model` (on `device`) on a random batch, as the benchmark times it."""
     gen = torch.Generator(device=device).manual_seed(0)
     size = config.image_size if family == "clip" else config.img_size
     images = torch.randn(batch, config.in_chans, size, size, generator=gen, device=device)

@@ -143,7 +143,7 @@ def bench_window(
         for name in stages:
             stage = STAGES[name]
             for backend in backends:
-                make = lambda: _make_call(backend, mode, batch, stage, window, shift, dtype, device)  # noqa: E731
+                make = lambda: make_call(backend, mode, batch, stage, window, shift, dtype, device)  # noqa: E731
                 time_ms, peak, status = measure_case(make, backend, device, warmup, rep)
                 tflops = None
                 if time_ms is not None:
@@ -155,8 +155,9 @@ def bench_window(
     return rows
 
 
-def _make_call(backend: str, mode: str, batch: int, stage: WindowStage, window: int, shift: int,
-               dtype: torch.dtype, device: torch.device) -> Callable[[], None]:
+def make_call(backend: str, mode: str, batch: int, stage: WindowStage, window: int, shift: int,
+              dtype: torch.dtype, device: torch.device) -> Callable[[], None]:
+    """The call one case times: window attention on a random (B, H, W, 3C) qkv map (and its backward)."""
     gen = torch.Generator(device=device).manual_seed(0)
     C = stage.channels
     qkv = torch.randn(batch, stage.height, stage.width, 3 * C, generator=gen, dtype=dtype, device=device)

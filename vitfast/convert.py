@@ -199,6 +199,15 @@ def swin_config(state: dict, model: str | None):
 
 
 def clip_config(state: dict, model: str | None, quick_gelu: bool):
+    if "visual.positional_embedding" not in state or "visual.transformer.resblocks.0.ln_1.weight" not in state:
+        tower = "a ResNet (ModifiedResNet, as RN50)" if "visual.layer1.0.conv1.weight" in state else "no ViT"
+        raise ConvertError(f"this CLIP has {tower} image tower; vitfast's CLIP has a ViT image tower only "
+                           "(open_clip ViT-* models and OpenAI's ViT-B/32, ViT-B/16, ViT-L/14).")
+    missing = [k for k in ("text_projection", "ln_final.weight", "positional_embedding") if k not in state]
+    if missing:
+        raise ConvertError(f"this CLIP checkpoint lacks {', '.join(missing)}: its text tower is not CLIP's "
+                           "transformer (a custom or Hugging Face text tower?); vitfast converts open_clip's "
+                           "and OpenAI's layouts only.")
     vision_width, chans, patch, _ = state["visual.conv1.weight"].shape
     text_width = state["ln_final.weight"].shape[0]
     fields = dict(embed_dim=state["text_projection"].shape[1], in_chans=chans, patch_size=patch,

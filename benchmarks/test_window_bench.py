@@ -1,0 +1,16 @@
+"""Shifted-window attention forward+backward (qkv and bias-table gradients) at Swin-T's stages, B=64,
+window 7, shift 3 (the calls `vitfast bench window` times)."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import DEVICE, DTYPE, backends, gpu_or
+
+from vitfast import bench_window as bw
+
+
+@pytest.mark.parametrize("backend", backends("triton", "sdpa"))
+@pytest.mark.parametrize("stage", ["stage1", "stage2", "stage3"])
+def test_window_attention_fwd_bwd(run, stage, backend):
+    shape = gpu_or(bw.STAGES[stage], bw.WindowStage(14, 14, 32, 2))
+    run(bw.make_call(backend, "fwd+bwd", gpu_or(64, 1), shape, 7, 3, DTYPE, DEVICE))
