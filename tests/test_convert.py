@@ -283,3 +283,16 @@ def test_resnet_clip_is_refused_by_name(tmp_path):
     with pytest.raises(ConvertError, match=r"ResNet .* image tower; vitfast's CLIP has a ViT image tower only"):
         convert(tmp_path / "rn50.pt", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name, kw, feature", [
+    ("vit_base_patch32_clip_224", {}, "a norm before the blocks"),
+    ("deit_tiny_distilled_patch16_224", {}, "a distillation token"),
+    ("vit_small_patch14_dinov2", {"img_size": 28}, "layer scale"),
+    ("vit_tiny_patch16_224", {"class_token": False, "global_pool": "avg", "fc_norm": False},
+     "average pooling after the final norm"),
+])
+def test_timm_vit_features_vitfast_lacks_are_named(tmp_path, name, kw, feature):
+    torch.save(timm.create_model(name, **kw).state_dict(), tmp_path / "x.pth")
+    with pytest.raises(ConvertError, match=f"this timm ViT has {feature}.*which vitfast's ViT does not implement"):
+        convert(tmp_path / "x.pth", tmp_path / "out")

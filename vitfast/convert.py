@@ -169,7 +169,26 @@ def _pick(named: dict, fields: dict, model: str | None, kind: str):
     return dataclasses.replace(base, **fields), matches[0] if matches else None
 
 
+# timm ViT features vitfast's ViT does not have, by a key that only they carry.
+_VIT_FEATURES = {
+    "dist_token": "a distillation token (DeiT distilled)",
+    "reg_token": "register tokens",
+    "norm_pre.weight": "a norm before the blocks (timm's pre_norm, as CLIP-style ViTs)",
+    "blocks.0.ls1.gamma": "layer scale (as DINOv2, DeiT III)",
+    "attn_pool.latent": "attention pooling (MAP head, as SigLIP)",
+    "blocks.0.attn.q_norm.weight": "query/key normalization",
+    "blocks.0.mlp.fc1_g.weight": "a gated MLP (SwiGLU)",
+    "blocks.0.mlp.w12.weight": "a gated MLP (SwiGLU)",
+}
+
+
 def vit_config(state: dict, model: str | None):
+    features = sorted({text for key, text in _VIT_FEATURES.items() if key in state})
+    if "cls_token" not in state and "fc_norm.weight" not in state and "attn_pool.latent" not in state:
+        features.append("average pooling after the final norm (timm's fc_norm=False)")
+    if features:
+        raise ConvertError(f"this timm ViT has {' and '.join(features)}, which vitfast's ViT does not implement; "
+                           "vitfast converts plain ViTs (class token or fc_norm average pooling).")
     dim, chans, patch, _ = state["patch_embed.proj.weight"].shape
     prefix = 1 if "cls_token" in state else 0
     grid = math.isqrt(state["pos_embed"].shape[1] - prefix)
