@@ -296,3 +296,64 @@ def test_timm_vit_features_vitfast_lacks_are_named(tmp_path, name, kw, feature):
     torch.save(timm.create_model(name, **kw).state_dict(), tmp_path / "x.pth")
     with pytest.raises(ConvertError, match=f"this timm ViT has {feature}.*which vitfast's ViT does not implement"):
         convert(tmp_path / "x.pth", tmp_path / "out")
+
+
+def test_wide_head_vits_get_timm_and_open_clips_head_counts(tmp_path):
+    # ViT-H's width at a size no named config has: 16 heads of 80, as timm (not 20 of 64).
+    from timm.models.vision_transformer import VisionTransformer
+
+    source = VisionTransformer(img_size=28, patch_size=14, embed_dim=1280, depth=1, num_heads=16, num_classes=3).eval()
+    torch.save(source.state_dict(), tmp_path / "h.pth")
+    report = convert(tmp_path / "h.pth", tmp_path / "vit")
+    ours = vitfast.load(tmp_path / "vit", attn_backend="eager").eval()
+    assert ours.config.num_heads == 16 and "16 heads of 80" in report["warning"]
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        assert _max_diff(ours(x), source(x)) <= 1e-4
+
+    # ViT-g's vision tower (1408 wide, 16 heads of 88, MLP ratio 4.3637) in an open_clip CLIP
+    open_clip = pytest.importorskip("open_clip")
+    vision = {"image_size": 28, "patch_size": 14, "width": 1408, "layers": 1, "head_width": 88, "mlp_ratio": 48 / 11}
+    text = {"context_length": 8, "vocab_size": 64, "width": 128, "heads": 2, "layers": 1}
+    clip = open_clip.model.CLIP(32, vision, text).eval()
+    from vitfast.convert import _build, clip_config
+
+    _, cfg, _ = clip_config(clip.state_dict(), None, quick_gelu=False)
+    assert (cfg.vision_heads, cfg.vision_mlp_ratio, cfg.text_heads) == (16, 6144 / 1408, 2)
+    cfg.attn_backend = "eager"
+    ours = _build("clip", cfg, clip.state_dict()).eval()  # (a 64-token vocabulary has no CLIP tokenizer to save)
+    with torch.no_grad():
+        image = torch.randn(2, 3, 28, 28)
+        assert _max_diff(ours.encode_image(image), clip.encode_image(image)) <= 1e-4
+
+
+def test_open_clip_source_warns_about_quickgelu(tmp_path):
+    source = _open_clip_model(quick_gelu=True)  # trained with QuickGELU: nothing in the weights says so
+    torch.save(source.state_dict(), tmp_path / "clip.pt")
+    report = convert(tmp_path / "clip.pt", tmp_path / "gelu", verify=False)
+    assert "GELU was assumed" in report["warning"] and "--from openai" in report["warning"]
+    report = convert(tmp_path / "clip.pt", tmp_path / "quick", source="openai")
+    assert "warning" not in report or "GELU" not in report["warning"]
+    ours = vitfast.load(tmp_path / "quick", attn_backend="eager").eval()
+    image = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert _max_diff(ours.encode_image(image), source.encode_image(image)) <= 1e-4
+
+
+@pytest.mark.parametrize("what, state, message", [
+    ("swin v2", {"patch_embed.proj.weight": torch.zeros(8, 3, 4, 4), "layers.0.blocks.0.attn.logit_scale": torch.zeros(2),
+                 "layers.0.blocks.0.attn.cpb_mlp.0.weight": torch.zeros(4, 2)}, "timm Swin V2"),
+    ("siglip", {"visual.trunk.pos_embed": torch.zeros(1, 4, 8), "logit_bias": torch.zeros(1)}, "timm image tower"),
+    ("coca", {"text.cls_emb": torch.zeros(8), "logit_scale": torch.zeros(())}, "CoCa"),
+])
+def test_unsupported_variants_are_named(tmp_path, what, state, message):
+    torch.save(state, tmp_path / "x.pt")
+    with pytest.raises(ConvertError, match=message):
+        convert(tmp_path / "x.pt", tmp_path / "out")
+
+
+def test_from_overrides_detection(tmp_path):
+    source = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=32)
+    torch.save(source.state_dict(), tmp_path / "vit.pth")
+    with pytest.raises(ConvertError, match="no ViT image tower"):
+        convert(tmp_path / "vit.pth", tmp_path / "out", source="open_clip")

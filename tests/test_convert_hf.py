@@ -52,7 +52,7 @@ def _export_and_reload(family, config, model, tmp_path, cls, **kwargs):
 
 
 def _tiny_vit(num_labels: int, eps: float = 1e-6):
-    # eps 1e-6 as vitfast (and the original JAX ViT) for exact checks; HF's default 1e-12 has its own test.
+    # eps 1e-6 as timm (and the original JAX ViT); HF's default 1e-12 has its own test.
     config = transformers.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
                                     image_size=32, patch_size=8, num_labels=max(num_labels, 1), layer_norm_eps=eps)
     torch.manual_seed(0)
@@ -133,15 +133,17 @@ def test_swin_classifier_matches_and_round_trips(tmp_path):
 
 
 @torch.no_grad()
-def test_vit_with_hf_default_eps_converts_close(tmp_path):
-    # HF's layer_norm_eps 1e-12 becomes vitfast's 1e-6. A random init is the worst case (token variance
-    # ~1e-3, so the eps shift is ~1e-3 relative); trained networks have far larger variances.
+def test_vit_with_hf_default_eps_is_exact_and_round_trips(tmp_path):
+    # HF's layer_norm_eps 1e-12 (google/vit-*) becomes the config's norm_eps. At random init (token
+    # variance ~1e-3) forcing timm's 1e-6 instead would be off by ~7e-4 on ViT-B's logits.
     hf = _tiny_vit(5, eps=1e-12)
-    _, _, model = _to_vitfast(hf, tmp_path)
+    family, config, model = _to_vitfast(hf, tmp_path)
+    assert config.norm_eps == 1e-12
     x = torch.randn(2, 3, 32, 32)
     expected = hf(pixel_values=x).logits
-    error = (model(x) - expected).abs().max() / expected.abs().max()
-    assert 0 < error <= 1e-2
+    assert (model(x) - expected).abs().max() <= TOL
+    exported = _export_and_reload(family, config, model, tmp_path, transformers.ViTForImageClassification)
+    assert exported.config.layer_norm_eps == 1e-12
 
 
 def test_missing_and_misshaped_keys_are_reported_together(tmp_path):
@@ -170,7 +172,7 @@ def test_unrepresentable_features_are_named():
     with pytest.raises(ValueError, match="global_pool='avg'"):
         vitfast_to_hf("vit", model.config, model.state_dict())
     with pytest.raises(ValueError, match="layer_norm_eps is 0.001"):
-        hf_to_vitfast({"model_type": "vit", "layer_norm_eps": 1e-3}, {})
+        hf_to_vitfast({"model_type": "swin", "layer_norm_eps": 1e-3}, {})
     with pytest.raises(ValueError, match="'swinv2' is not supported"):
         hf_to_vitfast({"model_type": "swinv2"}, {})
     with pytest.raises(ValueError, match="use_absolute_embeddings"):

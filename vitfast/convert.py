@@ -138,6 +138,12 @@ def detect_source(state: dict[str, torch.Tensor], torchscript: bool = False) -> 
         return "openai" if torchscript or any(k in state for k in _OPENAI_EXTRAS) else "open_clip"
     if "patch_embed.proj.weight" in state:
         return "timm"
+    if any(k.startswith("visual.trunk.") for k in state):
+        raise ConvertError("this is an open_clip model with a timm image tower (visual.trunk: SigLIP, EVA, ConvNeXt "
+                           "and the like), which vitfast does not convert: its CLIP has open_clip's own ViT towers.")
+    if "text.cls_emb" in state or any(k.startswith("text_decoder.") for k in state):
+        raise ConvertError("this is an open_clip CoCa model (a captioning decoder beside CLIP), which vitfast does "
+                           "not convert.")
     raise ConvertError("the checkpoint's keys match no known layout (timm ViT/Swin, OpenAI CLIP, open_clip); "
                        f"first keys: {', '.join(list(state)[:5])}. Pass --from.")
 
@@ -169,6 +175,16 @@ def _pick(named: dict, fields: dict, model: str | None, kind: str):
     return dataclasses.replace(base, **fields), matches[0] if matches else None
 
 
+# Vision-tower widths whose heads are not 64 wide, in timm and open_clip alike: ViT-H (80-wide heads),
+# ViT-g (88) and ViT-bigG / gigantic (104), each with 16 heads.
+_WIDE_HEADS = {1280: 16, 1408: 16, 1664: 16}
+
+
+def vision_heads(width: int) -> int:
+    """The head count timm and open_clip give a ViT of `width` (16 for ViT-H/g/bigG, else 64-wide heads)."""
+    return _WIDE_HEADS.get(width, max(1, width // 64))
+
+
 # timm ViT features vitfast's ViT does not have, by a key that only they carry.
 _VIT_FEATURES = {
     "dist_token": "a distillation token (DeiT distilled)",
@@ -198,8 +214,8 @@ def vit_config(state: dict, model: str | None):
                   class_token=bool(prefix), global_pool="avg" if "fc_norm.weight" in state else "token",
                   num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0)
     config, name = _pick(VIT_CONFIGS, fields, model, "ViT")
-    if name is None:  # the weights do not fix the head count: 64-wide heads, as every named ViT but huge
-        config = dataclasses.replace(config, num_heads=max(1, dim // 64))
+    if name is None:  # the weights do not fix the head count
+        config = dataclasses.replace(config, num_heads=vision_heads(dim))
     return "vit", config, name
 
 
@@ -234,12 +250,14 @@ def clip_config(state: dict, model: str | None, quick_gelu: bool):
                   vision_width=vision_width, vision_layers=_count(state, r"visual\.transformer\.resblocks\.(\d+)\."),
                   text_width=text_width, text_layers=_count(state, r"transformer\.resblocks\.(\d+)\."),
                   context_length=state["positional_embedding"].shape[0],
-                  vocab_size=state["token_embedding.weight"].shape[0])
+                  vocab_size=state["token_embedding.weight"].shape[0],
+                  vision_mlp_ratio=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / vision_width,
+                  text_mlp_ratio=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / text_width)
     fields["eot_token_id"] = fields["vocab_size"] - 1  # CLIP's end token is its last id
     named = {k: v for k, v in CLIP_CONFIGS.items() if v.quick_gelu == quick_gelu or model is not None}
     config, name = _pick(named, fields, model, "CLIP")
-    if name is None:  # open_clip's default head width
-        config = dataclasses.replace(config, vision_heads=max(1, vision_width // 64),
+    if name is None:  # open_clip's head widths: the vision tower's by width, the text tower's always 64
+        config = dataclasses.replace(config, vision_heads=vision_heads(vision_width),
                                      text_heads=max(1, text_width // 64), quick_gelu=quick_gelu)
     return "clip", config, name
 
@@ -284,12 +302,17 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, source:
         raise ConvertError(f"{dst} already exists; pass --force to replace it.")
     if src.is_dir():
         return _convert_hf(src, dst, source, dtype, max_shard_size, tokenizer, force, verify)
-    state, torchscript = read_state(src)
-    detected = detect_source(state, torchscript)
-    source = detected if source == "auto" else source
     if source == "hf":
         raise ConvertError(f"--from hf takes a Hugging Face model folder (config.json + weights); {src} is a file.")
+    state, torchscript = read_state(src)
+    source = detect_source(state, torchscript) if source == "auto" else source
     if source == "timm":
+        if any(k.startswith("layers.") and ("cpb_mlp" in k or k.endswith("logit_scale")) for k in state):
+            raise ConvertError("this is a timm Swin V2 (continuous position bias, cosine attention), which vitfast "
+                               "does not implement: its Swin is V1 (swin_*, not swinv2_*).")
+        if not any(k.startswith(("layers.", "blocks.")) for k in state) or "patch_embed.proj.weight" not in state:
+            raise ConvertError("these are not timm ViT or Swin weights (no patch_embed.proj / blocks / layers keys); "
+                               "check --from.")
         family, config, name = (swin_config if "layers.0.blocks.0.attn.relative_position_bias_table" in state
                                 else vit_config)(state, model)
     else:
@@ -299,10 +322,19 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, source:
     _save_converted(family, config, state, name, dst, dtype, max_shard_size, tokenizer, force)
     report = {"source": source, "family": family, "model_name": name, "tensors": len(state),
               "output": str(dst)}
+    warnings = []
     if name is None and family in ("vit", "clip"):
-        report["warning"] = ("no named config has these shapes and the weights do not fix the head count: "
-                             "64-wide heads were assumed; pass --model NAME (a config with the same shapes) "
-                             "if the source used others")
+        width, heads = ((config.embed_dim, config.num_heads) if family == "vit"
+                        else (config.vision_width, config.vision_heads))
+        warnings.append(f"no named config has these shapes and the weights do not fix the head count: {heads} "
+                        f"heads of {width // heads} were assumed for width {width}; pass --model NAME (a config "
+                        "with the same heads) if the source used others")
+    if source == "open_clip" and model is None:
+        warnings.append("open_clip checkpoints do not record the activation: GELU was assumed; for weights trained "
+                        "with QuickGELU (OpenAI's, and open_clip's *-quickgelu models) pass --from openai or "
+                        "--model NAME-quickgelu")
+    if warnings:
+        report["warning"] = "; ".join(warnings)
     if verify:
         report["max_abs_diff"] = verify_against_source(dst, family, config, state)
     return report
@@ -388,8 +420,11 @@ def export(src: str | os.PathLike[str], dst: str | os.PathLike[str], to: str, *,
         if family == "clip":
             raise ConvertError("timm has no CLIP text tower; export CLIP with --to hf (or use the folder with "
                                "open_clip, whose keys vitfast already uses).")
+        if getattr(config, "norm_eps", 1e-6) != 1e-6:
+            raise ConvertError(f"this ViT's layer norms use eps={config.norm_eps}, and timm's ViT fixes 1e-6; "
+                               "export it with --to hf, which keeps the epsilon.")
         args = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("attn_backend", "drop_rate",
-                                                                                   "drop_path_rate")}
+                                                                                   "drop_path_rate", "norm_eps")}
         arch = meta.get("model_name") or ("vit_base_patch16_224" if family == "vit" else "swin_tiny_patch4_window7_224")
         out_config = {"architecture": arch, "num_classes": config.num_classes, "model_args": args}
         out_state = state

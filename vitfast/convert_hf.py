@@ -14,8 +14,9 @@ Layout facts that the mapping relies on (checked against transformers 5.23 by
   the same relative-position bias table layout, so the tensors move unchanged.
 - HF CLIP's ``visual_projection`` / ``text_projection`` are bias-free ``nn.Linear`` weights of shape
   (embed_dim, width); open_clip's are parameters of shape (width, embed_dim) used as ``x @ proj``.
-- HF ViT's ``layer_norm_eps`` defaults to 1e-12; the original (JAX) ViT and timm use 1e-6, which
-  vitfast fixes. Epsilons that differ by at most ``EPS_TOLERANCE`` are accepted: against the
+- HF ViT's ``layer_norm_eps`` defaults to 1e-12; the original (JAX) ViT and timm use 1e-6. vitfast's
+  ViT takes it as ``norm_eps``, so both convert exactly. Swin and CLIP fix theirs (1e-5, HF's and
+  timm's/open_clip's default too); epsilons within ``EPS_TOLERANCE`` of it are accepted: against the
   activation variances of a real network the change is far below fp32 noise in the outputs.
 """
 
@@ -32,7 +33,7 @@ from vitfast.models import build_config, build_model
 EPS_TOLERANCE = 1e-5
 """Largest accepted difference between an HF layer-norm epsilon and vitfast's fixed one."""
 
-_VIT_EPS, _SWIN_EPS, _CLIP_EPS = 1e-6, 1e-5, 1e-5  # vitfast's fixed LayerNorm epsilons
+_SWIN_EPS, _CLIP_EPS = 1e-5, 1e-5  # vitfast's fixed LayerNorm epsilons (its ViT's is config.norm_eps)
 
 # HF keys that carry nothing vitfast needs, with why dropping them is safe.
 _IGNORED_HF_KEYS = (
@@ -228,7 +229,6 @@ def _prefix(state: dict[str, Tensor], prefix: str) -> str:
 
 def _vit_config(hf: dict, state: dict[str, Tensor]) -> dict:
     _check_act(hf.get("hidden_act", "gelu"), ("gelu",), "hidden_act")
-    _check_eps(hf.get("layer_norm_eps", 1e-12), _VIT_EPS, "layer_norm_eps")
     dim = hf.get("hidden_size", 768)
     classifier = state.get("classifier.weight")
     return {
@@ -241,6 +241,7 @@ def _vit_config(hf: dict, state: dict[str, Tensor]) -> dict:
         "num_heads": hf.get("num_attention_heads", 12),
         "mlp_ratio": _mlp_ratio(dim, hf.get("intermediate_size", 3072), "intermediate_size"),
         "qkv_bias": hf.get("qkv_bias", True),
+        "norm_eps": hf.get("layer_norm_eps", 1e-12),  # HF's default; timm's ViTs use 1e-6
     }
 
 
@@ -356,7 +357,7 @@ def _vit_hf_config(cfg) -> dict:
     out = {
         "model_type": "vit", "hidden_size": cfg.embed_dim, "num_hidden_layers": cfg.depth,
         "num_attention_heads": cfg.num_heads, "intermediate_size": int(cfg.embed_dim * cfg.mlp_ratio),
-        "hidden_act": "gelu", "layer_norm_eps": _VIT_EPS, "image_size": cfg.img_size, "patch_size": cfg.patch_size,
+        "hidden_act": "gelu", "layer_norm_eps": cfg.norm_eps, "image_size": cfg.img_size, "patch_size": cfg.patch_size,
         "num_channels": cfg.in_chans, "qkv_bias": cfg.qkv_bias,
         "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
     }

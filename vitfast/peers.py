@@ -8,6 +8,8 @@ ImportError when the library is not installed.
 
 from __future__ import annotations
 
+import functools
+
 import torch.nn as nn
 
 PEERS = {"vit": "timm", "swin": "timm", "clip": "open_clip"}
@@ -32,7 +34,8 @@ def peer_model(family: str, config) -> nn.Module:
                                  num_classes=config.num_classes, embed_dim=config.embed_dim, depth=config.depth,
                                  num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias,
                                  class_token=config.class_token, global_pool=config.global_pool,
-                                 drop_rate=config.drop_rate, drop_path_rate=config.drop_path_rate)
+                                 drop_rate=config.drop_rate, drop_path_rate=config.drop_path_rate,
+                                 norm_layer=functools.partial(nn.LayerNorm, eps=config.norm_eps))
     if family == "swin":
         from timm.models.swin_transformer import SwinTransformer
 

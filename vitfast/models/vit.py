@@ -36,6 +36,7 @@ class ViTConfig:
     drop_rate: float = 0.0  # dropout before the head
     drop_path_rate: float = 0.0  # stochastic depth, rising linearly to this value over the blocks
     attn_backend: str = "auto"  # see vitfast.kernels.attention
+    norm_eps: float = 1e-6  # every LayerNorm's epsilon: timm's and the original ViT's; HF's ViT uses 1e-12
 
     def validate(self) -> None:
         if self.embed_dim % self.num_heads:
@@ -157,12 +158,13 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + grid * grid, dim))
         rates = torch.linspace(0, config.drop_path_rate, config.depth).tolist()
         self.blocks = nn.Sequential(*[
-            Block(dim, config.num_heads, config.mlp_ratio, config.qkv_bias, rate, config.attn_backend)
+            Block(dim, config.num_heads, config.mlp_ratio, config.qkv_bias, rate, config.attn_backend,
+                  norm_eps=config.norm_eps)
             for rate in rates
         ])
         use_fc_norm = config.global_pool == "avg"
-        self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(dim, eps=1e-6)
-        self.fc_norm = nn.LayerNorm(dim, eps=1e-6) if use_fc_norm else nn.Identity()
+        self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(dim, eps=config.norm_eps)
+        self.fc_norm = nn.LayerNorm(dim, eps=config.norm_eps) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(config.drop_rate)
         self.head = nn.Linear(dim, config.num_classes) if config.num_classes > 0 else nn.Identity()
         self.init_weights()
