@@ -211,18 +211,26 @@ def _chunked_lse(a, b, scale, bias) -> torch.Tensor:
 
 
 def _chunked_grad(a, b, scale, bias, lse_a, lse_b) -> tuple[torch.Tensor, torch.Tensor]:
+    # Per chunk, the similarities s and one softmax p at a time: two chunks of logits live at once (the
+    # row-wise and column-wise softmaxes are used one after the other, not summed first), and p·s is
+    # reduced by a batched dot rather than through a third chunk-sized product.
     step = _chunk_rows(b.shape[0])
-    g = a.new_empty(a.shape)
-    row_sums = a.new_empty((a.shape[0], 2))
+    g = a.new_zeros(a.shape)
+    row_sums = a.new_zeros((a.shape[0], 2))
     for i in range(0, a.shape[0], step):
-        s = a[i:i + step] @ b.t()
-        logits = _logits(s, scale, bias)
-        p = torch.exp(logits - lse_a[i:i + step, None]) if lse_a is not None else torch.zeros_like(s)
-        if lse_b is not None:
-            p += torch.exp(logits - lse_b[None, :])
-        g[i:i + step] = p @ b
-        row_sums[i:i + step, 0] = (p * s).sum(1)
-        row_sums[i:i + step, 1] = p.sum(1)
+        rows = slice(i, i + step)
+        s = a[rows] @ b.t()
+        for lse in (None if lse_a is None else lse_a[rows, None], None if lse_b is None else lse_b[None, :]):
+            if lse is None:
+                continue
+            p = torch.mul(s, scale)
+            if bias is not None:
+                p.add_(bias)
+            p.sub_(lse).exp_()
+            g[rows].addmm_(p, b)
+            row_sums[rows, 0] += torch.bmm(p.unsqueeze(1), s.unsqueeze(2)).flatten()
+            row_sums[rows, 1] += p.sum(1)
+            del p
     return g, row_sums
 
 
