@@ -17,6 +17,7 @@ from pathlib import Path
 
 def collect(out: Path, results: Path) -> Path:
     docs = {str(p.relative_to(out)): json.loads(p.read_text()) for p in sorted(out.rglob("*.json"))}
+    docs = {name: d for name, d in docs.items() if not (isinstance(d, dict) and "files" in d)}  # earlier merges
     envs = [d["environment"] for d in docs.values() if isinstance(d, dict) and "environment" in d]
     if not envs:
         raise SystemExit(f"no vitfast bench JSON under {out}: run benchmarks/run_gpu.sh first.")

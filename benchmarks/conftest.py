@@ -6,14 +6,9 @@ tiny shapes (no Triton), which checks the suites themselves, not the kernels' sp
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-
-SMOKE = os.environ.get("VITFAST_BENCH_SMOKE") == "1"
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-DTYPE = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
+from bench_common import DEVICE, SMOKE, gpu_or
 
 
 def pytest_collection_modifyitems(config, items):
@@ -21,17 +16,8 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (VITFAST_BENCH_SMOKE=1 runs tiny CPU shapes)")
     for item in items:
-        item.add_marker(skip)
-
-
-def gpu_or(gpu, smoke):
-    """The GPU shape, or the tiny one for a CPU smoke run."""
-    return gpu if DEVICE.type == "cuda" else smoke
-
-
-def backends(*names: str) -> list[str]:
-    """`names` less Triton where there is no GPU (the interpreter's speed means nothing)."""
-    return [n for n in names if DEVICE.type == "cuda" or n != "triton"]
+        if "benchmarks" in str(item.fspath):
+            item.add_marker(skip)
 
 
 @pytest.fixture

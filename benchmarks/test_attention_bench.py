@@ -4,7 +4,7 @@ and a long-sequence head-dim-128 shape (the calls `vitfast bench attention` time
 from __future__ import annotations
 
 import pytest
-from conftest import DEVICE, DTYPE, backends, gpu_or
+from bench_common import DEVICE, DTYPE, backends, gpu_or
 
 from vitfast import bench
 

@@ -4,7 +4,7 @@ N×N logits (the calls `vitfast bench clip-loss` times)."""
 from __future__ import annotations
 
 import pytest
-from conftest import DEVICE, DTYPE, backends, gpu_or
+from bench_common import DEVICE, DTYPE, backends, gpu_or
 
 from vitfast import bench_clip as bc
 

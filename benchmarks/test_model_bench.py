@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICE, backends, gpu_or
+from bench_common import DEVICE, backends, gpu_or
 
 from vitfast import bench_model as bm
 from vitfast.models import build_model

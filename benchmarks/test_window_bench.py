@@ -4,7 +4,7 @@ window 7, shift 3 (the calls `vitfast bench window` times)."""
 from __future__ import annotations
 
 import pytest
-from conftest import DEVICE, DTYPE, backends, gpu_or
+from bench_common import DEVICE, DTYPE, backends, gpu_or
 
 from vitfast import bench_window as bw
 

@@ -355,5 +355,8 @@ def test_unsupported_variants_are_named(tmp_path, what, state, message):
 def test_from_overrides_detection(tmp_path):
     source = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=32)
     torch.save(source.state_dict(), tmp_path / "vit.pth")
-    with pytest.raises(ConvertError, match="no ViT image tower"):
+    with pytest.raises(ConvertError, match="not OpenAI or open_clip CLIP weights"):
         convert(tmp_path / "vit.pth", tmp_path / "out", source="open_clip")
+    from vitfast.models import mlp_ratio_for
+
+    assert int(88 * mlp_ratio_for(88, 120)) == 120 and mlp_ratio_for(768, 3072) == 4.0

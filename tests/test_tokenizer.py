@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import pickle
 
 import pytest
@@ -220,3 +221,27 @@ def test_train_bpe_save_load(tmp_path):
 def test_train_bpe_vocab_too_small():
     with pytest.raises(ValueError, match="vocab_size must be at least 514"):
         train_bpe(CAPTIONS, vocab_size=513)
+
+
+def test_hf_tokenizer_files_keep_their_ids_and_refuse_gaps(tmp_path):
+    from vitfast.tokenizer import read_hf_tokenizer, write_hf_tokenizer
+
+    tok = train_bpe(["a photo of a cat", "a dog"] * 5, vocab_size=530, context_length=12)
+    write_hf_tokenizer(tok, tmp_path)
+    again = read_hf_tokenizer(tmp_path, 12)
+    assert (again.sot_token_id, again.eot_token_id, again.vocab_size) == (tok.sot_token_id, tok.eot_token_id,
+                                                                          tok.vocab_size)
+    assert torch.equal(again(["a photo of a dog"]), tok(["a photo of a dog"]))
+    # a fast tokenizer.json keeping the special tokens only among its added tokens
+    vocab = json.loads((tmp_path / "vocab.json").read_text())
+    merges = (tmp_path / "merges.txt").read_text().split("\n")[1:-1]
+    added = [{"id": vocab.pop(t), "content": t, "special": True} for t in ("<|startoftext|>", "<|endoftext|>")]
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE", "vocab": vocab, "merges": merges},
+                                                         "added_tokens": added}))
+    assert torch.equal(read_hf_tokenizer(tmp_path, 12)(["a cat"]), tok(["a cat"]))
+    (tmp_path / "tokenizer.json").unlink()
+    vocab = json.loads((tmp_path / "vocab.json").read_text())
+    vocab["<|endoftext|>"] += 5  # a gap before the end token
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    with pytest.raises(TokenizerError, match="without gaps"):
+        read_hf_tokenizer(tmp_path, 12)

@@ -84,8 +84,10 @@ def plan(device: torch.device, quick: bool, dtype: torch.dtype | None = None) ->
                                                        fields=bench_clip.FIELDS)),
     ]
     for name, batch, compare in models:
+        # A model step takes milliseconds to seconds: 3 warm-up and 20 timed steps are plenty on any device.
         params = dict(name=name, modes=list(bench_model.MODES), backends=list(bench_model.BACKENDS), batch=batch,
-                      amp_dtype=amp, compare=compare, device=device, warmup=warmup, rep=rep, retry_smaller=True)
+                      amp_dtype=amp, compare=compare, device=device, warmup=min(warmup, 3), rep=min(rep, 20),
+                      retry_smaller=True)
         sweeps.append(Sweep(
             f"model_{name}", f"model {name} B={batch} {amp}", 2 * (3 + len(compare)),
             lambda on_row, params=params: bench_model.bench_model(**params, on_row=on_row),

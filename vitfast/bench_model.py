@@ -48,9 +48,9 @@ FIELDS = {
     "samples_per_s": "batch / step_ms",
     "step_ms": "median time of one step in ms (CUDA events on a GPU, perf_counter on a CPU)",
     "peak_mem_bytes": "peak memory allocated during one step above what existed before it: activations, "
-                      "gradients and temporaries (the weights, SGD's momentum and the inputs are state_bytes)",
+                      "gradients and temporaries (not the weights and SGD's momentum, state_bytes, nor the inputs)",
     "state_bytes": "bytes of parameters and buffers, and in train mode SGD's momentum",
-    "params": "number of parameters",
+    "params": "number of parameters of the model that ran (vitfast's, or the peer's); null when none ran",
     "gflops": "GFLOPs per sample of one step, counted from the config (train: 3× the forward)",
     "tflops": "achieved TFLOP/s: gflops × batch / step time",
     "status": "'ok', or why the case has no numbers",
@@ -73,7 +73,7 @@ class ModelBenchRow:
     step_ms: float | None
     peak_mem_bytes: int | None
     state_bytes: int | None
-    params: int
+    params: int | None
     gflops: float
     tflops: float | None
     status: str
@@ -206,10 +206,10 @@ def _bench_one(name: str, impl: str, backend: str, mode: str, batch: int, device
     family, config = model_config(name, img_size, backend if impl == "vitfast" else None)
     size = config.image_size if family == "clip" else config.img_size
     flops = count_flops(family, config, size, mode)
-    params = _param_count(name, img_size)
     base = dict(model=name, impl=impl, backend=backend, mode=mode, requested_batch=batch, img_size=size,
-                amp_dtype=amp_dtype, params=params, gflops=flops / 1e9)
-    empty = dict(samples_per_s=None, step_ms=None, peak_mem_bytes=None, state_bytes=None, tflops=None)
+                amp_dtype=amp_dtype, gflops=flops / 1e9)
+    empty = dict(samples_per_s=None, step_ms=None, peak_mem_bytes=None, state_bytes=None, tflops=None,
+                 params=_param_count(name, img_size) if impl == "vitfast" else None)
     if impl == "vitfast" and backend == "triton" and device.type != "cuda":
         return ModelBenchRow(batch=batch, status=TRITON_NEEDS_CUDA, **base, **empty)
     if impl != "vitfast" and PEERS[family] != impl:
@@ -223,26 +223,31 @@ def _bench_one(name: str, impl: str, backend: str, mode: str, batch: int, device
             break
         batch //= 2
     if measured is None:
-        if status.startswith("error: ImportError") or status.startswith("error: ModuleNotFoundError"):
+        if impl != "vitfast" and status.startswith(("error: ImportError", "error: ModuleNotFoundError")):
             status = f"skipped: {impl} is not installed"
         return ModelBenchRow(batch=batch, status=status, **base, **empty)
-    step_ms, peak, state = measured
+    step_ms, peak, state, params = measured
     return ModelBenchRow(batch=batch, samples_per_s=batch / (step_ms * 1e-3), step_ms=step_ms, peak_mem_bytes=peak,
-                         state_bytes=state, tflops=flops * batch / (step_ms * 1e-3) / 1e12, status="ok", **base)
+                         state_bytes=state, params=params, tflops=flops * batch / (step_ms * 1e-3) / 1e12,
+                         status="ok", **base)
 
 
 @functools.lru_cache(maxsize=8)
 def _param_count(name: str, img_size: int | None) -> int:
+    """Parameters of the vitfast model, for rows that did not run (a CPU build: the models' init reads
+    values, torch.linspace(...).tolist(), so the meta device will not do)."""
     from vitfast.models import build_model
 
     family, config = model_config(name, img_size)
-    with torch.no_grad():  # a CPU build: the models' init reads values (torch.linspace(...).tolist())
+    with torch.no_grad():
         return sum(p.numel() for p in build_model(family, config).parameters())
 
 
 def _measure_step(family: str, config, impl: str, mode: str, batch: int, device: torch.device, amp_dtype: str,
-                  compile: bool, warmup: int, rep: int) -> tuple[float, int, int]:
-    """(median step ms, peak bytes above the state, state bytes); everything dies with this frame."""
+                  compile: bool, warmup: int, rep: int) -> tuple[float, int, int, int]:
+    """(median step ms, peak bytes above the state, state bytes, parameters); everything dies with this frame."""
+    if compile:  # each case compiles a new model: start from empty caches, not the last case's guards
+        torch._dynamo.reset()
     if impl == "vitfast":
         from vitfast.models import build_model
 
@@ -257,7 +262,7 @@ def _measure_step(family: str, config, impl: str, mode: str, batch: int, device:
     if mode == "train":
         state += sum(p.numel() * p.element_size() for p in model.parameters())  # SGD's momentum
     peak = peak_memory(step, device)
-    return _median_ms(step, device, rep), peak, state
+    return _median_ms(step, device, rep), peak, state, sum(p.numel() for p in model.parameters())
 
 
 def make_step(family: str, config, model: nn.Module, mode: str, batch: int, device: torch.device,
@@ -288,7 +293,7 @@ def make_step(family: str, config, model: nn.Module, mode: str, batch: int, devi
                 return open_clip_loss(image, txt, scale)
             from vitfast.kernels import clip_loss
 
-            return clip_loss(image, txt, scale, backend="triton" if device.type == "cuda" else "chunked")
+            return clip_loss(image, txt, scale)  # auto: Triton where it can run, else the chunked path
         if config.num_classes == 0:
             return out.float().pow(2).mean()
         return F.cross_entropy(out.float(), labels)

@@ -27,7 +27,7 @@ from typing import Iterator
 import torch
 
 from vitfast.checkpoint import load, save
-from vitfast.models import build_config, build_model
+from vitfast.models import build_config, build_model, mlp_ratio_for
 from vitfast.models.clip import CLIP_CONFIGS
 from vitfast.models.swin import SWIN_CONFIGS
 from vitfast.models.vit import VIT_CONFIGS
@@ -210,7 +210,8 @@ def vit_config(state: dict, model: str | None):
     grid = math.isqrt(state["pos_embed"].shape[1] - prefix)
     depth = _count(state, r"blocks\.(\d+)\.")
     fields = dict(img_size=grid * patch, patch_size=patch, in_chans=chans, embed_dim=dim, depth=depth,
-                  mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / dim, qkv_bias="blocks.0.attn.qkv.bias" in state,
+                  mlp_ratio=mlp_ratio_for(dim, state["blocks.0.mlp.fc1.weight"].shape[0]),
+                  qkv_bias="blocks.0.attn.qkv.bias" in state,
                   class_token=bool(prefix), global_pool="avg" if "fc_norm.weight" in state else "token",
                   num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0)
     config, name = _pick(VIT_CONFIGS, fields, model, "ViT")
@@ -227,13 +228,16 @@ def swin_config(state: dict, model: str | None):
     window = (math.isqrt(state["layers.0.blocks.0.attn.relative_position_bias_table"].shape[0]) + 1) // 2
     fields = dict(patch_size=patch, in_chans=chans, embed_dim=dim, depths=depths, num_heads=heads, window_size=window,
                   img_size=window * patch * 2 ** (stages - 1),  # the maps the named Swins were trained at
-                  mlp_ratio=state["layers.0.blocks.0.mlp.fc1.weight"].shape[0] / dim,
+                  mlp_ratio=mlp_ratio_for(dim, state["layers.0.blocks.0.mlp.fc1.weight"].shape[0]),
                   num_classes=state["head.fc.weight"].shape[0] if "head.fc.weight" in state else 0)
     config, name = _pick(SWIN_CONFIGS, fields, model, "Swin")
     return "swin", config, name
 
 
 def clip_config(state: dict, model: str | None, quick_gelu: bool):
+    if "visual.conv1.weight" not in state and "token_embedding.weight" not in state:
+        raise ConvertError("these are not OpenAI or open_clip CLIP weights (no visual.conv1 / token_embedding "
+                           "keys); check --from.")
     if "visual.positional_embedding" not in state or "visual.transformer.resblocks.0.ln_1.weight" not in state:
         tower = "a ResNet (ModifiedResNet, as RN50)" if "visual.layer1.0.conv1.weight" in state else "no ViT"
         raise ConvertError(f"this CLIP has {tower} image tower; vitfast's CLIP has a ViT image tower only "
@@ -251,8 +255,9 @@ def clip_config(state: dict, model: str | None, quick_gelu: bool):
                   text_width=text_width, text_layers=_count(state, r"transformer\.resblocks\.(\d+)\."),
                   context_length=state["positional_embedding"].shape[0],
                   vocab_size=state["token_embedding.weight"].shape[0],
-                  vision_mlp_ratio=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / vision_width,
-                  text_mlp_ratio=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / text_width)
+                  vision_mlp_ratio=mlp_ratio_for(vision_width,
+                                                 state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0]),
+                  text_mlp_ratio=mlp_ratio_for(text_width, state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]))
     fields["eot_token_id"] = fields["vocab_size"] - 1  # CLIP's end token is its last id
     named = {k: v for k, v in CLIP_CONFIGS.items() if v.quick_gelu == quick_gelu or model is not None}
     config, name = _pick(named, fields, model, "CLIP")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from vitfast.models import build_config, build_model
+from vitfast.models import build_config, build_model, mlp_ratio_for
 
 EPS_TOLERANCE = 1e-5
 """Largest accepted difference between an HF layer-norm epsilon and vitfast's fixed one."""
@@ -217,7 +217,7 @@ def _square(value, field: str) -> int:
 
 
 def _mlp_ratio(hidden: int, intermediate: int, field: str) -> float:
-    ratio = intermediate / hidden
+    ratio = mlp_ratio_for(hidden, intermediate)
     if int(hidden * ratio) != intermediate:  # vitfast sizes the MLP as int(dim * mlp_ratio)
         raise ValueError(f"{field} {intermediate} is not reachable as int({hidden} * mlp_ratio).")
     return ratio

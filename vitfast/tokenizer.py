@@ -222,8 +222,8 @@ def _from_merges(merges: list[tuple[str, str]], context_length: int) -> ClipToke
 
 def _from_vocab(vocab: dict[str, int], merges: list[tuple[str, str]], context_length: int) -> ClipTokenizer:
     """A ClipTokenizer over `vocab` (which holds the start and end tokens) and `merges` in rank order."""
-    bpe_vocab = {token: i for token, i in vocab.items() if token not in (SOT, EOT)}
-    tokenizer = _pipeline(models.BPE(bpe_vocab, merges, end_of_word_suffix=EOW))
+    # The special tokens stay in the model's vocabulary, so marking them special keeps their ids.
+    tokenizer = _pipeline(models.BPE(vocab, merges, end_of_word_suffix=EOW))
     tokenizer.add_special_tokens([SOT, EOT])
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{SOT} $A {EOT}", special_tokens=[(SOT, vocab[SOT]), (EOT, vocab[EOT])])
@@ -253,7 +253,9 @@ def read_hf_tokenizer(folder: str | os.PathLike[str], context_length: int) -> Cl
             if model.get("type") != "BPE":
                 raise TokenizerError(f"{fast} holds a {model.get('type')!r} model, not CLIP's byte-level BPE; "
                                      f"pass a vitfast tokenizer.json with --tokenizer.")
-            vocab, raw_merges, where = model["vocab"], model["merges"], fast
+            vocab, raw_merges, where = dict(model["vocab"]), model["merges"], fast
+            for added in json.loads(fast.read_text(encoding="utf-8")).get("added_tokens") or []:
+                vocab.setdefault(added["content"], added["id"])  # special tokens kept only there
         elif vocab_file.is_file() and merges_file.is_file():
             vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
             lines = merges_file.read_text(encoding="utf-8").split("\n")
@@ -269,6 +271,11 @@ def read_hf_tokenizer(folder: str | os.PathLike[str], context_length: int) -> Cl
     if any(len(m) != 2 for m in merges) or not isinstance(vocab, dict):
         raise TokenizerError(f"{where} does not hold a vocabulary and merges of two symbols each; pass a vitfast "
                              f"tokenizer.json with --tokenizer.")
+    if sorted(vocab.values()) != list(range(len(vocab))):
+        raise TokenizerError(f"{folder}'s vocabulary ids are not 0..{len(vocab) - 1} without gaps; pass a vitfast "
+                             f"tokenizer.json with --tokenizer.")
+    # As CLIP's own reader: only the merges that the vocabulary has room for (a longer merges file is cut).
+    merges = merges[: max(0, len(vocab) - _NUM_BYTE_SYMBOLS - 2)]
     required = (*_byte_alphabet(), *(a + EOW for a in _byte_alphabet()), SOT, EOT, *(a + b for a, b in merges))
     absent = [token for token in required if token not in vocab]
     if absent:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 
 import torch.nn as nn
 
@@ -46,6 +47,13 @@ def build_config(family: str, fields: dict):
     if unknown:
         raise ValueError(f"unknown {family} config field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
     return config_cls(**fields)
+
+
+def mlp_ratio_for(dim: int, hidden: int) -> float:
+    """The mlp_ratio a config needs for `hidden` MLP units at width `dim` (the models build int(dim * ratio)):
+    hidden / dim, nudged up one ulp where that product rounds down (width 88, 120 units: 119 otherwise)."""
+    ratio = hidden / dim
+    return ratio if int(dim * ratio) == hidden else math.nextafter(ratio, math.inf)
 
 
 def build_model(family: str, config) -> nn.Module:
