@@ -426,15 +426,13 @@ def bench_clip_loss(
     from vitfast import bench, bench_clip as bc
     from vitfast.checkpoint import parse_size
 
-    modes = {"fwd": ["fwd"], "fwd+bwd": ["fwd+bwd"], "both": list(bench.MODES)}
     try:
-        if mode not in modes:
-            raise ValueError(f"unknown mode {mode!r}; choose fwd, fwd+bwd or both.")
+        modes = _one_or_both(mode, bench.MODES)
         dev = bench.resolve_device(device)
         defaults = bench.defaults_for(dev)
         params = dict(
             batch_sizes=bc.default_batch_sizes(dev) if batch_sizes is None else _csv_ints(batch_sizes, "--batch-sizes"),
-            dim=dim, dtype=bench.resolve_dtype(dtype, dev), backends=_csv(backends, "--backends"), modes=modes[mode],
+            dim=dim, dtype=bench.resolve_dtype(dtype, dev), backends=_csv(backends, "--backends"), modes=modes,
             warmup=defaults.warmup if warmup is None else warmup, rep=defaults.rep if rep is None else rep,
         )
         bc.validate_clip_sweep(**params)
@@ -514,14 +512,12 @@ def bench_model_command(
 
     from vitfast import bench, bench_model as bm
 
-    modes = {"train": ["train"], "infer": ["infer"], "both": list(bm.MODES)}
     try:
-        if mode not in modes:
-            raise ValueError(f"unknown mode {mode!r}; choose train, infer or both.")
+        modes = _one_or_both(mode, bm.MODES)
         dev = bench.resolve_device(device)
         defaults = bench.defaults_for(dev)
-        amp = ("bf16" if dev.type == "cuda" else "fp32") if amp_dtype == "auto" else amp_dtype
-        params = dict(name=model, modes=modes[mode], backends=_csv(attn_backend, "--attn-backend"),
+        amp = defaults.dtype if amp_dtype == "auto" else amp_dtype
+        params = dict(name=model, modes=modes, backends=_csv(attn_backend, "--attn-backend"),
                       batch=bm.default_batch(dev) if batch_size is None else batch_size, img_size=img_size,
                       amp_dtype=amp, compare=[] if compare is None else _csv(compare, "--compare"))
         bm.validate_model_bench(**params)
@@ -539,7 +535,7 @@ def bench_model_command(
     n_cases = len(params["modes"]) * (len(params["backends"]) + len(params["compare"]))
     rows = _sweep_with_progress(lambda on_row: bm.bench_model(**params, device=dev, on_row=on_row), n_cases,
                                 "model", err, quiet, describe=lambda r: f"{r.label} {r.mode}")
-    baseline = next((r.label for r in rows if r.impl != "vitfast" and r.ok), "sdpa")
+    baseline = bm.baseline_of(rows)
     per_mode = ", ".join(f"{r.gflops:.3g} {r.mode}" for r in rows if r.label == rows[0].label)
     title = f"{shape} · {rows[0].params / 1e6:.3g}M params · GFLOPs/sample {per_mode} · {where}"
     Console(highlight=False).print(_model_table(rows, bm.speedups(rows, baseline), title, baseline))
@@ -577,6 +573,7 @@ def bench_all_command(
         raise _fail(str(exc)) from None
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     sweeps = bench_all.plan(dev, quick, dt)
+    env = bench.environment_info(dev)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True, disable=quiet or not err.is_terminal) as progress:
         task = progress.add_task("bench all", total=sum(s.cases for s in sweeps))
@@ -586,13 +583,13 @@ def bench_all_command(
                 progress.console.print(f"{sweep.title} ...")
 
         try:
-            lines = bench_all.run_all(output, device=dev, quick=quick, dtype=dt, on_sweep=started,
+            lines = bench_all.run_all(output, sweeps, env=env, quick=quick, on_sweep=started,
                                       on_row=lambda sweep, row: progress.update(task, advance=1,
                                                                                 description=sweep.name))
         except OSError as exc:
             raise _fail(f"cannot write {exc.filename}: {exc.strerror}.", 1) from None
     Console(highlight=False).print(_summary_table(lines, f"vitfast bench all{' --quick' if quick else ''} · "
-                                                         f"{dev} ({bench.environment_info(dev)['device_name']})"))
+                                                         f"{dev} ({env['device_name']})"))
     if not quiet:
         err.print(f"wrote {len(sweeps)} JSON and PNG files, summary.md and summary.json to {output}")
     if not any(line.status == "ok" for line in lines):
@@ -600,13 +597,10 @@ def bench_all_command(
 
 
 def _summary_table(lines, title: str) -> Table:
-    from rich import box
     from rich.markup import escape
-    from rich.table import Table
 
     notes: dict[str, int] = {}
-    table = Table(title=title, title_justify="left", caption_justify="left", box=box.SIMPLE_HEAD,
-                  collapse_padding=True, pad_edge=False)
+    table = _results_table(title)
     for name in ("sweep", "case", "mode", "backend", "ms", "peak MiB", "speedup", "status"):
         # Model names are long: that column folds rather than squeezing the numbers.
         table.add_column(name, justify="right" if name in ("ms", "peak MiB", "speedup") else "left",
@@ -618,19 +612,14 @@ def _summary_table(lines, title: str) -> Table:
                       "" if x.time_ms is None else f"{x.time_ms:.4g}", "" if x.peak_mib is None else f"{x.peak_mib:.4g}",
                       "" if x.speedup is None else f"{x.speedup:.2f}× {escape(x.baseline)}",
                       _status_cell(x.status, notes))
-    if notes:
-        table.caption = "\n".join(f"[{n}] {escape(text)}" for text, n in notes.items())
+    _add_notes(table, notes)
     return table
 
 
 def _model_table(rows, speedups: list[float | None], title: str, baseline: str) -> Table:
-    from rich import box
-    from rich.markup import escape
-    from rich.table import Table
 
     notes: dict[str, int] = {}
-    table = Table(title=title, title_justify="left", caption_justify="left", box=box.SIMPLE_HEAD,
-                  collapse_padding=True, pad_edge=False)
+    table = _results_table(title)
     for name in ("mode", "impl", "batch", "samples/s", "step ms", "peak MiB", f"vs {baseline}", "status"):
         table.add_column(name, justify="left" if name in ("mode", "impl", "status") else "right", no_wrap=True)
     for i, (r, speedup) in enumerate(zip(rows, speedups)):
@@ -643,9 +632,25 @@ def _model_table(rows, speedups: list[float | None], title: str, baseline: str) 
                       "" if r.peak_mem_bytes is None else f"{r.peak_mem_bytes / 2**20:.4g}",
                       "" if speedup is None else f"{speedup:.2f}×",
                       _status_cell(r.status, notes))
+    _add_notes(table, notes)
+    return table
+
+
+def _results_table(title: str) -> Table:
+    """The compact, left-titled table every bench command prints."""
+    from rich import box
+    from rich.table import Table
+
+    return Table(title=title, title_justify="left", caption_justify="left", box=box.SIMPLE_HEAD,
+                 collapse_padding=True, pad_edge=False)
+
+
+def _add_notes(table: Table, notes: dict[str, int]) -> None:
+    """Put the numbered long statuses that `_status_cell` collected under `table`."""
+    from rich.markup import escape
+
     if notes:
         table.caption = "\n".join(f"[{n}] {escape(text)}" for text, n in notes.items())
-    return table
 
 
 def _status_cell(status: str, notes: dict[str, int]) -> str:
@@ -662,11 +667,9 @@ def _status_cell(status: str, notes: dict[str, int]) -> str:
 
 
 def _max_batch_table(results: list[MaxBatchResult], title: str) -> Table:
-    from rich import box
     from rich.markup import escape
-    from rich.table import Table
 
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    table = _results_table(title)
     for name in ("mode", "backend", "largest N", "peak MiB", "tries", "status"):
         table.add_column(name, justify="right" if name in ("largest N", "peak MiB", "tries") else "left",
                          no_wrap=name != "status")
@@ -723,14 +726,10 @@ def _write_outputs(outputs: list[tuple[Path | None, Callable[[Path], None]]], er
 
 def _bench_table(rows: list[BenchRow], speedups: list[float | None], title: str,
                  case_header: str, baseline: str) -> Table:
-    from rich import box
-    from rich.markup import escape
-    from rich.table import Table
 
     # Long reasons go under the table as numbered notes, so rows stay one line on an 80-column terminal.
     notes: dict[str, int] = {}
-    table = Table(title=title, title_justify="left", caption_justify="left", box=box.SIMPLE_HEAD,
-                  collapse_padding=True, pad_edge=False)
+    table = _results_table(title)
     for name in ("mode", case_header, "backend", "time ms", "TFLOP/s", "peak MiB", f"vs {baseline}", "status"):
         table.add_column(name, justify="left" if name in ("mode", "stage", "backend", "status") else "right",
                          no_wrap=True)
@@ -746,9 +745,17 @@ def _bench_table(rows: list[BenchRow], speedups: list[float | None], title: str,
             "" if speedup is None else f"{speedup:.2f}×",
             status,
         )
-    if notes:
-        table.caption = "\n".join(f"[{n}] {escape(text)}" for text, n in notes.items())
+    _add_notes(table, notes)
     return table
+
+
+def _one_or_both(mode: str, names: tuple[str, str]) -> list[str]:
+    """--mode: one of the two `names`, or "both" for the two."""
+    if mode == "both":
+        return list(names)
+    if mode not in names:
+        raise ValueError(f"unknown mode {mode!r}; choose {names[0]}, {names[1]} or both.")
+    return [mode]
 
 
 def _csv(text: str, flag: str) -> list[str]:

@@ -87,8 +87,18 @@ CUDA_DEFAULTS = DeviceDefaults(batch=64, dtype="bf16", warmup=10, rep=100)
 CPU_DEFAULTS = DeviceDefaults(batch=1, dtype="fp32", warmup=1, rep=3)
 
 
+class StatusRow:
+    """What every benchmark row shares: a ``status`` that is "ok" when the case ran, else why not."""
+
+    status: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
 @dataclass(frozen=True)
-class AttentionBenchRow:
+class AttentionBenchRow(StatusRow):
     """One measured case. Numbers are None when the case did not run; ``status`` then says why."""
 
     backend: str
@@ -98,10 +108,6 @@ class AttentionBenchRow:
     tflops: float | None
     peak_mem_bytes: int | None
     status: str
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
 
     @property
     def case(self) -> str:

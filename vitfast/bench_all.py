@@ -65,7 +65,7 @@ def plan(device: torch.device, quick: bool, dtype: torch.dtype | None = None) ->
         models = [("vit_base_patch16_224", batch, ["timm"]), ("swin_tiny_patch4_window7_224", batch // 2, ["timm"]),
                   ("ViT-B-16", batch // 2, ["open_clip"])]
     common = dict(dtype=dtype, modes=list(MODES), device=device, warmup=warmup, rep=rep)
-    amp = "fp32" if dtype == torch.float32 else {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    amp = next(name for name, value in bench.DTYPES.items() if value == dtype)
     sweeps = [
         Sweep("attention", f"attention B={attention['batch']} H={attention['heads']} D={attention['head_dim']}",
               len(attention["seq_lens"]) * 3 * 2,
@@ -96,16 +96,15 @@ def plan(device: torch.device, quick: bool, dtype: torch.dtype | None = None) ->
     return sweeps
 
 
-def run_all(output: str | os.PathLike[str], *, device: torch.device, quick: bool = False,
-            dtype: torch.dtype | None = None, on_sweep: Callable[[Sweep], None] | None = None,
+def run_all(output: str | os.PathLike[str], sweeps: Sequence[Sweep], *, env: dict, quick: bool = False,
+            on_sweep: Callable[[Sweep], None] | None = None,
             on_row: Callable[[Sweep, object], None] | None = None) -> list[SummaryLine]:
-    """Run every sweep of :func:`plan`, writing its JSON and PNG into `output`, then ``summary.md``
-    and ``summary.json``; returns the summary lines."""
+    """Run `sweeps` (from :func:`plan`), writing each one's JSON and PNG into `output`, then
+    ``summary.md`` and ``summary.json`` with the environment `env`; returns the summary lines."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    env = bench.environment_info(device)
     summary: list[SummaryLine] = []
-    for sweep in plan(device, quick, dtype):
+    for sweep in sweeps:
         if on_sweep is not None:
             on_sweep(sweep)
         rows = sweep.run(lambda row, sweep=sweep: on_row(sweep, row) if on_row is not None else None)
@@ -142,7 +141,7 @@ def _kernel_summary(sweep: Sweep, rows: Sequence) -> list[SummaryLine]:
 
 
 def _model_summary(sweep: Sweep, rows: Sequence) -> list[SummaryLine]:
-    baseline = next((r.label for r in rows if r.impl != "vitfast" and r.ok), "sdpa")
+    baseline = bench_model.baseline_of(rows)
     return [SummaryLine(sweep.name, f"B={r.batch}", r.mode, r.label, r.step_ms,
                         None if r.peak_mem_bytes is None else r.peak_mem_bytes / 2**20, s, baseline, r.status)
             for r, s in zip(rows, bench_model.speedups(rows, baseline))]

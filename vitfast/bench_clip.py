@@ -22,8 +22,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from vitfast.bench import (MODES, OUT_OF_MEMORY, TRITON_NEEDS_CUDA, check_sweep, defaults_for, measure_case,
-                           peak_memory, resolve_device, run_guarded)
+from vitfast.bench import (MODES, OUT_OF_MEMORY, TRITON_NEEDS_CUDA, StatusRow, check_sweep, defaults_for,
+                           measure_case, peak_memory, resolve_device, run_guarded)
 from vitfast.kernels import clip_loss
 
 BACKENDS = ("triton", "chunked", "eager", "open_clip")
@@ -68,7 +68,7 @@ MAX_BATCH_FIELDS = {
 
 
 @dataclass(frozen=True)
-class ClipBenchRow:
+class ClipBenchRow(StatusRow):
     """One measured case. Numbers are None when the case did not run; ``status`` then says why."""
 
     backend: str
@@ -78,10 +78,6 @@ class ClipBenchRow:
     tflops: float | None
     peak_mem_bytes: int | None
     status: str
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
 
     @property
     def case(self) -> str:

@@ -4,8 +4,9 @@ per attention backend, optionally beside the peer library's model of the same ar
 Library half of `vitfast bench model`, in the manner of timm's ``benchmark.py``: an inference step is
 a forward pass under ``torch.inference_mode``; a training step is forward, loss (cross-entropy on
 random labels, or the CLIP loss: vitfast's for vitfast, open_clip's ClipLoss for open_clip), backward
-and an SGD-with-momentum update (gradients freed after it), under autocast when an AMP dtype is set. Each (mode, backend) case is one :class:`ModelBenchRow`; a case that cannot run
-(Triton without CUDA, out of memory) is a row whose ``status`` says why. With ``retry_smaller`` a case
+and an SGD-with-momentum update (gradients freed after it), under autocast when an AMP dtype is set.
+Each (mode, backend) case is one :class:`ModelBenchRow`; a case that cannot run (Triton without
+CUDA, out of memory) is a row whose ``status`` says why. With ``retry_smaller`` a case
 that runs out of memory is tried again at half the batch, as timm's benchmark does, and the row records
 the batch that ran.
 
@@ -27,14 +28,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vitfast.bench import TRITON_NEEDS_CUDA, OUT_OF_MEMORY, _median_ms, peak_memory, run_guarded
+from vitfast.bench import DTYPES, OUT_OF_MEMORY, TRITON_NEEDS_CUDA, StatusRow, _median_ms, peak_memory, run_guarded
 from vitfast.models import build_config, named_config
 from vitfast.peers import PEERS, peer_model
 
 MODES = ("infer", "train")
 BACKENDS = ("triton", "sdpa", "eager")
 COMPARE = ("timm", "open_clip")
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 FIELDS = {
     "model": "the vitfast model name",
@@ -58,7 +58,7 @@ FIELDS = {
 
 
 @dataclass(frozen=True)
-class ModelBenchRow:
+class ModelBenchRow(StatusRow):
     """One measured (model, implementation, backend, mode). Numbers are None when it did not run."""
 
     model: str
@@ -77,10 +77,6 @@ class ModelBenchRow:
     gflops: float
     tflops: float | None
     status: str
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
 
     @property
     def label(self) -> str:
@@ -128,8 +124,9 @@ def _swin_macs(cfg, img_size: int) -> int:
 
 def _clip_macs(cfg, img_size: int) -> int:
     grid = (img_size // cfg.patch_size) ** 2
+    vision_mlp = int(cfg.vision_width * cfg.vision_mlp_ratio)
     vision = (grid * cfg.vision_width * cfg.in_chans * cfg.patch_size**2
-              + cfg.vision_layers * _block_macs(grid + 1, cfg.vision_width, int(cfg.vision_width * cfg.vision_mlp_ratio))
+              + cfg.vision_layers * _block_macs(grid + 1, cfg.vision_width, vision_mlp)
               + cfg.vision_width * cfg.embed_dim)
     text = (cfg.text_layers * _block_macs(cfg.context_length, cfg.text_width, int(cfg.text_width * cfg.text_mlp_ratio))
             + cfg.text_width * cfg.embed_dim)
@@ -140,7 +137,7 @@ def count_flops(family: str, config, img_size: int | None = None, mode: str = "i
     """FLOPs per sample of one `mode` step ('infer' or 'train') of the model `config` describes."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose {', '.join(MODES)}.")
-    size = img_size or (config.image_size if family == "clip" else config.img_size)
+    size = img_size or image_size(family, config)
     macs = {"vit": _vit_macs, "swin": _swin_macs, "clip": _clip_macs}[family](config, size)
     return 2.0 * macs * (3 if mode == "train" else 1)
 
@@ -148,6 +145,11 @@ def count_flops(family: str, config, img_size: int | None = None, mode: str = "i
 # --------------------------------------------------------------------------------------------------
 # The benchmark
 # --------------------------------------------------------------------------------------------------
+
+
+def image_size(family: str, config) -> int:
+    """The input size of a config: CLIP's ``image_size``, a ViT's or Swin's ``img_size``."""
+    return config.image_size if family == "clip" else config.img_size
 
 
 def model_config(name: str, img_size: int | None = None, backend: str | None = None):
@@ -177,7 +179,7 @@ def validate_model_bench(*, name: str, modes: Sequence[str], backends: Sequence[
             raise ValueError(f"unknown --compare {peer!r}; choose timm (ViT, Swin) or open_clip (CLIP).")
     if batch < 1:
         raise ValueError(f"--batch-size must be at least 1; got {batch}.")
-    if amp_dtype not in AMP_DTYPES:
+    if amp_dtype not in DTYPES:
         raise ValueError(f"unknown AMP dtype {amp_dtype!r}; choose bf16, fp16 or fp32.")
 
 
@@ -204,17 +206,20 @@ def _bench_one(name: str, impl: str, backend: str, mode: str, batch: int, device
                img_size: int | None, amp_dtype: str, compile: bool, warmup: int, rep: int,
                retry_smaller: bool) -> ModelBenchRow:
     family, config = model_config(name, img_size, backend if impl == "vitfast" else None)
-    size = config.image_size if family == "clip" else config.img_size
+    size = image_size(family, config)
     flops = count_flops(family, config, size, mode)
     base = dict(model=name, impl=impl, backend=backend, mode=mode, requested_batch=batch, img_size=size,
                 amp_dtype=amp_dtype, gflops=flops / 1e9)
-    empty = dict(samples_per_s=None, step_ms=None, peak_mem_bytes=None, state_bytes=None, tflops=None,
-                 params=_param_count(name, img_size) if impl == "vitfast" else None)
+
+    def not_run(status: str, batch: int) -> ModelBenchRow:
+        return ModelBenchRow(batch=batch, status=status, samples_per_s=None, step_ms=None, peak_mem_bytes=None,
+                             state_bytes=None, tflops=None,
+                             params=_param_count(name, img_size) if impl == "vitfast" else None, **base)
+
     if impl == "vitfast" and backend == "triton" and device.type != "cuda":
-        return ModelBenchRow(batch=batch, status=TRITON_NEEDS_CUDA, **base, **empty)
+        return not_run(TRITON_NEEDS_CUDA, batch)
     if impl != "vitfast" and PEERS[family] != impl:
-        why = f"skipped: {impl} has no {family} model; compare a {family} with {PEERS[family]}"
-        return ModelBenchRow(batch=batch, status=why, **base, **empty)
+        return not_run(f"skipped: {impl} has no {family} model; compare a {family} with {PEERS[family]}", batch)
     while True:
         measured, status = run_guarded(
             lambda: _measure_step(family, config, impl, mode, batch, device, amp_dtype, compile, warmup, rep),
@@ -225,7 +230,7 @@ def _bench_one(name: str, impl: str, backend: str, mode: str, batch: int, device
     if measured is None:
         if impl != "vitfast" and status.startswith(("error: ImportError", "error: ModuleNotFoundError")):
             status = f"skipped: {impl} is not installed"
-        return ModelBenchRow(batch=batch, status=status, **base, **empty)
+        return not_run(status, batch)
     step_ms, peak, state, params = measured
     return ModelBenchRow(batch=batch, samples_per_s=batch / (step_ms * 1e-3), step_ms=step_ms, peak_mem_bytes=peak,
                          state_bytes=state, params=params, tflops=flops * batch / (step_ms * 1e-3) / 1e12,
@@ -255,7 +260,8 @@ def _measure_step(family: str, config, impl: str, mode: str, batch: int, device:
     else:
         model = peer_model(family, config)
     model = model.to(device)
-    step = make_step(family, config, model, mode, batch, device, AMP_DTYPES[amp_dtype], compile)
+    amp = DTYPES[amp_dtype]
+    step = make_step(family, config, model, mode, batch, device, None if amp == torch.float32 else amp, compile)
     for _ in range(max(warmup, 1)):  # at least one: SGD allocates its momentum on the first step
         step()
     state = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
@@ -269,7 +275,7 @@ def make_step(family: str, config, model: nn.Module, mode: str, batch: int, devi
               amp: torch.dtype | None, compile: bool) -> Callable[[], None]:
     """One `mode` step of `model` (on `device`) on a random batch, as the benchmark times it."""
     gen = torch.Generator(device=device).manual_seed(0)
-    size = config.image_size if family == "clip" else config.img_size
+    size = image_size(family, config)
     images = torch.randn(batch, config.in_chans, size, size, generator=gen, device=device)
     if family == "clip":
         text = torch.randint(0, config.vocab_size - 2, (batch, config.context_length), generator=gen, device=device)
@@ -326,6 +332,11 @@ def _vitfast_classes() -> tuple[type, ...]:
     from vitfast.models import FAMILIES
 
     return tuple(cls for _, cls in FAMILIES.values())
+
+
+def baseline_of(rows: Sequence[ModelBenchRow]) -> str:
+    """What speedups are read against: the first peer library that ran, else vitfast's sdpa backend."""
+    return next((r.label for r in rows if r.impl != "vitfast" and r.ok), "sdpa")
 
 
 def speedups(rows: Sequence[ModelBenchRow], baseline: str) -> list[float | None]:

@@ -13,7 +13,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from vitfast.bench import BACKWARD_FLOP_RATIO, MODES, check_sweep, defaults_for, measure_case, resolve_device
+from vitfast.bench import (BACKWARD_FLOP_RATIO, MODES, StatusRow, check_sweep, defaults_for, measure_case,
+                           resolve_device)
 from vitfast.kernels import window_attention
 from vitfast.kernels.reference import effective_window
 
@@ -59,7 +60,7 @@ FIELDS = {
 
 
 @dataclass(frozen=True)
-class WindowBenchRow:
+class WindowBenchRow(StatusRow):
     """One measured case. Numbers are None when the case did not run; ``status`` then says why."""
 
     backend: str
@@ -69,10 +70,6 @@ class WindowBenchRow:
     tflops: float | None
     peak_mem_bytes: int | None
     status: str
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
 
     @property
     def case(self) -> str:
