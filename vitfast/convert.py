@@ -391,9 +391,9 @@ def _verify_hf(src: Path, dst: Path, family: str, config) -> float | None:
                 reference = transformers.ViTModel.from_pretrained(src, add_pooling_layer=False).float().eval()
                 return _diff(ours.forward_features(image), reference(pixel_values=image).last_hidden_state)
             reference = transformers.SwinModel.from_pretrained(src).float().eval()
-            out = reference(pixel_values=image)
-            return max(_diff(ours.forward_features(image).flatten(1, 2), out.last_hidden_state),
-                       _diff(ours.forward_head(ours.forward_features(image), pre_logits=True), out.pooler_output))
+            out, tokens = reference(pixel_values=image), ours.forward_features(image)
+            return max(_diff(tokens.flatten(1, 2), out.last_hidden_state),
+                       _diff(ours.forward_head(tokens, pre_logits=True), out.pooler_output))
         cls = transformers.ViTForImageClassification if family == "vit" else transformers.SwinForImageClassification
         reference = cls.from_pretrained(src).float().eval()
         return _diff(ours(image), reference(pixel_values=image).logits)

@@ -210,6 +210,11 @@ def load_tokenizer(path: str | os.PathLike[str]) -> ClipTokenizer:
     return ClipTokenizer.from_file(path)
 
 
+def _merge_pairs(merges: Iterable[str | Sequence[str]]) -> list[tuple[str, ...]]:
+    """Merges as tuples: tokenizers < 0.20 (and merges.txt lines) write one as "a b", later versions ["a", "b"]."""
+    return [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]
+
+
 def _from_merges(merges: list[tuple[str, str]], context_length: int) -> ClipTokenizer:
     """A ClipTokenizer over the byte symbols, `merges` in rank order, then the start and end tokens."""
     alphabet = _byte_alphabet()
@@ -249,12 +254,13 @@ def read_hf_tokenizer(folder: str | os.PathLike[str], context_length: int) -> Cl
     fast, vocab_file, merges_file = (folder / name for name in HF_FILES)
     try:
         if fast.is_file():
-            model = json.loads(fast.read_text(encoding="utf-8")).get("model") or {}
+            saved = json.loads(fast.read_text(encoding="utf-8"))
+            model = saved.get("model") or {}
             if model.get("type") != "BPE":
                 raise TokenizerError(f"{fast} holds a {model.get('type')!r} model, not CLIP's byte-level BPE; "
                                      f"pass a vitfast tokenizer.json with --tokenizer.")
             vocab, raw_merges, where = dict(model["vocab"]), model["merges"], fast
-            for added in json.loads(fast.read_text(encoding="utf-8")).get("added_tokens") or []:
+            for added in saved.get("added_tokens") or []:
                 vocab.setdefault(added["content"], added["id"])  # special tokens kept only there
         elif vocab_file.is_file() and merges_file.is_file():
             vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
@@ -266,8 +272,7 @@ def read_hf_tokenizer(folder: str | os.PathLike[str], context_length: int) -> Cl
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, AttributeError) as e:
         raise TokenizerError(f"{folder}'s tokenizer files are unreadable ({type(e).__name__}: {e}); pass a "
                              f"vitfast tokenizer.json with --tokenizer.") from None
-    # tokenizers < 0.20 writes a merge as "a b", later versions (and merges.txt lines) ["a", "b"].
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in raw_merges]
+    merges = _merge_pairs(raw_merges)
     if any(len(m) != 2 for m in merges) or not isinstance(vocab, dict):
         raise TokenizerError(f"{where} does not hold a vocabulary and merges of two symbols each; pass a vitfast "
                              f"tokenizer.json with --tokenizer.")
@@ -292,7 +297,7 @@ def write_hf_tokenizer(tokenizer: ClipTokenizer, folder: str | os.PathLike[str])
     state = json.loads(tokenizer._tokenizer.to_str())
     vocab = dict(state["model"]["vocab"])
     vocab.update({SOT: tokenizer.sot_token_id, EOT: tokenizer.eot_token_id})
-    merges = [" ".join(m.split(" ") if isinstance(m, str) else m) for m in state["model"]["merges"]]
+    merges = [" ".join(pair) for pair in _merge_pairs(state["model"]["merges"])]
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False) + "\n", encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     specials = {"bos_token": SOT, "eos_token": EOT, "unk_token": EOT, "pad_token": EOT}
@@ -366,6 +371,4 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 1024,
     tokenizer = _pipeline(models.BPE(end_of_word_suffix=EOW))
     tokenizer.train_from_iterator((_clean(text) for text in texts), trainer=trainer)
     merges = json.loads(tokenizer.to_str())["model"]["merges"]
-    # tokenizers < 0.20 writes a merge as "a b", later versions as ["a", "b"].
-    return _from_merges([tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges],
-                        context_length)
+    return _from_merges(_merge_pairs(merges), context_length)
