@@ -138,7 +138,7 @@ def eval_command(
     """Evaluate a saved model: a classifier's top-1, top-5, loss and images/s on the val split; a CLIP's
     zero-shot top-1/top-5 on the val split of --data-dir and image/text retrieval R@1/5/10 on --val-data
     (with neither, both on the built-in data)."""
-    from vitfast.evaluate import evaluate_folder
+    from vitfast.train import evaluate_folder
     from vitfast.pairs import CsvFormat
 
     with _user_errors():

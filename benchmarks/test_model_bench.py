@@ -9,7 +9,7 @@ from bench_common import DEVICE, backends, gpu_or
 
 from vitfast import bench_model as bm
 from vitfast.models import build_model
-from vitfast.peers import peer_model
+from vitfast.models.peers import peer_model
 
 MODELS = gpu_or(["vit_base_patch16_224", "swin_tiny_patch4_window7_224"],
                 ["vit_micro_patch4_32", "swin_micro_patch2_window4_32"])

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from vitfast.bench import DTYPES, OUT_OF_MEMORY, TRITON_NEEDS_CUDA, StatusRow, _median_ms, peak_memory, run_guarded
 from vitfast.models import build_config, named_config
-from vitfast.peers import PEERS, peer_model
+from vitfast.models.peers import PEERS, peer_model
 
 MODES = ("infer", "train")
 BACKENDS = ("triton", "sdpa", "eager")

@@ -1,4 +1,4 @@
-"""Model folders (config.json + model.safetensors) and atomic file writes.
+"""Model folders (config.json + model.safetensors): save, load, read the config and the weights.
 
 A saved model is a directory: ``config.json`` and ``model.safetensors``, or, past ``max_shard_size``,
 ``model-00001-of-0000N.safetensors`` shards with ``model.safetensors.index.json``. The config is
@@ -10,13 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
 
+from vitfast.files import atomic_write, parse_size
 from vitfast.models import build_config, build_model, model_family
 
 CONFIG_NAME = "config.json"
@@ -29,30 +28,6 @@ class CheckpointError(ValueError):
     """A model folder or file that cannot be read: the message names the file and the fix."""
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> None:
-    """Write `path` through `write(tmp_path)` to a temp file beside it, fsync, then rename over it.
-
-    A crash mid-write leaves the previous file intact, never a truncated one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def model_config_dict(model: nn.Module) -> dict:
     """What config.json holds: the family, the model name it was created from, and every field."""
     return {
@@ -60,21 +35,6 @@ def model_config_dict(model: nn.Module) -> dict:
         "model_name": getattr(model, "model_name", None),
         "config": dataclasses.asdict(model.config),
     }
-
-
-def parse_size(size: int | str) -> int:
-    """Bytes in a size written like "5GB", "500MB" or "2GiB" (an int is taken as bytes)."""
-    if isinstance(size, int):
-        return size
-    text = size.strip().upper()
-    for unit, factor in (("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("GB", 10**9), ("MB", 10**6),
-                         ("KB", 10**3), ("B", 1)):
-        if text.endswith(unit):
-            try:
-                return int(float(text[: -len(unit)]) * factor)
-            except ValueError:
-                break
-    raise ValueError(f"cannot read the size {size!r}; write it like 5GB, 500MB or 2GiB.")
 
 
 def save(model: nn.Module, directory: str | os.PathLike[str], *, max_shard_size: int | str = "5GB") -> Path:

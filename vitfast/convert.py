@@ -31,7 +31,7 @@ from vitfast.models import build_config, build_model, mlp_ratio_for
 from vitfast.models.clip import CLIP_CONFIGS
 from vitfast.models.swin import SWIN_CONFIGS
 from vitfast.models.vit import VIT_CONFIGS
-from vitfast.peers import peer_model
+from vitfast.models.peers import peer_model
 
 SOURCES = ("auto", "timm", "hf", "openai", "open_clip")
 TARGETS = ("timm", "hf")

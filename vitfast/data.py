@@ -14,7 +14,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +24,8 @@ TRAIN_SYNONYMS = ("train", "training")
 VAL_SYNONYMS = ("val", "valid", "validation", "eval", "evaluation", "test")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's preprocessing
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class DataError(ValueError):
@@ -313,3 +315,23 @@ def build_loader(dataset: Dataset, *, batch_size: int, workers: int, sampler=Non
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       pin_memory=torch.cuda.is_available(), drop_last=drop_last,
                       collate_fn=collate_skipping_bad, generator=torch.Generator().manual_seed(seed))
+
+
+def clip_transform_config(image_size: int) -> TransformConfig:
+    """open_clip's preprocessing: crops of 90–100% of the area for training (no flip: captions may say
+    left or right), resize + centre crop of the whole image for eval, OpenAI's mean and std."""
+    return TransformConfig(image_size, scale=(0.9, 1.0), crop_pct=1.0, mean=OPENAI_MEAN, std=OPENAI_STD,
+                           hflip=False)
+
+
+def class_names(split_root: str | os.PathLike[str], classes: Sequence[str]) -> list[str]:
+    """Readable class names: `classnames.txt` beside the split folders (one per line, in class-folder
+    order) when present, else the folder names with underscores as spaces."""
+    path = Path(split_root).parent / CLASSNAMES_FILE
+    if not path.is_file():
+        return [c.replace("_", " ") for c in classes]
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(names) != len(classes):
+        raise DataError(f"{path} lists {len(names)} class names but {Path(split_root)} has {len(classes)} "
+                        "class folders; give one name per folder, in sorted folder order.")
+    return names

@@ -32,6 +32,8 @@ import ftfy
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from vitfast.files import atomic_write
+
 SOT = "<|startoftext|>"
 EOT = "<|endoftext|>"
 EOW = "</w>"
@@ -174,9 +176,6 @@ class ClipTokenizer:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the tokenizer to `path` (a ``.json`` file, else ``path/tokenizer.json``); returns it."""
-        # Imported here: vitfast.checkpoint imports the model registry, which may come to import this.
-        from vitfast.checkpoint import atomic_write
-
         path = Path(path)
         target = path if path.suffix == ".json" else path / TOKENIZER_NAME
         atomic_write(target, lambda tmp: self._tokenizer.save(str(tmp)))

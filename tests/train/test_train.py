@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 import vitfast
-from vitfast import tasks as vtasks
+from vitfast.train import tasks as vtasks
 from vitfast import train as vtrain
 from vitfast.cli import app
 from vitfast.train import TrainConfig, TrainingError, train

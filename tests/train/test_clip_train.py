@@ -15,7 +15,8 @@ import vitfast
 from vitfast import data as vdata
 from vitfast import pairs as vdata_pairs
 from vitfast.cli import app
-from vitfast.evaluate_clip import class_names, retrieval_metrics
+from vitfast.data import class_names
+from vitfast.metrics import retrieval_metrics
 from vitfast.pairs import CsvFormat, ImageTextDataset, read_pairs
 from vitfast.train import TrainConfig, train
 

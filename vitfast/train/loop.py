@@ -1,5 +1,5 @@
 """Training loop for image classifiers and CLIP: AdamW, warmup + cosine, AMP, accumulation, DDP,
-exact resume. What is trained (model, data, loss, validation) comes from vitfast.tasks.
+exact resume. What is trained (model, data, loss, validation) comes from vitfast.train.tasks.
 
 Reproducibility is by construction, so that a resumed run and a multi-process run can be compared
 with an uninterrupted single-process one:
@@ -30,9 +30,11 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from vitfast import data as vdata
-from vitfast.checkpoint import CheckpointError, atomic_write, save
+from vitfast.checkpoint import CheckpointError, save
+from vitfast.files import atomic_write
 from vitfast.models import check_model_name
-from vitfast.tasks import build_task
+from vitfast.runtime import Runtime, amp_dtype_for, autocast, init_runtime
+from vitfast.train.tasks import build_task
 
 STATE_NAME = "train_state.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -126,49 +128,6 @@ def warmup_cosine(total_steps: int, warmup_steps: int, lr: float, min_lr: float)
         t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return (min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))) / lr
     return factor
-
-
-# --------------------------------------------------------------------------------------------------
-# Distributed setup
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Runtime:
-    device: torch.device
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_runtime() -> Runtime:
-    """One process, or one of torchrun's: NCCL on CUDA, gloo on CPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local)
-            device = torch.device("cuda", local)
-        else:
-            device = torch.device("cpu")
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        return Runtime(device, dist.get_rank(), world)
-    return Runtime(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def amp_dtype_for(name: str, device: torch.device) -> torch.dtype | None:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
-    if name not in table:
-        raise ValueError(f"unknown --amp-dtype {name!r}; choose bf16, fp16 or fp32.")
-    if table[name] is not None and device.type != "cuda":
-        raise ValueError(f"--amp-dtype {name} needs a CUDA GPU (autocast runs on CUDA); use fp32 on CPU.")
-    return table[name]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -362,7 +321,7 @@ def _train_epoch(task, run_model, model, loader, optimizer, scheduler, scaler, c
             labels = labels.to(rt.device, non_blocking=True)
             # Under DDP, gradients are all-reduced only on the micro-batch that ends a step.
             sync = contextlib.nullcontext() if micro == accum - 1 or rt.world == 1 else run_model.no_sync()
-            with sync, torch.autocast(rt.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            with sync, autocast(rt.device, amp):
                 loss = task.loss(run_model, images, labels)
                 scaler.scale(loss / accum).backward()
             value = loss.detach()

@@ -1,6 +1,6 @@
 """What `vitfast train` optimizes: image classification (ViT, Swin) or image–text contrastive learning
 (CLIP). A task builds the model and its data, gives the loss of a batch, runs the validation, and
-says what else the model folder holds; train.py owns the loop, the checkpoints and the processes.
+says what else the model folder holds; loop.py owns the loop, the checkpoints and the processes.
 """
 
 from __future__ import annotations
@@ -14,14 +14,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vitfast import data as vdata
-from vitfast.evaluate import evaluate
+from vitfast.kernels import clip_loss
+from vitfast.metrics import evaluate, evaluate_clip
 from vitfast.models import create_model, named_config
+from vitfast.pairs import CaptionTokens, CsvFormat, default_pairs, pairs_dataset
+from vitfast.runtime import Runtime
+from vitfast.tokenizer import TOKENIZER_NAME, clip_bpe_tokenizer, load_tokenizer, train_bpe
+from vitfast.train.evaluate import clip_eval_data
 
 
 class ClassificationTask:
     """ImageFolder classes; cross-entropy; top-1/top-5 on the val split."""
 
-    def __init__(self, cfg, rt) -> None:
+    def __init__(self, cfg, rt: Runtime) -> None:
         default_data = cfg.data_dir is None
         self.root = vdata.default_data_dir() if default_data else Path(cfg.data_dir)
         if rt.world > 1:
@@ -67,8 +72,6 @@ def choose_tokenizer(cfg, base, captions: list[str], output: Path, log: Callable
     """The run's tokenizer: the one saved in --output when resuming; else --tokenizer (a tokenizer.json,
     or "clip" for CLIP's BPE); else CLIP's BPE for models with CLIP's 49408-token vocabulary, and a BPE
     trained on the training captions (of the model's vocab_size) for models trained from scratch."""
-    from vitfast.tokenizer import TOKENIZER_NAME, clip_bpe_tokenizer, load_tokenizer, train_bpe
-
     if cfg.resume and (output / TOKENIZER_NAME).is_file():
         return load_tokenizer(output / TOKENIZER_NAME)
     choice = cfg.tokenizer or ("clip" if base.vocab_size == 49408 else "train")
@@ -90,10 +93,7 @@ class ClipTask:
     val split and retrieval recall on the val pairs. Every rank runs the whole validation, so no
     collective is needed there; the figures are the same on all ranks."""
 
-    def __init__(self, cfg, rt, output: Path, log: Callable[[str], None]) -> None:
-        from vitfast.evaluate_clip import clip_eval_data, clip_transform_config
-        from vitfast.pairs import CaptionTokens, CsvFormat, default_pairs, pairs_dataset
-
+    def __init__(self, cfg, rt: Runtime, output: Path, log: Callable[[str], None]) -> None:
         if cfg.drop_path is not None:
             raise ValueError("--drop-path applies to ViT and Swin classifiers; CLIP models have no stochastic depth.")
         default_data = cfg.train_data is None
@@ -103,7 +103,7 @@ class ClipTask:
         if rt.world > 1:
             dist.barrier()  # rank 0 may have generated the default data; others wait until it is there
         _, base = named_config(cfg.model)
-        tcfg = clip_transform_config(cfg.img_size or base.image_size)
+        tcfg = vdata.clip_transform_config(cfg.img_size or base.image_size)
         eval_tf = vdata.build_transform(tcfg, False)
         fmt = CsvFormat(cfg.csv_img_key, cfg.csv_caption_key, cfg.csv_separator)
         self.train_set = pairs_dataset(train_spec, vdata.build_transform(tcfg, True), fmt, cfg.skip_bad_images)
@@ -124,8 +124,6 @@ class ClipTask:
         self.description = "; ".join(parts)
 
     def loss(self, run_model: nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        from vitfast.kernels import clip_loss
-
         image_emb, text_emb, scale = run_model(images, tokens)
         return clip_loss(image_emb, text_emb, scale, group=self.group)
 
@@ -133,8 +131,6 @@ class ClipTask:
         self.model.clamp_logit_scale()
 
     def evaluate(self, device: torch.device, amp: torch.dtype | None) -> dict:
-        from vitfast.evaluate_clip import evaluate_clip
-
         metrics = evaluate_clip(self.model, self.tokenizer, self.eval_data, device, amp)
         return {**metrics, "logit_scale": self.model.logit_scale.exp().item()}
 
@@ -152,7 +148,7 @@ class ClipTask:
         return ", ".join(parts) + f", logit scale {val['logit_scale']:.1f}"
 
 
-def build_task(cfg, rt, output: Path, log: Callable[[str], None]):
+def build_task(cfg, rt: Runtime, output: Path, log: Callable[[str], None]):
     """The task for cfg.model's family."""
     family, _ = named_config(cfg.model)
     if family == "clip":

@@ -1,0 +1,23 @@
+"""The names vitfast's options accept, kept free of torch so that the CLI can build its typed
+choices (and `vitfast --help`) without importing it. The library modules take their lists from here,
+so a flag's choices and the function behind it cannot drift apart.
+"""
+
+from __future__ import annotations
+
+# Dtypes, in the order flags list them; "auto" resolves per device (vitfast.runtime).
+DTYPE_NAMES = ("bf16", "fp16", "fp32")
+AUTO = "auto"
+
+# vitfast.kernels.attention and window_attention; models take the same names as attn_backend.
+ATTENTION_BACKENDS = ("auto", "triton", "sdpa", "eager")
+# vitfast.kernels.clip_loss.
+CLIP_LOSS_BACKENDS = ("auto", "triton", "chunked", "eager")
+
+# vitfast convert: where weights come from (--from) and what an export writes (--to).
+CONVERT_SOURCES = ("auto", "timm", "hf", "openai", "open_clip")
+EXPORT_TARGETS = ("timm", "hf")
+
+# Benchmarks: what a kernel case times, and what a model case times.
+KERNEL_MODES = ("fwd", "fwd+bwd")
+MODEL_MODES = ("infer", "train")

@@ -1,0 +1,8 @@
+"""The training application: `vitfast train`'s loop (loop.py), what it optimizes (tasks.py) and
+`vitfast eval`'s folder-level glue (evaluate.py). The library below never imports it."""
+
+from vitfast.train.evaluate import evaluate_clip_folder, evaluate_folder
+from vitfast.train.loop import METRICS_NAME, STATE_NAME, TrainConfig, TrainingError, train
+
+__all__ = ["METRICS_NAME", "STATE_NAME", "TrainConfig", "TrainingError", "evaluate_clip_folder", "evaluate_folder",
+           "train"]
