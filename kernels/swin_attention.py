@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from . import reference
+from . import window_geometry as geo
 from ._triton import dot_precision, interpreting, require_triton, tl, triton
 
 Backend = Literal["auto", "triton", "sdpa", "eager"]
@@ -429,13 +430,13 @@ def _check_triton_inputs(qkv: torch.Tensor, bias_table: torch.Tensor, qkv_bias: 
                          f"got {tuple(qkv_bias.shape)}.")
 
 
-def _geometry_args(g: reference.WindowGeometry) -> tuple:
+def _geometry_args(g: geo.WindowGeometry) -> tuple:
     (Hp, Wp), (sh, sw), (th, tw) = g.padded, g.shift, g.table_window
     return g.windows_per_row, g.num_windows, Hp, Wp, sh, sw, th, tw
 
 
 def _triton_forward(qkv: torch.Tensor, bias_table: torch.Tensor, qkv_bias: torch.Tensor | None,
-                    g: reference.WindowGeometry, num_heads: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+                    g: geo.WindowGeometry, num_heads: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     B, H, W, C3 = qkv.shape
     C = C3 // 3
     head_dim = C // num_heads
@@ -470,7 +471,7 @@ def _table_pairs(wh: int, ww: int, th: int, tw: int, device: torch.device) -> to
     """(table rows, most pairs per row) indices into the flattened M×M pair grid: the pairs whose
     relative position reads each row of the bias table, padded with M·M (a zero slot). Summing the
     bias gradient through it gathers a table gradient without scatter atomics, hence deterministically."""
-    index = reference.relative_position_index(wh, ww, (th, tw)).flatten()
+    index = geo.relative_position_index(wh, ww, (th, tw)).flatten()
     rows = (2 * th - 1) * (2 * tw - 1)
     order = torch.argsort(index, stable=True)
     counts = torch.bincount(index, minlength=rows)
@@ -482,7 +483,7 @@ def _table_pairs(wh: int, ww: int, th: int, tw: int, device: torch.device) -> to
 
 
 def _triton_backward(dout: torch.Tensor, qkv: torch.Tensor, bias_table: torch.Tensor, qkv_bias: torch.Tensor | None,
-                     out: torch.Tensor, lse: torch.Tensor, g: reference.WindowGeometry, num_heads: int, scale: float,
+                     out: torch.Tensor, lse: torch.Tensor, g: geo.WindowGeometry, num_heads: int, scale: float,
                      chunks: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """dqkv, d bias_table and d qkv_bias (None without qkv_bias) for the forward's output gradient."""
     B, H, W, C3 = qkv.shape
@@ -531,7 +532,7 @@ class WindowAttentionFunction(torch.autograd.Function):
     """Fused window attention; saves qkv, the table, qkv_bias, the output and the row LSE."""
 
     @staticmethod
-    def forward(ctx, qkv, bias_table, qkv_bias, geometry: reference.WindowGeometry, num_heads: int, scale: float):
+    def forward(ctx, qkv, bias_table, qkv_bias, geometry: geo.WindowGeometry, num_heads: int, scale: float):
         out, lse = _triton_forward(qkv, bias_table, qkv_bias, geometry, num_heads, scale)
         ctx.save_for_backward(qkv, bias_table, qkv_bias, out, lse)
         ctx.geometry, ctx.num_heads, ctx.scale = geometry, num_heads, scale
@@ -604,15 +605,15 @@ def window_attention(
                                           shift_size=shift_size, qkv_bias=qkv_bias, scale=scale,
                                           shrink_window=shrink_window)
     if backend == "sdpa":
-        q, k, v, bias, geometry = reference.window_partition_qkv(
+        q, k, v, bias, geometry = geo.window_partition_qkv(
             qkv, bias_table, num_heads=num_heads, window_size=window_size, shift_size=shift_size,
             qkv_bias=qkv_bias, shrink_window=shrink_window)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
-        return reference.window_merge(out, geometry)
+        return geo.window_merge(out, geometry)
     if backend == "triton":
         require_triton()
         _check_triton_inputs(qkv, bias_table, qkv_bias, num_heads)
-        geometry = reference.window_geometry(qkv, bias_table, window_size, shift_size, shrink_window)
+        geometry = geo.window_geometry(qkv, bias_table, window_size, shift_size, shrink_window)
         scale = (qkv.shape[-1] // 3 // num_heads) ** -0.5 if scale is None else float(scale)
         if qkv.numel() == 0:
             return qkv.new_empty(*qkv.shape[:3], qkv.shape[-1] // 3)

@@ -105,7 +105,7 @@ def _vit_macs(cfg, img_size: int) -> int:
 
 
 def _swin_macs(cfg, img_size: int) -> int:
-    from vitfast.kernels.reference import effective_window
+    from vitfast.kernels.window_geometry import effective_window
 
     grid = -(-img_size // cfg.patch_size)
     macs = grid * grid * cfg.embed_dim * cfg.in_chans * cfg.patch_size**2

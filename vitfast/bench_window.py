@@ -16,7 +16,7 @@ import torch
 from vitfast.bench import (BACKWARD_FLOP_RATIO, MODES, StatusRow, check_sweep, defaults_for, measure_case,
                            resolve_device)
 from vitfast.kernels import window_attention
-from vitfast.kernels.reference import effective_window
+from vitfast.kernels.window_geometry import effective_window
 
 BACKENDS = ("triton", "sdpa", "eager")
 

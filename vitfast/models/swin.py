@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from vitfast.kernels import window_attention
-from vitfast.kernels.reference import effective_window
+from vitfast.kernels.window_geometry import effective_window
 
 from .vit import DropPath, Mlp
 
