@@ -11,10 +11,10 @@ import torch
 from typer.testing import CliRunner
 
 import vitfast
-from vitfast.train import tasks as vtasks
 from vitfast import train as vtrain
 from vitfast.cli import app
 from vitfast.train import TrainConfig, TrainingError, train
+from vitfast.train import tasks as vtasks
 
 # A 16×16 ViT on the tiny folder (96 train images): 12 steps per epoch at batch 8.
 TINY = dict(model="vit_micro_patch4_32", img_size=16, batch_size=8, lr=3e-3, warmup_epochs=0.5,

@@ -37,7 +37,8 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: to
         hits = top == labels[:, None]
         totals += torch.stack([
             F.cross_entropy(logits, labels, reduction="sum").double(),
-            hits[:, 0].sum().double(), hits.any(dim=1).sum().double(), torch.tensor(float(len(labels)), device=device, dtype=torch.float64),
+            hits[:, 0].sum().double(), hits.any(dim=1).sum().double(),
+            torch.tensor(float(len(labels)), device=device, dtype=torch.float64),
         ])
     if distributed:
         dist.all_reduce(totals)
