@@ -6,15 +6,21 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import warnings
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 import vitfast
 from vitfast.checkpoint import read_state_dict
 from vitfast.cli import app
 from vitfast.convert import ConvertError, convert
+from vitfast.convert.infer import clip_config
+from vitfast.convert.write import build
+from vitfast.models import mlp_ratio_for
+from vitfast.tokenizer import load_tokenizer, train_bpe, write_hf_tokenizer
 
 timm = pytest.importorskip("timm")
 
@@ -39,8 +45,6 @@ def test_timm_vit_training_checkpoint(tmp_path, kw):
 
 
 def test_timm_swin_safetensors_matches_a_named_config(tmp_path):
-    from safetensors.torch import save_file
-
     source = timm.create_model("swin_tiny_patch4_window7_224", num_classes=5).eval()
     save_file(source.state_dict(), tmp_path / "swin.safetensors")
     report = convert(tmp_path / "swin.safetensors", tmp_path / "out", dtype="fp32")
@@ -73,7 +77,7 @@ def test_clip_checkpoints_match_open_clip(tmp_path, layout):
     ours = vitfast.load(tmp_path / "out", attn_backend="eager").eval()
     assert ours.config.quick_gelu == (layout == "openai") and (tmp_path / "out" / "tokenizer.json").is_file()
     image = torch.randn(2, 3, 32, 32)
-    text = vitfast.tokenizer.load_tokenizer(tmp_path / "out")(["a diagram", "a dog on a sofa"])
+    text = load_tokenizer(tmp_path / "out")(["a diagram", "a dog on a sofa"])
     with torch.no_grad():
         assert _max_diff(ours.encode_image(image), source.encode_image(image)) <= 1e-4
         assert _max_diff(ours.encode_text(text), source.encode_text(text)) <= 1e-4
@@ -98,8 +102,6 @@ def test_a_pickle_that_runs_code_is_refused_without_running(tmp_path):
 
 
 def test_corrupt_missing_and_misshaped_sources_name_the_problem(tmp_path):
-    from safetensors.torch import save_file
-
     state = timm.create_model("vit_tiny_patch16_224", num_classes=3, img_size=32).state_dict()
     save_file(state, tmp_path / "good.safetensors")
     data = (tmp_path / "good.safetensors").read_bytes()
@@ -167,8 +169,6 @@ def test_export_to_timm_loads_in_timm(tmp_path):
     assert report["target"] == "timm"
     meta = json.loads((tmp_path / "timm" / "config.json").read_text())
     reference = timm.models.swin_transformer.SwinTransformer(**meta["model_args"]).eval()
-    from safetensors.torch import load_file
-
     reference.load_state_dict(load_file(tmp_path / "timm" / "model.safetensors"), strict=True)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -180,8 +180,6 @@ def test_torchscript_clip_archive_is_read_without_running_it(tmp_path):
     image = torch.randn(1, 3, 32, 32)
     text = torch.randint(0, 49406, (1, 16))
     text[:, -1] = 49407
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracing warns about open_clip's data-dependent pooling
         torch.jit.trace(source, (image, text), strict=False, check_trace=False).save(str(tmp_path / "clip.pt"))
@@ -195,7 +193,6 @@ def test_torchscript_clip_archive_is_read_without_running_it(tmp_path):
 @pytest.mark.parametrize("files", ["tokenizer.json", "vocab+merges"])
 def test_hf_clip_folder_brings_its_tokenizer_and_exports_it(tmp_path, files):
     transformers = pytest.importorskip("transformers")
-    from vitfast.tokenizer import load_tokenizer, train_bpe, write_hf_tokenizer
 
     captions = ["a photo of a red dog", "two cats and one bird", "a blue car on the road"] * 20
     tok = train_bpe(captions, vocab_size=560, context_length=16)
@@ -316,12 +313,10 @@ def test_wide_head_vits_get_timm_and_open_clips_head_counts(tmp_path):
     vision = {"image_size": 28, "patch_size": 14, "width": 1408, "layers": 1, "head_width": 88, "mlp_ratio": 48 / 11}
     text = {"context_length": 8, "vocab_size": 64, "width": 128, "heads": 2, "layers": 1}
     clip = open_clip.model.CLIP(32, vision, text).eval()
-    from vitfast.convert import _build, clip_config
-
     _, cfg, _ = clip_config(clip.state_dict(), None, quick_gelu=False)
     assert (cfg.vision_heads, cfg.vision_mlp_ratio, cfg.text_heads) == (16, 6144 / 1408, 2)
     cfg.attn_backend = "eager"
-    ours = _build("clip", cfg, clip.state_dict()).eval()  # (a 64-token vocabulary has no CLIP tokenizer to save)
+    ours = build("clip", cfg, clip.state_dict()).eval()  # (a 64-token vocabulary has no CLIP tokenizer to save)
     with torch.no_grad():
         image = torch.randn(2, 3, 28, 28)
         assert _max_diff(ours.encode_image(image), clip.encode_image(image)) <= 1e-4
@@ -341,7 +336,8 @@ def test_open_clip_source_warns_about_quickgelu(tmp_path):
 
 
 @pytest.mark.parametrize("what, state, message", [
-    ("swin v2", {"patch_embed.proj.weight": torch.zeros(8, 3, 4, 4), "layers.0.blocks.0.attn.logit_scale": torch.zeros(2),
+    ("swin v2", {"patch_embed.proj.weight": torch.zeros(8, 3, 4, 4),
+                 "layers.0.blocks.0.attn.logit_scale": torch.zeros(2),
                  "layers.0.blocks.0.attn.cpb_mlp.0.weight": torch.zeros(4, 2)}, "timm Swin V2"),
     ("siglip", {"visual.trunk.pos_embed": torch.zeros(1, 4, 8), "logit_bias": torch.zeros(1)}, "timm image tower"),
     ("coca", {"text.cls_emb": torch.zeros(8), "logit_scale": torch.zeros(())}, "CoCa"),
@@ -357,6 +353,4 @@ def test_from_overrides_detection(tmp_path):
     torch.save(source.state_dict(), tmp_path / "vit.pth")
     with pytest.raises(ConvertError, match="not OpenAI or open_clip CLIP weights"):
         convert(tmp_path / "vit.pth", tmp_path / "out", source="open_clip")
-    from vitfast.models import mlp_ratio_for
-
     assert int(88 * mlp_ratio_for(88, 120)) == 120 and mlp_ratio_for(768, 3072) == 4.0

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+import safetensors.torch as safetensors_torch
 import torch
 
-transformers = pytest.importorskip("transformers")
-safetensors_torch = pytest.importorskip("safetensors.torch")
-
 from vitfast import create_model
-from vitfast.convert_hf import hf_to_vitfast, vitfast_to_hf
+from vitfast.convert.hf import hf_to_vitfast, vitfast_to_hf
 from vitfast.models import build_model
+
+transformers = pytest.importorskip("transformers")
 
 TOL = 1e-4
 
@@ -52,7 +52,7 @@ def _export_and_reload(family, config, model, tmp_path, cls, **kwargs):
 
 
 def _tiny_vit(num_labels: int, eps: float = 1e-6):
-    # eps 1e-6 as timm (and the original JAX ViT); HF's default 1e-12 has its own test.
+    # eps 1e-6 as timm (and the original JAX ViT); HF's default 1e-12 has its own case below.
     config = transformers.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
                                     image_size=32, patch_size=8, num_labels=max(num_labels, 1), layer_norm_eps=eps)
     torch.manual_seed(0)
@@ -61,15 +61,20 @@ def _tiny_vit(num_labels: int, eps: float = 1e-6):
     return transformers.ViTModel(config).eval()  # with its pooler, as the Hub's in21k checkpoints
 
 
+@pytest.mark.parametrize("eps", [1e-6, 1e-12], ids=["timm-eps", "hf-default-eps"])
 @torch.no_grad()
-def test_vit_classifier_matches_and_round_trips(tmp_path):
-    hf = _tiny_vit(5)
+def test_vit_classifier_matches_and_round_trips(tmp_path, eps):
+    # HF's layer_norm_eps default 1e-12 (google/vit-*) becomes the config's norm_eps. At random init (token
+    # variance ~1e-3) forcing timm's 1e-6 instead would be off by ~7e-4 on ViT-B's logits.
+    hf = _tiny_vit(5, eps)
     family, config, model = _to_vitfast(hf, tmp_path)
     assert (family, config.num_classes, config.embed_dim, config.depth, config.num_heads) == ("vit", 5, 64, 2, 4)
+    assert config.norm_eps == eps
     x = torch.randn(2, 3, 32, 32)
     expected = hf(pixel_values=x).logits
     assert (model(x) - expected).abs().max() <= TOL
     exported = _export_and_reload(family, config, model, tmp_path, transformers.ViTForImageClassification)
+    assert exported.config.layer_norm_eps == eps
     assert (exported(pixel_values=x).logits - expected).abs().max() <= TOL
 
 
@@ -130,20 +135,6 @@ def test_swin_classifier_matches_and_round_trips(tmp_path):
     assert (model(x) - expected).abs().max() <= TOL
     exported = _export_and_reload(family, cfg, model, tmp_path, transformers.SwinForImageClassification)
     assert (exported(pixel_values=x).logits - expected).abs().max() <= TOL
-
-
-@torch.no_grad()
-def test_vit_with_hf_default_eps_is_exact_and_round_trips(tmp_path):
-    # HF's layer_norm_eps 1e-12 (google/vit-*) becomes the config's norm_eps. At random init (token
-    # variance ~1e-3) forcing timm's 1e-6 instead would be off by ~7e-4 on ViT-B's logits.
-    hf = _tiny_vit(5, eps=1e-12)
-    family, config, model = _to_vitfast(hf, tmp_path)
-    assert config.norm_eps == 1e-12
-    x = torch.randn(2, 3, 32, 32)
-    expected = hf(pixel_values=x).logits
-    assert (model(x) - expected).abs().max() <= TOL
-    exported = _export_and_reload(family, config, model, tmp_path, transformers.ViTForImageClassification)
-    assert exported.config.layer_norm_eps == 1e-12
 
 
 def test_missing_and_misshaped_keys_are_reported_together(tmp_path):

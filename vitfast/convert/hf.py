@@ -5,7 +5,7 @@ of checkpoints on the Hub; transformers ≥ 5 renames some modules in memory, e.
 still saves the original names). Pure functions on dicts and tensors: no files, no downloads.
 
 Layout facts that the mapping relies on (checked against transformers 5.23 by
-``tests/test_convert_hf.py``):
+``tests/convert/test_convert_hf.py``):
 
 - HF keeps q, k and v as separate linears; vitfast (timm / open_clip layout) packs them into one
   ``qkv`` / ``in_proj`` weight in q, k, v order along the output dimension.
@@ -71,18 +71,29 @@ def _to_hf(rule: _Rule, tensor: Tensor) -> list[Tensor]:
     return [tensor]
 
 
-def _attn_rules(vf: str, hf: str, names: tuple[str, str, str], bias: bool) -> list[_Rule]:
-    """Packed q/k/v weight (and bias) from three HF linears named ``hf + name``."""
-    rules = [_Rule(f"{vf}.weight", tuple(f"{hf}{n}.weight" for n in names), "qkv")]
-    if bias:
-        rules.append(_Rule(f"{vf}.bias", tuple(f"{hf}{n}.bias" for n in names), "qkv"))
-    return rules
-
-
 def _linear(vf: str, hf: str, bias: bool = True) -> list[_Rule]:
     """Weight and (optionally) bias of a linear, conv or layer norm, copied unchanged."""
     rules = [_Rule(f"{vf}.weight", (f"{hf}.weight",))]
     return rules + [_Rule(f"{vf}.bias", (f"{hf}.bias",))] if bias else rules
+
+
+def _qkv(vf: str, hf: list[str], bias: bool = True) -> list[_Rule]:
+    """The packed weight ``vf + "weight"`` (and bias) from the three HF linears `hf`, in q, k, v order."""
+    kinds = ("weight", "bias") if bias else ("weight",)
+    return [_Rule(f"{vf}{kind}", tuple(f"{name}.{kind}" for name in hf), "qkv") for kind in kinds]
+
+
+def _block_rules(b: str, h: str, attn: str, qkv_bias: bool, *after_qkv: _Rule) -> list[_Rule]:
+    """One transformer block of HF's ViT (`attn` "attention") or Swin ("self")."""
+    return [
+        *_linear(f"{b}.norm1", f"{h}.layernorm_before"),
+        *_qkv(f"{b}.attn.qkv.", [f"{h}.attention.{attn}.{n}" for n in ("query", "key", "value")], qkv_bias),
+        *after_qkv,
+        *_linear(f"{b}.attn.proj", f"{h}.attention.output.dense"),
+        *_linear(f"{b}.norm2", f"{h}.layernorm_after"),
+        *_linear(f"{b}.mlp.fc1", f"{h}.intermediate.dense"),
+        *_linear(f"{b}.mlp.fc2", f"{h}.output.dense"),
+    ]
 
 
 def _vit_rules(cfg, p: str) -> list[_Rule]:
@@ -94,15 +105,7 @@ def _vit_rules(cfg, p: str) -> list[_Rule]:
         *_linear("norm", f"{p}layernorm"),
     ]
     for i in range(cfg.depth):
-        b, h = f"blocks.{i}", f"{p}encoder.layer.{i}"
-        rules += [
-            *_linear(f"{b}.norm1", f"{h}.layernorm_before"),
-            *_attn_rules(f"{b}.attn.qkv", f"{h}.attention.attention.", ("query", "key", "value"), cfg.qkv_bias),
-            *_linear(f"{b}.attn.proj", f"{h}.attention.output.dense"),
-            *_linear(f"{b}.norm2", f"{h}.layernorm_after"),
-            *_linear(f"{b}.mlp.fc1", f"{h}.intermediate.dense"),
-            *_linear(f"{b}.mlp.fc2", f"{h}.output.dense"),
-        ]
+        rules += _block_rules(f"blocks.{i}", f"{p}encoder.layer.{i}", "attention", cfg.qkv_bias)
     return rules + (_linear("head", "classifier") if cfg.num_classes > 0 else [])
 
 
@@ -114,18 +117,10 @@ def _swin_rules(cfg, p: str) -> list[_Rule]:
         *_linear("norm", f"{p}layernorm"),
     ]
     for s, depth in enumerate(cfg.depths):
-        stage = f"{p}encoder.layers.{s}"
         for i in range(depth):
-            b, h = f"layers.{s}.blocks.{i}", f"{stage}.blocks.{i}"
-            rules += [
-                *_linear(f"{b}.norm1", f"{h}.layernorm_before"),
-                *_attn_rules(f"{b}.attn.qkv", f"{h}.attention.self.", ("query", "key", "value"), cfg.qkv_bias),
-                _Rule(f"{b}.attn.relative_position_bias_table", (f"{h}.attention.self.relative_position_bias_table",)),
-                *_linear(f"{b}.attn.proj", f"{h}.attention.output.dense"),
-                *_linear(f"{b}.norm2", f"{h}.layernorm_after"),
-                *_linear(f"{b}.mlp.fc1", f"{h}.intermediate.dense"),
-                *_linear(f"{b}.mlp.fc2", f"{h}.output.dense"),
-            ]
+            b, h = f"layers.{s}.blocks.{i}", f"{p}encoder.layers.{s}.blocks.{i}"
+            rpb = _Rule(f"{b}.attn.relative_position_bias_table", (f"{h}.attention.self.relative_position_bias_table",))
+            rules += _block_rules(b, h, "self", cfg.qkv_bias, rpb)
         if s > 0:  # HF merges at the end of the previous stage, vitfast at the start of this one
             rules += [
                 *_linear(f"layers.{s}.downsample.norm", f"{p}encoder.layers.{s - 1}.downsample.norm"),
@@ -141,8 +136,7 @@ def _clip_tower_rules(vf: str, hf: str, layers: int) -> list[_Rule]:
         b, h = f"{vf}.resblocks.{i}", f"{hf}.encoder.layers.{i}"
         rules += [
             *_linear(f"{b}.ln_1", f"{h}.layer_norm1"),
-            *[_Rule(f"{b}.attn.in_proj_{kind}", tuple(f"{h}.self_attn.{n}_proj.{kind}" for n in "qkv"), "qkv")
-              for kind in ("weight", "bias")],
+            *_qkv(f"{b}.attn.in_proj_", [f"{h}.self_attn.{n}_proj" for n in "qkv"]),
             *_linear(f"{b}.attn.out_proj", f"{h}.self_attn.out_proj"),
             *_linear(f"{b}.ln_2", f"{h}.layer_norm2"),
             *_linear(f"{b}.mlp.c_fc", f"{h}.mlp.fc1"),
@@ -151,7 +145,7 @@ def _clip_tower_rules(vf: str, hf: str, layers: int) -> list[_Rule]:
     return rules
 
 
-def _clip_rules(cfg) -> list[_Rule]:
+def _clip_rules(cfg, p: str) -> list[_Rule]:
     return [
         _Rule("visual.conv1.weight", ("vision_model.embeddings.patch_embedding.weight",)),
         _Rule("visual.class_embedding", ("vision_model.embeddings.class_embedding",)),
@@ -169,12 +163,8 @@ def _clip_rules(cfg) -> list[_Rule]:
     ]
 
 
-def _rules(family: str, config, hf_prefix: str) -> list[_Rule]:
-    if family == "vit":
-        return _vit_rules(config, hf_prefix)
-    if family == "swin":
-        return _swin_rules(config, hf_prefix)
-    return _clip_rules(config)
+# family -> (config, HF prefix) -> rules; the prefix is "vit." / "swin." in HF's classifiers, "" elsewhere.
+_RULES = {"vit": _vit_rules, "swin": _swin_rules, "clip": _clip_rules}
 
 
 def _expected_shapes(family: str, config) -> dict[str, torch.Size]:
@@ -223,24 +213,26 @@ def _mlp_ratio(hidden: int, intermediate: int, field: str) -> float:
     return ratio
 
 
-def _prefix(state: dict[str, Tensor], prefix: str) -> str:
-    return prefix if any(k.startswith(prefix) for k in state) else ""
+def _image_fields(hf: dict, state: dict[str, Tensor], patch_size: int) -> dict:
+    """The fields HF's ViT and Swin configs share; the classes come from the classifier (0 without one)."""
+    classifier = state.get("classifier.weight")
+    return {
+        "img_size": _square(hf.get("image_size", 224), "image_size"),
+        "patch_size": _square(hf.get("patch_size", patch_size), "patch_size"),
+        "in_chans": hf.get("num_channels", 3),
+        "num_classes": classifier.shape[0] if classifier is not None else 0,
+        "qkv_bias": hf.get("qkv_bias", True),
+    }
 
 
 def _vit_config(hf: dict, state: dict[str, Tensor]) -> dict:
     _check_act(hf.get("hidden_act", "gelu"), ("gelu",), "hidden_act")
     dim = hf.get("hidden_size", 768)
-    classifier = state.get("classifier.weight")
-    return {
-        "img_size": _square(hf.get("image_size", 224), "image_size"),
-        "patch_size": _square(hf.get("patch_size", 16), "patch_size"),
-        "in_chans": hf.get("num_channels", 3),
-        "num_classes": classifier.shape[0] if classifier is not None else 0,
+    return _image_fields(hf, state, 16) | {
         "embed_dim": dim,
         "depth": hf.get("num_hidden_layers", 12),
         "num_heads": hf.get("num_attention_heads", 12),
         "mlp_ratio": _mlp_ratio(dim, hf.get("intermediate_size", 3072), "intermediate_size"),
-        "qkv_bias": hf.get("qkv_bias", True),
         "norm_eps": hf.get("layer_norm_eps", 1e-12),  # HF's default; timm's ViTs use 1e-6
     }
 
@@ -251,22 +243,16 @@ def _swin_config(hf: dict, state: dict[str, Tensor]) -> dict:
     if hf.get("use_absolute_embeddings", False):
         raise ValueError("use_absolute_embeddings=True (an absolute position embedding) is not part of "
                          "vitfast's Swin; only relative position bias models convert.")
-    classifier = state.get("classifier.weight")
-    return {
-        "img_size": _square(hf.get("image_size", 224), "image_size"),
-        "patch_size": _square(hf.get("patch_size", 4), "patch_size"),
-        "in_chans": hf.get("num_channels", 3),
-        "num_classes": classifier.shape[0] if classifier is not None else 0,
+    return _image_fields(hf, state, 4) | {
         "embed_dim": hf.get("embed_dim", 96),
         "depths": tuple(hf.get("depths", (2, 2, 6, 2))),
         "num_heads": tuple(hf.get("num_heads", (3, 6, 12, 24))),
         "window_size": _square(hf.get("window_size", 7), "window_size"),
         "mlp_ratio": hf.get("mlp_ratio", 4.0),
-        "qkv_bias": hf.get("qkv_bias", True),
     }
 
 
-def _clip_config(hf: dict) -> dict:
+def _clip_config(hf: dict, state: dict[str, Tensor]) -> dict:
     vision, text = hf.get("vision_config") or {}, hf.get("text_config") or {}
     acts = {vision.get("hidden_act", "quick_gelu"), text.get("hidden_act", "quick_gelu")}
     if len(acts) != 1:
@@ -301,6 +287,9 @@ def _clip_config(hf: dict) -> dict:
     }
 
 
+_READERS = {"vit": _vit_config, "swin": _swin_config, "clip": _clip_config}
+
+
 def hf_to_vitfast(hf_config: dict, state: dict[str, Tensor]) -> tuple[str, object, dict[str, Tensor]]:
     """Convert a transformers checkpoint to vitfast: (family, config, state dict for strict loading).
 
@@ -312,23 +301,18 @@ def hf_to_vitfast(hf_config: dict, state: dict[str, Tensor]) -> tuple[str, objec
     represent, or listing every missing, unexpected and mis-shaped key at once.
     """
     model_type = hf_config.get("model_type")
-    if model_type == "vit":
-        family, fields = "vit", _vit_config(hf_config, state)
-        prefix = _prefix(state, "vit.")
-    elif model_type == "swin":
-        family, fields = "swin", _swin_config(hf_config, state)
-        prefix = _prefix(state, "swin.")
-    elif model_type == "clip":
-        family, fields, prefix = "clip", _clip_config(hf_config), ""
-    else:
+    if model_type not in _READERS:
         raise ValueError(f"model_type {model_type!r} is not supported; vitfast converts 'vit', 'swin' (V1, not "
                          "'swinv2') and 'clip' checkpoints.")
+    family, fields = model_type, _READERS[model_type](hf_config, state)
+    # the classifiers keep the backbone under "vit." / "swin.", the bare models at the top
+    prefix = f"{family}." if family != "clip" and any(k.startswith(f"{family}.") for k in state) else ""
     config = build_config(family, fields)
     expected = _expected_shapes(family, config)
     out: dict[str, Tensor] = {}
     used: set[str] = set()
     missing, misshaped = [], []
-    for rule in _rules(family, config, prefix):
+    for rule in _RULES[family](config, prefix):
         absent = [k for k in rule.hf if k not in state]
         missing += absent
         used.update(rule.hf)
@@ -354,25 +338,23 @@ def _vit_hf_config(cfg) -> dict:
     if not cfg.class_token or cfg.global_pool != "token":
         raise ValueError(f"HF's ViT pools the class token; this model uses class_token={cfg.class_token}, "
                          f"global_pool={cfg.global_pool!r}, which transformers' ViT cannot represent.")
-    out = {
+    return {
         "model_type": "vit", "hidden_size": cfg.embed_dim, "num_hidden_layers": cfg.depth,
         "num_attention_heads": cfg.num_heads, "intermediate_size": int(cfg.embed_dim * cfg.mlp_ratio),
         "hidden_act": "gelu", "layer_norm_eps": cfg.norm_eps, "image_size": cfg.img_size, "patch_size": cfg.patch_size,
         "num_channels": cfg.in_chans, "qkv_bias": cfg.qkv_bias,
         "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
-    }
-    return out | _head_fields(cfg.num_classes, "ViTForImageClassification", "ViTModel")
+    } | _head_fields(cfg.num_classes, "ViTForImageClassification", "ViTModel")
 
 
 def _swin_hf_config(cfg) -> dict:
-    out = {
+    return {
         "model_type": "swin", "image_size": cfg.img_size, "patch_size": cfg.patch_size, "num_channels": cfg.in_chans,
         "embed_dim": cfg.embed_dim, "depths": list(cfg.depths), "num_heads": list(cfg.num_heads),
         "window_size": cfg.window_size, "mlp_ratio": cfg.mlp_ratio, "qkv_bias": cfg.qkv_bias, "hidden_act": "gelu",
         "layer_norm_eps": _SWIN_EPS, "use_absolute_embeddings": False, "drop_path_rate": cfg.drop_path_rate,
         "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
-    }
-    return out | _head_fields(cfg.num_classes, "SwinForImageClassification", "SwinModel")
+    } | _head_fields(cfg.num_classes, "SwinForImageClassification", "SwinModel")
 
 
 def _head_fields(num_classes: int, with_head: str, without: str) -> dict:
@@ -403,7 +385,10 @@ def _clip_hf_config(cfg) -> dict:
         "bos_token_id": None, "pad_token_id": None,
     }
     return {"model_type": "clip", "architectures": ["CLIPModel"], "projection_dim": cfg.embed_dim,
-                "logit_scale_init_value": cfg.init_logit_scale, "vision_config": vision, "text_config": text}
+            "logit_scale_init_value": cfg.init_logit_scale, "vision_config": vision, "text_config": text}
+
+
+_WRITERS = {"vit": _vit_hf_config, "swin": _swin_hf_config, "clip": _clip_hf_config}
 
 
 def vitfast_to_hf(family: str, config, state: dict[str, Tensor]) -> tuple[dict, dict[str, Tensor]]:
@@ -416,18 +401,14 @@ def vitfast_to_hf(family: str, config, state: dict[str, Tensor]) -> tuple[dict, 
     ValueError for features transformers cannot represent (ViT without class-token pooling) or, listing
     all at once, for missing, unexpected or mis-shaped vitfast keys.
     """
-    if family == "vit":
-        hf_config, prefix = _vit_hf_config(config), "vit." if config.num_classes > 0 else ""
-    elif family == "swin":
-        hf_config, prefix = _swin_hf_config(config), "swin." if config.num_classes > 0 else ""
-    elif family == "clip":
-        hf_config, prefix = _clip_hf_config(config), ""
-    else:
+    if family not in _WRITERS:
         raise ValueError(f"unknown model family {family!r}; vitfast exports 'vit', 'swin' and 'clip'.")
+    hf_config = _WRITERS[family](config)
+    prefix = f"{family}." if family != "clip" and config.num_classes > 0 else ""
     expected = _expected_shapes(family, config)
     out: dict[str, Tensor] = {}
     missing, misshaped = [], []
-    rules = _rules(family, config, prefix)
+    rules = _RULES[family](config, prefix)
     for rule in rules:
         if rule.vf not in state:
             missing.append(rule.vf)
