@@ -5,23 +5,27 @@ Installed as ``vitfast.cli``; run it as ``vitfast`` or ``python -m vitfast``.
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
-if TYPE_CHECKING:  # torch-heavy modules load inside the commands, so `vitfast --help` stays fast
-    from typing import Callable
+from vitfast.choices import AUTO, DTYPE_NAMES, KERNEL_MODES, MODEL_MODES
+
+# The commands import vitfast's torch-heavy modules in their bodies (the one place where vitfast imports
+# its own modules lazily), so that `vitfast --help` stays fast; the imports below are for type hints.
+if TYPE_CHECKING:
+    from typing import Callable, Iterable, Iterator
 
     from rich.console import Console
+    from rich.progress import Progress
     from rich.table import Table
 
-    from vitfast.bench import AttentionBenchRow
-    from vitfast.bench_clip import ClipBenchRow, MaxBatchResult
-    from vitfast.bench_window import WindowBenchRow
-
-    BenchRow = AttentionBenchRow | WindowBenchRow | ClipBenchRow
+    from vitfast.bench.model import ModelSweep
+    from vitfast.bench.sweep import KernelSweep
 
 app = typer.Typer(
     name="vitfast",
@@ -36,7 +40,7 @@ app.add_typer(bench_app, name="bench")
 # Options several commands share (the bench commands all of these), declared once; Typer reads them
 # per command.
 _QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines on stderr.")
-_BENCH_DTYPE = typer.Option("auto", "--dtype", help="bf16, fp16, fp32, or auto: bf16 on CUDA, fp32 on CPU.")
+_BENCH_DTYPE = typer.Option(AUTO, "--dtype", help="bf16, fp16, fp32, or auto: bf16 on CUDA, fp32 on CPU.")
 _BENCH_DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
 _BENCH_WARMUP = typer.Option(None, "--warmup", show_default=False,
                              help="Untimed calls before timing. Default: 10 on CUDA, 1 on CPU.")
@@ -44,6 +48,16 @@ _BENCH_REP = typer.Option(None, "--rep", show_default=False,
                           help="Timed calls; their median is reported. Default: 100 on CUDA, 3 on CPU.")
 _BENCH_JSON = typer.Option(None, "--json", help="Also write the results as JSON here.")
 _BENCH_PLOT = typer.Option(None, "--plot", help="Also save a PNG of time against peak memory.")
+
+
+def _choice(name: str, values: tuple[str, ...]) -> type[enum.Enum]:
+    """A typed flag value, from the library's own list: the parser refuses a typo and --help lists `values`."""
+    return enum.Enum(name, [(v, v) for v in values], type=str)
+
+
+_Dtype = _choice("Dtype", (AUTO, *DTYPE_NAMES))
+_KernelMode = _choice("KernelMode", (*KERNEL_MODES, "both"))
+_ModelMode = _choice("ModelMode", (*MODEL_MODES, "both"))
 
 
 @app.callback()
@@ -261,10 +275,12 @@ def bench_attention(
         help="Batch size B. Default: 64 on CUDA (ViT-B training), 1 on CPU."),
     heads: int = typer.Option(12, "--heads", help="Attention heads H."),
     head_dim: int = typer.Option(64, "--head-dim", help="Head dim D."),
-    dtype: str = _BENCH_DTYPE,
+    dtype: _Dtype = _BENCH_DTYPE,
     seq_lens: str = typer.Option("197,257,577,1025,2048,4096", "--seq-lens",
                                  help="Comma-separated sequence lengths N."),
-    backends: str = typer.Option("triton,sdpa,eager", "--backends", help="Comma-separated: triton, sdpa, eager; or SDPA pinned to one kernel: sdpa-flash, sdpa-efficient, sdpa-cudnn, sdpa-math."),
+    backends: str = typer.Option("triton,sdpa,eager", "--backends",
+                                 help="Comma-separated: triton, sdpa, eager; or SDPA pinned to one kernel: "
+                                      "sdpa-flash, sdpa-efficient, sdpa-cudnn, sdpa-math."),
     modes: str = typer.Option("fwd,fwd+bwd", "--modes", help="Comma-separated: fwd, fwd+bwd."),
     causal: bool = typer.Option(False, "--causal/--no-causal", help="Causal masking (FLOPs halved)."),
     device: str = _BENCH_DEVICE,
@@ -284,39 +300,13 @@ def bench_attention(
 
     Exit code: 0, 1 when no case ran at all, 2 on bad flags.
     """
-    from rich.console import Console
+    from vitfast.bench.attention import plan
 
-    from vitfast import bench
-
-    try:
-        dev = bench.resolve_device(device)
-        defaults = bench.defaults_for(dev)
-        params = dict(
-            batch=defaults.batch if batch_size is None else batch_size, heads=heads,
-            head_dim=head_dim, dtype=bench.resolve_dtype(dtype, dev),
-            seq_lens=_csv_ints(seq_lens, "--seq-lens"), backends=_csv(backends, "--backends"),
-            modes=_csv(modes, "--modes"), causal=causal, device=dev,
-            warmup=defaults.warmup if warmup is None else warmup,
-            rep=defaults.rep if rep is None else rep,
-        )
-        bench.validate_attention_sweep(**params)
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
-
-    env = bench.environment_info(dev)
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
-    shape = bench.describe_shape(params["batch"], heads, head_dim, params["dtype"], causal)
-    where = f"{dev} ({env['device_name']})"
-    if not quiet:
-        err.print(f"attention on {where}: {shape}" + (" (--dtype auto)" if dtype == "auto" else "")
-                  + f"; warmup {params['warmup']}, median of {params['rep']} timed calls")
-    n_cases = len(params["seq_lens"]) * len(params["backends"]) * len(params["modes"])
-    rows = _sweep_with_progress(lambda on_row: bench.bench_attention(**params, on_row=on_row), n_cases,
-                                "attention", err, quiet)
-    _report_sweep(rows, f"attention · {where} · {shape}", "N", err, quiet, [
-        (json_path, lambda path: bench.write_json(path, rows, parameters=params, environment=env)),
-        (plot_path, lambda path: bench.plot_time_vs_memory(rows, path, title=f"attention on {where}: {shape}")),
-    ])
+    with _bad_flags():
+        sweep = plan(batch=batch_size, heads=heads, head_dim=head_dim, dtype=dtype.value,
+                     seq_lens=_csv_ints(seq_lens, "--seq-lens"), backends=_csv(backends, "--backends"),
+                     modes=_csv(modes, "--modes"), causal=causal, device=device, warmup=warmup, rep=rep)
+    _bench(sweep, quiet, json_path=json_path, plot_path=plot_path)
 
 
 @bench_app.command("window")
@@ -329,7 +319,7 @@ def bench_window(
                                     "(28×28, 192, 6), stage3 (14×14, 384, 12), stage4 (7×7, 768, 24)."),
     window: int = typer.Option(7, "--window", help="Window size."),
     shift: int = typer.Option(3, "--shift", help="Cyclic shift (0: no shift)."),
-    dtype: str = _BENCH_DTYPE,
+    dtype: _Dtype = _BENCH_DTYPE,
     backends: str = typer.Option("triton,sdpa,eager", "--backends", help="Comma-separated: triton, sdpa, eager."),
     modes: str = typer.Option("fwd,fwd+bwd", "--modes", help="Comma-separated: fwd, fwd+bwd."),
     device: str = _BENCH_DEVICE,
@@ -346,41 +336,13 @@ def bench_window(
 
     Exit code: 0, 1 when no case ran at all, 2 on bad flags.
     """
-    from rich.console import Console
+    from vitfast.bench.window import plan
 
-    from vitfast import bench, bench_window as bw
-
-    try:
-        dev = bench.resolve_device(device)
-        defaults = bench.defaults_for(dev)
-        params = dict(
-            batch=defaults.batch if batch_size is None else batch_size, stages=_csv(stages, "--stages"),
-            window=window, shift=shift, dtype=bench.resolve_dtype(dtype, dev),
-            backends=_csv(backends, "--backends"), modes=_csv(modes, "--modes"),
-            warmup=defaults.warmup if warmup is None else warmup, rep=defaults.rep if rep is None else rep,
-        )
-        bw.validate_window_sweep(**params)
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
-
-    env = bench.environment_info(dev)
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
-    where = f"{dev} ({env['device_name']})"
-    shape = (f"B={params['batch']} window {window} shift {shift} {str(params['dtype']).removeprefix('torch.')}; "
-             + ", ".join(f"{s} {bw.STAGES[s].describe()}" for s in params["stages"]))
-    if not quiet:
-        err.print(f"window attention on {where}: {shape}; warmup {params['warmup']}, "
-                  f"median of {params['rep']} timed calls")
-    n_cases = len(params["stages"]) * len(params["backends"]) * len(params["modes"])
-    rows = _sweep_with_progress(lambda on_row: bw.bench_window(**params, device=dev, on_row=on_row), n_cases,
-                                "window attention", err, quiet)
-    title = f"window attention · {where} · B={params['batch']} window {window} shift {shift}"
-    _report_sweep(rows, title, "stage", err, quiet, [
-        (json_path, lambda path: bench.write_json(path, rows, parameters=dict(params, device=dev), environment=env,
-                                                  benchmark="window_attention", fields=bw.FIELDS)),
-        (plot_path, lambda path: bench.plot_time_vs_memory(rows, path, point_name="stage",
-                                                           title=f"window attention on {where}: {shape}")),
-    ])
+    with _bad_flags():
+        sweep = plan(batch=batch_size, stages=_csv(stages, "--stages"), window=window, shift=shift,
+                     dtype=dtype.value, backends=_csv(backends, "--backends"), modes=_csv(modes, "--modes"),
+                     device=device, warmup=warmup, rep=rep)
+    _bench(sweep, quiet, json_path=json_path, plot_path=plot_path)
 
 
 @bench_app.command("clip-loss")
@@ -389,12 +351,12 @@ def bench_clip_loss(
         None, "--batch-sizes", show_default=False,
         help="Comma-separated batch sizes N. Default: 4096,8192,16384,32768,65536 on CUDA, 256,1024,4096 on CPU."),
     dim: int = typer.Option(512, "--dim", help="Embedding dim D (triton: a multiple of 16)."),
-    dtype: str = _BENCH_DTYPE,
+    dtype: _Dtype = _BENCH_DTYPE,
     backends: str = typer.Option(
         "triton,chunked,eager", "--backends",
         help="Comma-separated: triton, chunked, eager (the N×N logits), open_clip (open_clip's ClipLoss, "
              "if installed)."),
-    mode: str = typer.Option("both", "--mode", help="fwd (the loss only), fwd+bwd, or both."),
+    mode: _KernelMode = typer.Option("both", "--mode", help="fwd (the loss only), fwd+bwd, or both."),
     device: str = _BENCH_DEVICE,
     warmup: int | None = _BENCH_WARMUP,
     rep: int | None = _BENCH_REP,
@@ -421,72 +383,36 @@ def bench_clip_loss(
 
     Exit code: 0, 1 when no case of the sweep ran at all, 2 on bad flags.
     """
-    from rich.console import Console
+    from vitfast.bench.clip_loss import max_batch_json, max_batches, plan
+    from vitfast.bench.report import max_batch_table
+    from vitfast.files import parse_size
 
-    from vitfast import bench, bench_clip as bc
-    from vitfast.checkpoint import parse_size
-
-    try:
-        modes = _one_or_both(mode, bench.MODES)
-        dev = bench.resolve_device(device)
-        defaults = bench.defaults_for(dev)
-        params = dict(
-            batch_sizes=bc.default_batch_sizes(dev) if batch_sizes is None else _csv_ints(batch_sizes, "--batch-sizes"),
-            dim=dim, dtype=bench.resolve_dtype(dtype, dev), backends=_csv(backends, "--backends"), modes=modes,
-            warmup=defaults.warmup if warmup is None else warmup, rep=defaults.rep if rep is None else rep,
-        )
-        bc.validate_clip_sweep(**params)
+    with _bad_flags():
         limit = None if memory_limit is None else parse_size(memory_limit)
-        if max_batch:  # checked before the sweep runs, not minutes later
-            bc.validate_max_batch(backends=params["backends"], modes=params["modes"], dim=dim, dtype=params["dtype"],
-                                  device=dev, memory_limit=limit, cap=max_batch_cap, start=min(params["batch_sizes"]))
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
+        sweep = plan(batch_sizes=None if batch_sizes is None else _csv_ints(batch_sizes, "--batch-sizes"), dim=dim,
+                     dtype=dtype.value, backends=_csv(backends, "--backends"), modes=_modes(mode, KERNEL_MODES),
+                     device=device, warmup=warmup, rep=rep, max_batch=max_batch, memory_limit=limit,
+                     max_batch_cap=max_batch_cap)
 
-    env = bench.environment_info(dev)
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
-    where = f"{dev} ({env['device_name']})"
-    shape = f"D={dim} {str(params['dtype']).removeprefix('torch.')}"
-    if not quiet:
-        err.print(f"clip loss on {where}: {shape}, N in {', '.join(map(str, params['batch_sizes']))}; "
-                  f"warmup {params['warmup']}, median of {params['rep']} timed calls")
-    n_cases = len(params["batch_sizes"]) * len(params["backends"]) * len(params["modes"])
-    rows = _sweep_with_progress(lambda on_row: bc.bench_clip_loss(**params, device=dev, on_row=on_row), n_cases,
-                                "clip loss", err, quiet)
-    searches: list[MaxBatchResult] = []
-    for m in params["modes"] if max_batch else ():
-        for backend in params["backends"]:
-            label = f"largest batch, {backend} {m}"
-            log = None if quiet else lambda t, label=label: err.print(
-                f"{label}: N={t.batch} {t.status}"
-                + ("" if t.peak_mem_bytes is None else f" ({t.peak_mem_bytes / 2**20:.4g} MiB)"))
-            searches.append(bc.max_batch(backend, m, dim, params["dtype"], dev, limit, start=min(params["batch_sizes"]),
-                                         cap=max_batch_cap, on_try=log))
-    extra = None
-    if max_batch:
-        from dataclasses import asdict
+    def search(err: Console) -> tuple[list[Table], dict]:
+        log = None if quiet else lambda backend, mode, t: err.print(
+            f"largest batch, {backend} {mode}: N={t.batch} {t.status}"
+            + ("" if t.peak_mem_bytes is None else f" ({t.peak_mem_bytes / 2**20:.4g} MiB)"))
+        results = max_batches(sweep, limit, max_batch_cap, on_try=log)
+        return [max_batch_table(results, sweep.shape, limit)], max_batch_json(results)
 
-        extra = {"max_batch_fields": bc.MAX_BATCH_FIELDS, "max_batch": [asdict(r) for r in searches]}
-    within = "until out of memory" if limit is None else f"limit {limit / 2**20:.4g} MiB"
-    _report_sweep(rows, f"clip loss · {where} · {shape}", "N", err, quiet, [
-        (json_path, lambda path: bench.write_json(path, rows, parameters=dict(params, device=dev, memory_limit=limit),
-                                                  environment=env, benchmark="clip_loss", fields=bc.FIELDS,
-                                                  extra=extra)),
-        (csv_path, lambda path: bench.write_csv(path, rows)),
-        (plot_path, lambda path: bench.plot_time_vs_memory(rows, path, point_name="N",
-                                                           title=f"clip loss on {where}: {shape}")),
-    ], baseline="open_clip" if "open_clip" in params["backends"] else "eager",
-        more_tables=(_max_batch_table(searches, f"largest batch · {shape} · {within}"),) if max_batch else ())
+    _bench(sweep, quiet, json_path=json_path, csv_path=csv_path, plot_path=plot_path,
+           after=search if max_batch else None)
 
 
 @bench_app.command("model")
 def bench_model_command(
     model: str = typer.Option("vit_base_patch16_224", "--model", "-m", help="A vitfast model name (ViT, Swin, CLIP)."),
-    mode: str = typer.Option("both", "--mode", help="train, infer, or both."),
+    mode: _ModelMode = typer.Option("both", "--mode", help="train, infer, or both."),
     batch_size: int | None = typer.Option(None, "--batch-size", "-b", show_default=False,
                                           help="Default: 256 on CUDA (timm's benchmark), 8 on CPU."),
     img_size: int | None = typer.Option(None, "--img-size", help="Default: the model's."),
-    amp_dtype: str = typer.Option("auto", "--amp-dtype", help="bf16, fp16, fp32; auto: bf16 on CUDA, fp32 on CPU."),
+    amp_dtype: _Dtype = typer.Option("auto", "--amp-dtype", help="bf16, fp16, fp32; auto: bf16 on CUDA, fp32 on CPU."),
     attn_backend: str = typer.Option("triton,sdpa,eager", "--attn-backend",
                                      help="Comma-separated vitfast attention backends: triton, sdpa, eager."),
     compare: str | None = typer.Option(None, "--compare", help="Also time the same architecture in timm (ViT, "
@@ -508,51 +434,21 @@ def bench_model_command(
 
     Exit code: 0, 1 when no case ran at all, 2 on bad flags.
     """
-    from rich.console import Console
+    from vitfast.bench.model import plan
 
-    from vitfast import bench, bench_model as bm
-
-    try:
-        modes = _one_or_both(mode, bm.MODES)
-        dev = bench.resolve_device(device)
-        defaults = bench.defaults_for(dev)
-        amp = defaults.dtype if amp_dtype == "auto" else amp_dtype
-        params = dict(name=model, modes=modes, backends=_csv(attn_backend, "--attn-backend"),
-                      batch=bm.default_batch(dev) if batch_size is None else batch_size, img_size=img_size,
-                      amp_dtype=amp, compare=[] if compare is None else _csv(compare, "--compare"))
-        bm.validate_model_bench(**params)
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
-    params.update(compile=compile, warmup=defaults.warmup if warmup is None else warmup,
-                  rep=defaults.rep if rep is None else rep, retry_smaller=retry)
-
-    env = bench.environment_info(dev)
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
-    where = f"{dev} ({env['device_name']})"
-    shape = f"{model} B={params['batch']} {amp}" + (" compiled" if compile else "")
-    if not quiet:
-        err.print(f"model on {where}: {shape}; warmup {params['warmup']}, median of {params['rep']} timed steps")
-    n_cases = len(params["modes"]) * (len(params["backends"]) + len(params["compare"]))
-    rows = _sweep_with_progress(lambda on_row: bm.bench_model(**params, device=dev, on_row=on_row), n_cases,
-                                "model", err, quiet, describe=lambda r: f"{r.label} {r.mode}")
-    baseline = bm.baseline_of(rows)
-    per_mode = ", ".join(f"{r.gflops:.3g} {r.mode}" for r in rows if r.label == rows[0].label)
-    title = f"{shape} · {rows[0].params / 1e6:.3g}M params · GFLOPs/sample {per_mode} · {where}"
-    Console(highlight=False).print(_model_table(rows, bm.speedups(rows, baseline), title, baseline))
-    _write_outputs([
-        (json_path, lambda path: bench.write_json(path, rows, parameters=dict(params, device=dev), environment=env,
-                                                  benchmark="model", fields=bm.FIELDS)),
-        (plot_path, lambda path: bm.plot_speed_vs_memory(rows, path, title=f"{model} on {where}")),
-    ], err, quiet)
-    if not any(row.ok for row in rows):
-        raise _fail("no case ran; the status column says why.", 1)
+    with _bad_flags():
+        sweep = plan(name=model, modes=_modes(mode, MODEL_MODES), backends=_csv(attn_backend, "--attn-backend"),
+                     batch=batch_size, img_size=img_size, amp_dtype=amp_dtype.value,
+                     compare=[] if compare is None else _csv(compare, "--compare"), compile=compile,
+                     retry_smaller=retry, device=device, warmup=warmup, rep=rep)
+    _bench(sweep, quiet, json_path=json_path, plot_path=plot_path)
 
 
 @bench_app.command("all")
 def bench_all_command(
     output: Path = typer.Option(..., "--output", "-o", help="Folder for each sweep's JSON and PNG and the summary."),
     quick: bool = typer.Option(False, "--quick", help="Small shapes that finish on a CPU in a few minutes."),
-    dtype: str = _BENCH_DTYPE,
+    dtype: _Dtype = _BENCH_DTYPE,
     device: str = _BENCH_DEVICE,
     quiet: bool = _QUIET,
 ) -> None:
@@ -562,200 +458,101 @@ def bench_all_command(
     Exit code: 0, 1 when no case ran at all, 2 on bad flags.
     """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from vitfast import bench, bench_all
+    from vitfast.bench import suite
+    from vitfast.bench.harness import device_label, environment_info
+    from vitfast.bench.report import summary_table
+    from vitfast.runtime import resolve_device, resolve_dtype
 
-    try:
-        dev = bench.resolve_device(device)
-        dt = bench.resolve_dtype(dtype, dev)
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
-    sweeps = bench_all.plan(dev, quick, dt)
-    env = bench.environment_info(dev)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True, disable=quiet or not err.is_terminal) as progress:
+    with _bad_flags():
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype.value, dev)
+    err = _stderr()
+    sweeps = suite.plan(dev, quick, dt)
+    env = environment_info(dev)
+    with _progress(err, quiet) as progress, _write_errors():
         task = progress.add_task("bench all", total=sum(s.cases for s in sweeps))
 
         def started(sweep) -> None:
             if not quiet:
                 progress.console.print(f"{sweep.title} ...")
 
-        try:
-            lines = bench_all.run_all(output, sweeps, env=env, quick=quick, on_sweep=started,
-                                      on_row=lambda sweep, row: progress.update(task, advance=1,
-                                                                                description=sweep.name))
-        except OSError as exc:
-            raise _fail(f"cannot write {exc.filename}: {exc.strerror}.", 1) from None
-    Console(highlight=False).print(_summary_table(lines, f"vitfast bench all{' --quick' if quick else ''} · "
-                                                         f"{dev} ({env['device_name']})"))
+        lines = suite.run_all(output, sweeps, env=env, quick=quick, on_sweep=started,
+                              on_row=lambda sweep, row: progress.update(task, advance=1, description=sweep.name))
+    Console(highlight=False).print(summary_table(lines, f"vitfast bench all{' --quick' if quick else ''} · "
+                                                       f"{device_label(dev, env)}"))
     if not quiet:
         err.print(f"wrote {len(sweeps)} JSON and PNG files, summary.md and summary.json to {output}")
-    if not any(line.status == "ok" for line in lines):
-        raise _fail("no case ran; the status column says why.", 1)
+    _exit_if_none_ran(line.status for line in lines)
 
 
-def _summary_table(lines, title: str) -> Table:
-    from rich.markup import escape
-
-    notes: dict[str, int] = {}
-    table = _results_table(title)
-    for name in ("sweep", "case", "mode", "backend", "ms", "peak MiB", "speedup", "status"):
-        # Model names are long: that column folds rather than squeezing the numbers.
-        table.add_column(name, justify="right" if name in ("ms", "peak MiB", "speedup") else "left",
-                         no_wrap=name != "sweep", overflow="fold", min_width={"sweep": 9, "status": 12}.get(name))
-    for i, x in enumerate(lines):
-        if i and x.sweep != lines[i - 1].sweep:
-            table.add_section()
-        table.add_row(x.sweep.removeprefix("model_"), x.case, x.mode, x.backend,
-                      "" if x.time_ms is None else f"{x.time_ms:.4g}", "" if x.peak_mib is None else f"{x.peak_mib:.4g}",
-                      "" if x.speedup is None else f"{x.speedup:.2f}× {escape(x.baseline)}",
-                      _status_cell(x.status, notes))
-    _add_notes(table, notes)
-    return table
-
-
-def _model_table(rows, speedups: list[float | None], title: str, baseline: str) -> Table:
-
-    notes: dict[str, int] = {}
-    table = _results_table(title)
-    for name in ("mode", "impl", "batch", "samples/s", "step ms", "peak MiB", f"vs {baseline}", "status"):
-        table.add_column(name, justify="left" if name in ("mode", "impl", "status") else "right", no_wrap=True)
-    for i, (r, speedup) in enumerate(zip(rows, speedups)):
-        if i and r.mode != rows[i - 1].mode:
-            table.add_section()
-        batch = str(r.batch) if r.batch == r.requested_batch else f"{r.batch} (of {r.requested_batch})"
-        table.add_row(r.mode, r.label, batch,
-                      "" if r.samples_per_s is None else f"{r.samples_per_s:.4g}",
-                      "" if r.step_ms is None else f"{r.step_ms:.4g}",
-                      "" if r.peak_mem_bytes is None else f"{r.peak_mem_bytes / 2**20:.4g}",
-                      "" if speedup is None else f"{speedup:.2f}×",
-                      _status_cell(r.status, notes))
-    _add_notes(table, notes)
-    return table
-
-
-def _results_table(title: str) -> Table:
-    """The compact, left-titled table every bench command prints."""
-    from rich import box
-    from rich.table import Table
-
-    return Table(title=title, title_justify="left", caption_justify="left", box=box.SIMPLE_HEAD,
-                 collapse_padding=True, pad_edge=False)
-
-
-def _add_notes(table: Table, notes: dict[str, int]) -> None:
-    """Put the numbered long statuses that `_status_cell` collected under `table`."""
-    from rich.markup import escape
-
-    if notes:
-        table.caption = "\n".join(f"[{n}] {escape(text)}" for text, n in notes.items())
-
-
-def _status_cell(status: str, notes: dict[str, int]) -> str:
-    """A row's status for a table: short ones in place, long ones as a numbered note (added to `notes`)."""
-    from rich.markup import escape
-
-    if status == "ok":
-        return "[green]ok[/green]"
-    if len(status) <= 16:
-        return f"[yellow]{escape(status)}[/yellow]"
-    note = notes.setdefault(status, len(notes) + 1)
-    head = status.split(":")[0]
-    return f"[yellow]{head if head.isalpha() else 'not run'} [{note}][/yellow]"  # "skipped", "error", else generic
-
-
-def _max_batch_table(results: list[MaxBatchResult], title: str) -> Table:
-    from rich.markup import escape
-
-    table = _results_table(title)
-    for name in ("mode", "backend", "largest N", "peak MiB", "tries", "status"):
-        table.add_column(name, justify="right" if name in ("largest N", "peak MiB", "tries") else "left",
-                         no_wrap=name != "status")
-    for r in results:
-        table.add_row(r.mode, r.backend, "" if r.batch is None else str(r.batch),
-                      "" if r.peak_mem_bytes is None else f"{r.peak_mem_bytes / 2**20:.4g}", str(len(r.tried)),
-                      "[green]ok[/green]" if r.status == "ok" else f"[yellow]{escape(r.status)}[/yellow]")
-    return table
-
-
-def _sweep_with_progress(sweep: Callable[[Callable[[BenchRow], None]], list[BenchRow]], n_cases: int, label: str,
-                         err: Console, quiet: bool, describe: Callable[[BenchRow], str] | None = None) -> list[BenchRow]:
-    """Run `sweep(on_row)` under a progress bar on stderr (shown only on a terminal and without --quiet)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    describe = describe or (lambda row: f"{row.backend} {row.mode} {row.case}")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True, disable=quiet or not err.is_terminal) as progress:
-        task = progress.add_task(label, total=n_cases)
-        return sweep(lambda row: progress.update(task, advance=1, description=describe(row)))
-
-
-def _report_sweep(rows: list[BenchRow], title: str, case_header: str, err: Console, quiet: bool,
-                  outputs: list[tuple[Path | None, Callable[[Path], None]]], baseline: str = "sdpa",
-                  more_tables: tuple[Table, ...] = ()) -> None:
-    """Print the results table (speedups over `baseline`) and `more_tables`, write each requested
-    (path, writer) output, and exit 1 if no case ran."""
+def _bench(sweep: KernelSweep | ModelSweep, quiet: bool, *, json_path: Path | None, plot_path: Path | None,
+           csv_path: Path | None = None, after: Callable[[Console], tuple[list[Table], dict]] | None = None) -> None:
+    """Run `sweep` after a log line and under a progress bar (both on stderr, neither with --quiet), print its
+    table, run `after` (more tables, and entries for the JSON), then write each output asked for."""
     from rich.console import Console
 
-    from vitfast import bench
+    from vitfast.bench.harness import device_label, environment_info
+    from vitfast.bench.report import write_csv
 
+    env = environment_info(sweep.device)
+    err, where = _stderr(), device_label(sweep.device, env)
+    if not quiet:
+        err.print(sweep.log_line(where))
+    with _progress(err, quiet) as progress:
+        task = progress.add_task(sweep.label, total=sweep.cases)
+        rows = sweep.run(lambda row: progress.update(task, advance=1, description=sweep.describe(row)))
+    tables, extra = after(err) if after is not None else ([], None)
     out = Console(highlight=False)
-    out.print(_bench_table(rows, bench.speedup_over(rows, baseline), title, case_header, baseline))
-    for table in more_tables:
+    for table in (sweep.table(rows, where), *tables):
         out.print(table)
-    _write_outputs(outputs, err, quiet)
-    if not any(row.ok for row in rows):
+    outputs = [(path, write) for path, write in [
+        (json_path, lambda path: sweep.write_json(path, rows, env, extra)),
+        (csv_path, lambda path: write_csv(path, rows)),
+        (plot_path, lambda path: sweep.plot(rows, path, sweep.plot_title(where)))] if path is not None]
+    with _write_errors():
+        for path, write in outputs:
+            write(path)
+    if not quiet:
+        for path, _ in outputs:
+            err.print(f"wrote {path}")
+    _exit_if_none_ran(row.status for row in rows)
+
+
+def _progress(err: Console, quiet: bool) -> Progress:
+    """A progress bar on stderr, shown only on a terminal and without --quiet."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err, transient=True, disable=quiet or not err.is_terminal)
+
+
+@contextlib.contextmanager
+def _bad_flags() -> Iterator[None]:
+    """The library's ValueError for a flag's value: a one-line error and exit code 2, before anything runs."""
+    try:
+        yield
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+
+@contextlib.contextmanager
+def _write_errors() -> Iterator[None]:
+    """A result file that cannot be written: a one-line error and exit code 1."""
+    try:
+        yield
+    except OSError as exc:
+        raise _fail(f"cannot write {exc.filename}: {exc.strerror}.", 1) from None
+
+
+def _exit_if_none_ran(statuses: Iterable[str]) -> None:
+    if "ok" not in statuses:
         raise _fail("no case ran; the status column says why.", 1)
 
 
-def _write_outputs(outputs: list[tuple[Path | None, Callable[[Path], None]]], err: Console, quiet: bool) -> None:
-    """Write each requested (path, writer) output; a path that cannot be written exits 1."""
-    try:
-        for path, write in outputs:
-            if path is not None:
-                write(path)
-    except OSError as exc:
-        raise _fail(f"cannot write {exc.filename}: {exc.strerror}.", 1) from None
-    if not quiet:
-        for path, _ in outputs:
-            if path is not None:
-                err.print(f"wrote {path}")
-
-
-def _bench_table(rows: list[BenchRow], speedups: list[float | None], title: str,
-                 case_header: str, baseline: str) -> Table:
-
-    # Long reasons go under the table as numbered notes, so rows stay one line on an 80-column terminal.
-    notes: dict[str, int] = {}
-    table = _results_table(title)
-    for name in ("mode", case_header, "backend", "time ms", "TFLOP/s", "peak MiB", f"vs {baseline}", "status"):
-        table.add_column(name, justify="left" if name in ("mode", "stage", "backend", "status") else "right",
-                         no_wrap=True)
-    for i, (row, speedup) in enumerate(zip(rows, speedups)):
-        if i and row.mode != rows[i - 1].mode:
-            table.add_section()
-        status = _status_cell(row.status, notes)
-        table.add_row(
-            row.mode, row.point, row.backend,
-            "" if row.time_ms is None else f"{row.time_ms:.4g}",
-            "" if row.tflops is None else f"{row.tflops:.3g}",
-            "" if row.peak_mem_bytes is None else f"{row.peak_mem_bytes / 2**20:.4g}",
-            "" if speedup is None else f"{speedup:.2f}×",
-            status,
-        )
-    _add_notes(table, notes)
-    return table
-
-
-def _one_or_both(mode: str, names: tuple[str, str]) -> list[str]:
-    """--mode: one of the two `names`, or "both" for the two."""
-    if mode == "both":
-        return list(names)
-    if mode not in names:
-        raise ValueError(f"unknown mode {mode!r}; choose {names[0]}, {names[1]} or both.")
-    return [mode]
+def _modes(mode: enum.Enum, names: tuple[str, ...]) -> list[str]:
+    """--mode: one of `names`, or "both" for all of them."""
+    return list(names) if mode.value == "both" else [mode.value]
 
 
 def _csv(text: str, flag: str) -> list[str]:

@@ -3,7 +3,7 @@
     python benchmarks/clip_loss_memory_cpu.py --n 65536 --dim 512 --backend chunked
 
 Peak memory is what the call allocates above its inputs, read from the CPU profiler's allocation
-events (vitfast.bench's CPU peak measurement). `vitfast bench clip-loss` sweeps and searches batches; this
+events (vitfast.bench.harness.peak_memory_cpu). `vitfast bench clip-loss` sweeps and searches batches; this
 script is the one-shot repro of the issue's CPU figure at N=65536, D=512.
 """
 
@@ -15,7 +15,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from vitfast.bench import _peak_memory_cpu
+from vitfast.bench.harness import peak_memory_cpu
 from vitfast.kernels import clip_loss
 
 
@@ -35,7 +35,7 @@ def main() -> None:
         torch.autograd.grad(loss, (image, text, log_scale))
 
     start = time.perf_counter()
-    peak = _peak_memory_cpu(step)
+    peak = peak_memory_cpu(step)
     print(f"N={args.n} D={args.dim} {args.backend} fwd+bwd: peak {peak / 2**20:.1f} MiB above the inputs, "
           f"{time.perf_counter() - start:.1f} s on {torch.get_num_threads()} threads")
 

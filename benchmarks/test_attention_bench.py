@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from bench_common import DEVICE, DTYPE, backends, gpu_or
 
-from vitfast import bench
+from vitfast.bench import attention as ab
 
 SHAPES = {"vitb16": gpu_or((64, 12, 197, 64), (1, 2, 33, 16)), "long_d128": gpu_or((4, 16, 4096, 128), (1, 1, 64, 32))}
 
@@ -15,4 +15,4 @@ SHAPES = {"vitb16": gpu_or((64, 12, 197, 64), (1, 2, 33, 16)), "long_d128": gpu_
 @pytest.mark.parametrize("backend", backends("triton", "sdpa"))
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_attention(run, shape, backend, mode):
-    run(bench.make_call(backend, mode, SHAPES[shape], DTYPE, False, DEVICE))
+    run(ab.make_call(backend, mode, SHAPES[shape], DTYPE, False, DEVICE))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from bench_common import DEVICE, DTYPE, backends, gpu_or
 
-from vitfast import bench_clip as bc
+from vitfast.bench import clip_loss as bc
 
 
 @pytest.mark.parametrize("backend", backends("triton", "chunked", "eager"))

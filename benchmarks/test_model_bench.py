@@ -7,7 +7,7 @@ import pytest
 import torch
 from bench_common import DEVICE, backends, gpu_or
 
-from vitfast import bench_model as bm
+from vitfast.bench import model as bm
 from vitfast.models import build_model
 from vitfast.models.peers import peer_model
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from bench_common import DEVICE, DTYPE, backends, gpu_or
 
-from vitfast import bench_window as bw
+from vitfast.bench import window as bw
 
 
 @pytest.mark.parametrize("backend", backends("triton", "sdpa"))

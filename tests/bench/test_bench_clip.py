@@ -1,4 +1,4 @@
-"""`vitfast bench clip-loss` and vitfast.bench_clip: FLOP counts, a tiny sweep, memory, the largest-batch
+"""`vitfast bench clip-loss` and vitfast.bench.clip_loss: FLOP counts, a tiny sweep, memory, the largest-batch
 search, the CLI end to end and its errors."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from vitfast import bench, bench_clip as bc
+from vitfast.bench import clip_loss as bc
+from vitfast.bench.harness import OUT_OF_MEMORY, TRITON_NEEDS_CUDA
 from vitfast.cli import app
 from vitfast.kernels import similarity_ce
 
@@ -32,16 +33,16 @@ def test_clip_loss_flops():
 
 def test_sweep_rows_on_cpu():
     rows = bc.bench_clip_loss(dtype=torch.float32, batch_sizes=[32, 48], dim=16, device=CPU, warmup=1, rep=1)
-    assert [(r.mode, r.batch, r.backend) for r in rows][:3] == [("fwd", 32, "triton"), ("fwd", 32, "chunked"),
+    assert [(r.mode, r.case, r.backend) for r in rows][:3] == [("fwd", 32, "triton"), ("fwd", 32, "chunked"),
                                                                 ("fwd", 32, "eager")]
     assert len(rows) == 2 * 2 * 3
     for r in rows:
-        if r.backend == "triton":  # conftest sets TRITON_INTERPRET=1; the bench still skips it, as bench.py does
-            assert r.status == bench.TRITON_NEEDS_CUDA
+        if r.backend == "triton":  # conftest sets TRITON_INTERPRET=1; the bench still skips it
+            assert r.status == TRITON_NEEDS_CUDA
             assert r.time_ms is r.tflops is r.peak_mem_bytes is None
         else:
             assert r.ok and r.time_ms > 0 and r.peak_mem_bytes > 0
-            flops = bc.clip_loss_flops(batch=r.batch, dim=16, mode=r.mode)
+            flops = bc.clip_loss_flops(batch=r.case, dim=16, mode=r.mode)
             assert r.tflops == pytest.approx(flops / (r.time_ms * 1e-3) / 1e12)
 
 
@@ -83,7 +84,7 @@ def test_max_batch_cap_start_and_skips():
     nothing = bc.max_batch("eager", "fwd", 16, torch.float32, CPU, 1024, start=64)
     assert nothing.batch is None and nothing.status == f"does not fit at N=64: {bc.OVER_LIMIT}"
     triton = bc.max_batch("triton", "fwd", 16, torch.float32, CPU, 2**20)
-    assert triton.status == bench.TRITON_NEEDS_CUDA and triton.tried == ()
+    assert triton.status == TRITON_NEEDS_CUDA and triton.tried == ()
     with pytest.raises(ValueError, match="needs a memory limit"):
         bc.max_batch("eager", "fwd", 16, torch.float32, CPU)
 
@@ -100,7 +101,7 @@ def test_max_batch_out_of_memory_bounds_the_search_and_errors_stop_it(monkeypatc
     monkeypatch.setattr(bc, "measure_footprint", fake)
     result = bc.max_batch("eager", "fwd", 16, torch.float32, CPU, 2**30, start=64)
     assert result.status == "ok" and 285 <= result.batch <= 300
-    assert bench.OUT_OF_MEMORY in {t.status for t in result.tried}
+    assert OUT_OF_MEMORY in {t.status for t in result.tried}
     broken = bc.max_batch("chunked", "fwd", 16, torch.float32, CPU, 2**30, start=64)
     assert broken.batch == 128 and broken.status == "error: ZeroDivisionError: boom"
 
@@ -122,7 +123,7 @@ def test_cli_sweep_and_max_batch_write_json_and_csv(tmp_path):
 
     searches = {(s["mode"], s["backend"]): s for s in doc["max_batch"]}
     assert len(searches) == 6 and doc["max_batch_fields"] == bc.MAX_BATCH_FIELDS
-    assert searches["fwd", "triton"]["status"] == bench.TRITON_NEEDS_CUDA
+    assert searches["fwd", "triton"]["status"] == TRITON_NEEDS_CUDA
     for (mode, backend), s in searches.items():
         if backend != "triton":
             assert s["status"] == "ok" and s["batch"] > 0 and 0 < s["peak_mem_bytes"] <= 2 * 2**20
@@ -151,8 +152,6 @@ def test_cli_open_clip_backend_is_the_baseline():
     (["--dim", "24"], "backend triton needs an embedding dim that is a multiple of 16; got 24"),
     (["--batch-sizes", "0,64"], "batch sizes must be positive integers"),
     (["--batch-sizes", "1k"], "--batch-sizes takes comma-separated integers"),
-    (["--mode", "bwd"], "unknown mode 'bwd'; choose fwd, fwd+bwd or both"),
-    (["--dtype", "fp8"], "unknown dtype 'fp8'"),
     (["--max-batch"], "on a CPU the largest-batch search needs a memory limit"),
     (["--max-batch", "--memory-limit", "lots"], "cannot read the size 'lots'"),
     (["--max-batch", "--memory-limit", "1GiB", "--max-batch-cap", "0"], "largest-batch cap must be at least 1"),
@@ -165,6 +164,13 @@ def test_cli_bad_input_is_one_line_error(bad, message):
     assert message in result.stderr and result.stdout == ""
 
 
+@pytest.mark.parametrize("flag, value", [("--mode", "bwd"), ("--dtype", "fp8")])
+def test_typos_in_typed_choices_are_refused_by_the_parser(flag, value):
+    result = run_cli(*TINY, flag, value)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert f"'{value}' is not one of" in " ".join(result.stderr.replace("│", "").split())
+
+
 def test_cli_open_clip_missing_is_one_line_error(monkeypatch):
     monkeypatch.setattr(bc, "open_clip_available", lambda: False)
     result = run_cli(*TINY, "--backends", "eager,open_clip")
@@ -172,11 +178,8 @@ def test_cli_open_clip_missing_is_one_line_error(monkeypatch):
 
 
 @pytest.mark.gpu
-def test_cli_sweep_and_max_batch_on_gpu(tmp_path):
-    out_json = tmp_path / "out.json"
-    result = run_cli("--device", "cuda", "--batch-sizes", "256,1024", "--dim", "64", "--rep", "2", "--warmup", "1",
-                     "--max-batch", "--memory-limit", "64MiB", "--json", str(out_json))
-    assert result.exit_code == 0, result.output
-    doc = json.loads(out_json.read_text())
+def test_cli_sweep_and_max_batch_on_gpu(bench_json):
+    doc = bench_json("clip-loss", "--device", "cuda", "--batch-sizes", "256,1024", "--dim", "64", "--rep", "2",
+                     "--warmup", "1", "--max-batch", "--memory-limit", "64MiB")
     assert all(r["status"] == "ok" and r["time_ms"] > 0 and r["peak_mem_bytes"] > 0 for r in doc["rows"])
     assert all(s["status"] == "ok" and s["peak_mem_bytes"] <= 64 * 2**20 for s in doc["max_batch"])

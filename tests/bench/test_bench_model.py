@@ -1,4 +1,4 @@
-"""`vitfast bench model` / `bench all` and vitfast.bench_model: FLOPs counted from the config against
+"""`vitfast bench model` / `bench all` and vitfast.bench.model / suite: FLOPs counted from the config against
 torch's own counter, a tiny sweep beside timm and open_clip, out-of-memory retries, the CLI end to end."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from typer.testing import CliRunner
 
-from vitfast import bench, bench_all, bench_model as bm
+from vitfast.bench import model as bm, suite
+from vitfast.bench.harness import OUT_OF_MEMORY, TRITON_NEEDS_CUDA
 from vitfast.cli import app
 from vitfast.models import build_model
 
@@ -58,7 +59,7 @@ def test_sweep_beside_timm_on_cpu():
     assert [(r.mode, r.label) for r in rows] == [(m, b) for m in ("infer", "train")
                                                  for b in ("triton", "sdpa", "timm", "open_clip")]
     by = {(r.mode, r.label): r for r in rows}
-    assert by["infer", "triton"].status == bench.TRITON_NEEDS_CUDA
+    assert by["infer", "triton"].status == TRITON_NEEDS_CUDA
     assert by["infer", "open_clip"].status.startswith("skipped: open_clip has no vit model")
     for mode in ("infer", "train"):
         ours, timm = by[mode, "sdpa"], by[mode, "timm"]
@@ -92,7 +93,7 @@ def test_out_of_memory_halves_the_batch(monkeypatch):
     row, = bm.bench_model(**kwargs, retry_smaller=True)
     assert tried == [8, 4, 2] and row.ok and (row.batch, row.requested_batch) == (2, 8)
     row, = bm.bench_model(**kwargs)
-    assert row.status == bench.OUT_OF_MEMORY and row.samples_per_s is None
+    assert row.status == OUT_OF_MEMORY and row.samples_per_s is None
 
 
 def test_bad_arguments_are_named():
@@ -119,19 +120,20 @@ def test_cli_model_table_json_and_plot(tmp_path):
     assert set(doc["fields"]) == set(doc["rows"][0])
     assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
     bad = CliRunner().invoke(app, ["bench", "model", "-m", "vit_micro_patch4_32", "--mode", "fwd"])
-    assert bad.exit_code == 2 and "unknown mode 'fwd'" in bad.output
+    assert bad.exit_code == 2 and "'fwd' is not one of 'infer', 'train', 'both'" in " ".join(
+        bad.output.replace("│", "").split())
 
 
 def test_bench_all_writes_every_sweep_and_a_summary(tmp_path, monkeypatch):
     # The real --quick plan less two of its three models, so it runs in half a minute.
-    real_plan = bench_all.plan
+    real_plan = suite.plan
 
     def small(device, quick, dtype=None):
         assert quick
         sweeps = real_plan(device, quick, dtype)
         return [s for s in sweeps if not s.name.startswith("model_") or s.name == "model_swin_micro_patch2_window4_32"]
 
-    monkeypatch.setattr(bench_all, "plan", small)
+    monkeypatch.setattr(suite, "plan", small)
     result = CliRunner().invoke(app, ["bench", "all", "--quick", "--output", str(tmp_path / "all"), "--device", "cpu",
                                       "-q"])
     assert result.exit_code == 0, result.output

@@ -1,9 +1,5 @@
-"""CLIP-loss benchmark: time, TFLOP/s and peak memory of each backend of `vitfast.kernels.clip_loss`
-across batch sizes, and the largest batch each backend fits in memory.
-
-Library half of `vitfast bench clip-loss`. Timing, memory and failure handling are the attention
-benchmark's (vitfast.bench.measure_case): every (mode, batch size, backend) case is one
-:class:`ClipBenchRow`, and a case that cannot run is a row whose ``status`` says why.
+"""CLIP-loss benchmark (`vitfast bench clip-loss`): time, TFLOP/s and peak memory of each backend of
+`vitfast.kernels.clip_loss` across batch sizes N, and the largest batch each backend fits in memory.
 
 Backends: the three of `clip_loss` ("triton", "chunked", "eager") and "open_clip", which is
 ``open_clip.loss.ClipLoss()`` itself, the baseline the issue's goal is stated against. open_clip is an
@@ -16,18 +12,22 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from vitfast.bench import (MODES, OUT_OF_MEMORY, TRITON_NEEDS_CUDA, StatusRow, check_sweep, defaults_for,
-                           measure_case, peak_memory, resolve_device, run_guarded)
+from vitfast.bench.harness import OUT_OF_MEMORY, TRITON_NEEDS_CUDA, defaults_for, peak_memory, run_guarded
+from vitfast.bench.sweep import (KernelRow, KernelSweep, check_sweep, kernel_call, kernel_fields, mode_flops,
+                                 sweep_kernel)
+from vitfast.choices import AUTO, CLIP_LOSS_BACKENDS, KERNEL_MODES
 from vitfast.kernels import clip_loss
+from vitfast.runtime import resolve_device, resolve_dtype
 
-BACKENDS = ("triton", "chunked", "eager", "open_clip")
-DEFAULT_BACKENDS = ("triton", "chunked", "eager")
+MODES = KERNEL_MODES
+DEFAULT_BACKENDS = tuple(b for b in CLIP_LOSS_BACKENDS if b != AUTO)
+BACKENDS = DEFAULT_BACKENDS + ("open_clip",)
 # On a GPU up to twice the issue's goal point (N=32768); on a CPU sizes a default sweep finishes in
 # about a minute on two cores.
 CUDA_BATCH_SIZES = (4096, 8192, 16384, 32768, 65536)
@@ -43,19 +43,14 @@ MAX_BATCH_CAP = 2**22
 OVER_LIMIT = "over the memory limit"
 REACHED_CAP = "reached the cap: every N tried fit"
 
-FIELDS = {
-    "backend": "triton (tiled kernels), chunked (the same passes in PyTorch, row chunks), eager (the full N×N "
-               "logits, as open_clip), open_clip (open_clip.loss.ClipLoss itself)",
-    "mode": "fwd: the loss only, no autograd graph; fwd+bwd: the loss, then gradients of both embeddings and "
-            "the logit scale",
-    "batch": "batch size N (image-text pairs; embeddings are (N, D))",
-    "time_ms": "median time of one call in ms (CUDA events after an L2 flush on a GPU, perf_counter on a CPU); "
-               "null when the case did not run",
-    "tflops": "4·N²·D for fwd (two N×N×D similarity products), 12·N²·D for fwd+bwd, divided by time_ms",
-    "peak_mem_bytes": "peak memory allocated during one call above what was allocated before it "
-                      "(the embeddings and the scale are not counted)",
-    "status": "'ok', or why the case has no numbers",
-}
+FIELDS = kernel_fields(
+    backend="triton (tiled kernels), chunked (the same passes in PyTorch, row chunks), eager (the full N×N "
+            "logits, as open_clip), open_clip (open_clip.loss.ClipLoss itself)",
+    mode="fwd: the loss only, no autograd graph; fwd+bwd: the loss, then gradients of both embeddings and the "
+         "logit scale",
+    case=("batch", "batch size N (image-text pairs; embeddings are (N, D))"),
+    tflops="4·N²·D for fwd (two N×N×D similarity products), 12·N²·D for fwd+bwd, divided by time_ms",
+    inputs="the embeddings and the scale")
 MAX_BATCH_FIELDS = {
     "batch": "the largest N that ran within the memory (null when none did)",
     "peak_mem_bytes": "the whole footprint of one call at that N: the embeddings and the scale plus the peak "
@@ -67,25 +62,10 @@ MAX_BATCH_FIELDS = {
 }
 
 
-@dataclass(frozen=True)
-class ClipBenchRow(StatusRow):
-    """One measured case. Numbers are None when the case did not run; ``status`` then says why."""
+class ClipBenchRow(KernelRow):
+    """One (mode, N, backend) case; its case is the batch size N."""
 
-    backend: str
-    mode: str
-    batch: int
-    time_ms: float | None
-    tflops: float | None
-    peak_mem_bytes: int | None
-    status: str
-
-    @property
-    def case(self) -> str:
-        return f"N={self.batch}"
-
-    @property
-    def point(self) -> str:
-        return str(self.batch)
+    case_field, case_prefix = "batch", "N="
 
 
 @dataclass(frozen=True)
@@ -131,16 +111,11 @@ def clip_loss_flops(*, batch: int, dim: int, mode: str) -> float:
     and the O(N·D) terms, and the Triton backward's extra recomputation when D > 256 (it recomputes
     the similarities once per 256-wide output block: 16·N²·D in all at D = 512).
     """
-    flops = 4.0 * batch * batch * dim
-    if mode == "fwd+bwd":
-        return flops * (1.0 + BACKWARD_FLOP_RATIO)
-    if mode != "fwd":
-        raise ValueError(f"unknown mode {mode!r}; choose {', '.join(MODES)}.")
-    return flops
+    return mode_flops(4.0 * batch * batch * dim, mode, BACKWARD_FLOP_RATIO)
 
 
 def validate_clip_sweep(*, batch_sizes: Sequence[int], dim: int, dtype: torch.dtype, backends: Sequence[str],
-                        modes: Sequence[str], warmup: int, rep: int) -> None:
+                        modes: Sequence[str], warmup: int, rep: int, device: torch.device | None = None) -> None:
     """Raise ValueError naming the first bad argument of :func:`bench_clip_loss` (before any run)."""
     check_sweep(counts={"embedding dim": dim, "warmup": warmup, "rep": rep}, dtype=dtype,
                 sizes=("batch sizes", batch_sizes),
@@ -148,54 +123,30 @@ def validate_clip_sweep(*, batch_sizes: Sequence[int], dim: int, dtype: torch.dt
     _check_backends(backends, dim)
 
 
-def bench_clip_loss(
-    *,
-    dtype: torch.dtype,
-    batch_sizes: Sequence[int] | None = None,
-    dim: int = DEFAULT_DIM,
-    backends: Sequence[str] = DEFAULT_BACKENDS,
-    modes: Sequence[str] = MODES,
-    device: torch.device | None = None,
-    warmup: int | None = None,
-    rep: int | None = None,
-    on_row: Callable[[ClipBenchRow], None] | None = None,
-) -> list[ClipBenchRow]:
+def bench_clip_loss(*, dtype: torch.dtype, batch_sizes: Sequence[int], device: torch.device, warmup: int, rep: int,
+                    dim: int = DEFAULT_DIM, backends: Sequence[str] = DEFAULT_BACKENDS, modes: Sequence[str] = MODES,
+                    on_row: Callable[[ClipBenchRow], None] | None = None) -> list[ClipBenchRow]:
     """Benchmark the CLIP loss on random L2-normalized (N, dim) embeddings for every mode × N × backend.
 
     Args:
         dtype: dtype of the embeddings (the logit scale is a float32 scalar, as a model parameter).
-        batch_sizes: the batch sizes N to sweep; default :func:`default_batch_sizes`.
+        batch_sizes: the batch sizes N to sweep (:func:`default_batch_sizes` suits the device).
         dim: embedding dim D (Triton needs a multiple of 16).
         backends: any of "triton", "chunked", "eager", "open_clip" (needs the open_clip package).
         modes: "fwd" (the loss, no autograd graph) and/or "fwd+bwd" (gradients of the embeddings and
             the scale).
-        device, warmup, rep, on_row: as for :func:`vitfast.bench.bench_attention`.
+        device, warmup, rep, on_row: as for :func:`vitfast.bench.attention.bench_attention`.
 
     Returns:
         Rows ordered by mode, then N, then backend; Triton on a CPU is a skipped row, as in
-        :func:`vitfast.bench.bench_attention`.
+        :func:`vitfast.bench.attention.bench_attention`.
     """
-    device = device if device is not None else resolve_device("auto")
-    defaults = defaults_for(device)
-    warmup = defaults.warmup if warmup is None else warmup
-    rep = defaults.rep if rep is None else rep
-    batch_sizes = default_batch_sizes(device) if batch_sizes is None else batch_sizes
     validate_clip_sweep(batch_sizes=batch_sizes, dim=dim, dtype=dtype, backends=backends, modes=modes,
                         warmup=warmup, rep=rep)
-    rows = []
-    for mode in modes:
-        for n in batch_sizes:
-            for backend in backends:
-                make = lambda: make_call(backend, mode, *make_inputs(n, dim, dtype, device, mode))  # noqa: E731
-                time_ms, peak, status = measure_case(make, backend, device, warmup, rep)
-                tflops = None
-                if time_ms is not None:
-                    tflops = clip_loss_flops(batch=n, dim=dim, mode=mode) / (time_ms * 1e-3) / 1e12
-                row = ClipBenchRow(backend, mode, n, time_ms, tflops, peak, status)
-                rows.append(row)
-                if on_row is not None:
-                    on_row(row)
-    return rows
+    return sweep_kernel(
+        ClipBenchRow, modes=modes, cases=batch_sizes, backends=backends, device=device, warmup=warmup, rep=rep,
+        make_call=lambda backend, mode, n: make_call(backend, mode, *make_inputs(n, dim, dtype, device, mode)),
+        flops=lambda mode, n: clip_loss_flops(batch=n, dim=dim, mode=mode), on_row=on_row)
 
 
 def measure_footprint(backend: str, mode: str, *, batch: int, dim: int, dtype: torch.dtype,
@@ -323,15 +274,51 @@ def make_call(backend: str, mode: str, image: torch.Tensor, text: torch.Tensor,
         loss_fn: Callable[..., torch.Tensor] = ClipLoss()
     else:
         loss_fn = functools.partial(clip_loss, backend=backend)
-    if mode == "fwd":
-        def fwd() -> None:
-            with torch.no_grad():
-                loss_fn(image, text, scale)
+    return kernel_call(mode, lambda: loss_fn(image, text, scale), (image, text, scale))
 
-        return fwd
 
-    def fwd_bwd() -> None:
-        # autograd.grad returns fresh gradients instead of accumulating into .grad, so reps stay identical.
-        torch.autograd.grad(loss_fn(image, text, scale), (image, text, scale))
+def clip_sweep(params: dict[str, object], baselines: tuple[str, ...] | None = None,
+               **labels: object) -> KernelSweep:
+    """:func:`bench_clip_loss` with the keywords `params`, as the commands run it. Speedups are read against
+    open_clip's ClipLoss when it is among the backends, else against eager; `labels` as in
+    :class:`~vitfast.bench.sweep.Sweep` (title, detail, recorded)."""
+    backends = params.get("backends", DEFAULT_BACKENDS)
+    cases = len(params["modes"]) * len(params["batch_sizes"]) * len(backends)
+    return KernelSweep(name="clip_loss", label="clip loss", bench=bench_clip_loss, params=params,
+                       benchmark="clip_loss", fields=FIELDS, cases=cases,
+                       shape=f"D={params['dim']} {str(params['dtype']).removeprefix('torch.')}",
+                       baselines=baselines or (("open_clip",) if "open_clip" in backends else ("eager",)), **labels)
 
-    return fwd_bwd
+
+def plan(*, batch_sizes: Sequence[int] | None = None, dim: int = DEFAULT_DIM, dtype: str = AUTO,
+         backends: Sequence[str] = DEFAULT_BACKENDS, modes: Sequence[str] = MODES, device: str = AUTO,
+         warmup: int | None = None, rep: int | None = None, max_batch: bool = False, memory_limit: int | None = None,
+         max_batch_cap: int = MAX_BATCH_CAP) -> KernelSweep:
+    """`vitfast bench clip-loss`: the sweep its flags ask for, with device and dtype names resolved and unset
+    values the device's defaults; with `max_batch`, the search's arguments (:func:`max_batches`) are checked
+    too, before anything runs. Raises ValueError naming the first bad argument."""
+    dev = resolve_device(device)
+    params = dict(batch_sizes=default_batch_sizes(dev) if batch_sizes is None else list(batch_sizes), dim=dim,
+                  dtype=resolve_dtype(dtype, dev), backends=list(backends), modes=list(modes),
+                  **defaults_for(dev).timing(warmup, rep), device=dev)
+    validate_clip_sweep(**params)
+    if max_batch:
+        validate_max_batch(backends=params["backends"], modes=params["modes"], dim=dim, dtype=params["dtype"],
+                           device=dev, memory_limit=memory_limit, cap=max_batch_cap, start=min(params["batch_sizes"]))
+    return clip_sweep(params, detail=f", N in {', '.join(map(str, params['batch_sizes']))}",
+                      recorded={"memory_limit": memory_limit})
+
+
+def max_batches(sweep: KernelSweep, memory_limit: int | None, cap: int = MAX_BATCH_CAP,
+                on_try: Callable[[str, str, MaxBatchTry], None] | None = None) -> list[MaxBatchResult]:
+    """:func:`max_batch` for every mode × backend of `sweep` (from :func:`plan`), doubling from its smallest
+    N; ``on_try(backend, mode, tried)`` sees each N as soon as it ran."""
+    p = sweep.params
+    return [max_batch(backend, mode, p["dim"], p["dtype"], p["device"], memory_limit, start=min(p["batch_sizes"]),
+                      cap=cap, on_try=None if on_try is None else functools.partial(on_try, backend, mode))
+            for mode in p["modes"] for backend in p["backends"]]
+
+
+def max_batch_json(results: Sequence[MaxBatchResult]) -> dict[str, object]:
+    """The searches' entries in the JSON file, after the rows."""
+    return {"max_batch_fields": MAX_BATCH_FIELDS, "max_batch": [asdict(r) for r in results]}

@@ -1,14 +1,14 @@
-"""Whole-model benchmark: samples/s, step time, peak memory, parameters and GFLOPs of a ViT, Swin or CLIP
-per attention backend, optionally beside the peer library's model of the same architecture.
+"""Whole-model benchmark (`vitfast bench model`): samples/s, step time, peak memory, parameters and GFLOPs
+of a ViT, Swin or CLIP per attention backend, optionally beside the peer library's model of the same
+architecture.
 
-Library half of `vitfast bench model`, in the manner of timm's ``benchmark.py``: an inference step is
-a forward pass under ``torch.inference_mode``; a training step is forward, loss (cross-entropy on
-random labels, or the CLIP loss: vitfast's for vitfast, open_clip's ClipLoss for open_clip), backward
-and an SGD-with-momentum update (gradients freed after it), under autocast when an AMP dtype is set.
-Each (mode, backend) case is one :class:`ModelBenchRow`; a case that cannot run (Triton without
-CUDA, out of memory) is a row whose ``status`` says why. With ``retry_smaller`` a case
-that runs out of memory is tried again at half the batch, as timm's benchmark does, and the row records
-the batch that ran.
+In the manner of timm's ``benchmark.py``: an inference step is a forward pass under
+``torch.inference_mode``; a training step is forward, loss (cross-entropy on random labels, or the CLIP
+loss: vitfast's for vitfast, open_clip's ClipLoss for open_clip), backward and an SGD-with-momentum
+update (gradients freed after it), under autocast when an AMP dtype is set. Each (mode, backend) case
+is one :class:`ModelBenchRow`; a case that cannot run (Triton without CUDA, out of memory) is a row
+whose ``status`` says why. With ``retry_smaller`` a case that runs out of memory is tried again at half
+the batch, as timm's benchmark does, and the row records the batch that ran.
 
 FLOPs are counted from the config (matrix products only, 2 FLOPs per multiply-add, as fvcore and
 ``torch.utils.flop_counter`` count them; LayerNorm, softmax and activations left out). A training step
@@ -18,7 +18,6 @@ causal attention is counted in full, as those counters count it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 from dataclasses import dataclass
@@ -28,12 +27,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vitfast.bench import DTYPES, OUT_OF_MEMORY, TRITON_NEEDS_CUDA, StatusRow, _median_ms, peak_memory, run_guarded
-from vitfast.models import build_config, named_config
+from vitfast.bench import report
+from vitfast.bench.attention import BACKENDS
+from vitfast.bench.harness import OUT_OF_MEMORY, TRITON_NEEDS_CUDA, defaults_for, run_guarded, time_and_peak
+from vitfast.bench.sweep import StatusRow, Sweep, run_grid
+from vitfast.choices import AUTO, MODEL_MODES
+from vitfast.kernels import clip_loss
+from vitfast.kernels.window_geometry import effective_window
+from vitfast.models import FAMILIES, build_config, build_model, named_config
 from vitfast.models.peers import PEERS, peer_model
+from vitfast.runtime import DTYPES, autocast, default_dtype_name, resolve_device
 
-MODES = ("infer", "train")
-BACKENDS = ("triton", "sdpa", "eager")
+MODES = MODEL_MODES
 COMPARE = ("timm", "open_clip")
 
 FIELDS = {
@@ -83,9 +88,7 @@ class ModelBenchRow(StatusRow):
         return self.backend if self.impl == "vitfast" else self.impl
 
 
-# --------------------------------------------------------------------------------------------------
 # FLOPs from the config
-# --------------------------------------------------------------------------------------------------
 
 
 def _block_macs(tokens: int, dim: int, hidden: int, attn_tokens: int | None = None) -> int:
@@ -105,8 +108,6 @@ def _vit_macs(cfg, img_size: int) -> int:
 
 
 def _swin_macs(cfg, img_size: int) -> int:
-    from vitfast.kernels.window_geometry import effective_window
-
     grid = -(-img_size // cfg.patch_size)
     macs = grid * grid * cfg.embed_dim * cfg.in_chans * cfg.patch_size**2
     for i, depth in enumerate(cfg.depths):
@@ -142,9 +143,7 @@ def count_flops(family: str, config, img_size: int | None = None, mode: str = "i
     return 2.0 * macs * (3 if mode == "train" else 1)
 
 
-# --------------------------------------------------------------------------------------------------
 # The benchmark
-# --------------------------------------------------------------------------------------------------
 
 
 def image_size(family: str, config) -> int:
@@ -190,16 +189,9 @@ def bench_model(*, name: str, modes: Sequence[str], backends: Sequence[str], bat
     """One row per (mode, vitfast backend), then per (mode, peer library) in `compare`."""
     validate_model_bench(name=name, modes=modes, backends=backends, compare=compare, batch=batch,
                          img_size=img_size, amp_dtype=amp_dtype)
-    rows = []
-    cases = [("vitfast", b) for b in backends] + [(peer, peer) for peer in compare]
-    for mode in modes:
-        for impl, backend in cases:
-            row = _bench_one(name, impl, backend, mode, batch, device, img_size, amp_dtype, compile, warmup, rep,
-                             retry_smaller)
-            rows.append(row)
-            if on_row is not None:
-                on_row(row)
-    return rows
+    impls = [("vitfast", b) for b in backends] + [(peer, peer) for peer in compare]
+    return run_grid(modes, [name], impls, lambda mode, name, impl: _bench_one(
+        name, *impl, mode, batch, device, img_size, amp_dtype, compile, warmup, rep, retry_smaller), on_row)
 
 
 def _bench_one(name: str, impl: str, backend: str, mode: str, batch: int, device: torch.device,
@@ -241,8 +233,6 @@ def _bench_one(name: str, impl: str, backend: str, mode: str, batch: int, device
 def _param_count(name: str, img_size: int | None) -> int:
     """Parameters of the vitfast model, for rows that did not run (a CPU build: the models' init reads
     values, torch.linspace(...).tolist(), so the meta device will not do)."""
-    from vitfast.models import build_model
-
     family, config = model_config(name, img_size)
     with torch.no_grad():
         return sum(p.numel() for p in build_model(family, config).parameters())
@@ -253,22 +243,15 @@ def _measure_step(family: str, config, impl: str, mode: str, batch: int, device:
     """(median step ms, peak bytes above the state, state bytes, parameters); everything dies with this frame."""
     if compile:  # each case compiles a new model: start from empty caches, not the last case's guards
         torch._dynamo.reset()
-    if impl == "vitfast":
-        from vitfast.models import build_model
-
-        model = build_model(family, config)
-    else:
-        model = peer_model(family, config)
-    model = model.to(device)
+    model = (build_model(family, config) if impl == "vitfast" else peer_model(family, config)).to(device)
     amp = DTYPES[amp_dtype]
     step = make_step(family, config, model, mode, batch, device, None if amp == torch.float32 else amp, compile)
-    for _ in range(max(warmup, 1)):  # at least one: SGD allocates its momentum on the first step
-        step()
+    # At least one warm-up step (time_and_peak's rule), as SGD allocates its momentum on the first step.
+    step_ms, peak = time_and_peak(step, device, warmup, rep)
     state = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     if mode == "train":
         state += sum(p.numel() * p.element_size() for p in model.parameters())  # SGD's momentum
-    peak = peak_memory(step, device)
-    return _median_ms(step, device, rep), peak, state, sum(p.numel() for p in model.parameters())
+    return step_ms, peak, state, sum(p.numel() for p in model.parameters())
 
 
 def make_step(family: str, config, model: nn.Module, mode: str, batch: int, device: torch.device,
@@ -285,9 +268,9 @@ def make_step(family: str, config, model: nn.Module, mode: str, batch: int, devi
         labels = torch.randint(0, max(config.num_classes, 1), (batch,), generator=gen, device=device)
         inputs = (images,)
     forward = torch.compile(model) if compile else model
-    autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp is not None else contextlib.nullcontext
+    ours = isinstance(model, tuple(cls for _, cls in FAMILIES.values()))
 
-    if family == "clip" and not isinstance(model, _vitfast_classes()):
+    if family == "clip" and not ours:
         from open_clip.loss import ClipLoss  # open_clip trains with its own loss: time the two as used
 
         open_clip_loss = ClipLoss()
@@ -295,10 +278,8 @@ def make_step(family: str, config, model: nn.Module, mode: str, batch: int, devi
     def loss_of(out) -> torch.Tensor:
         if family == "clip":
             image, txt, scale = (t.float() for t in out[:3])
-            if not isinstance(model, _vitfast_classes()):
+            if not ours:
                 return open_clip_loss(image, txt, scale)
-            from vitfast.kernels import clip_loss
-
             return clip_loss(image, txt, scale)  # auto: Triton where it can run, else the chunked path
         if config.num_classes == 0:
             return out.float().pow(2).mean()
@@ -308,7 +289,7 @@ def make_step(family: str, config, model: nn.Module, mode: str, batch: int, devi
         model.eval()
 
         def infer() -> None:
-            with torch.inference_mode(), autocast():
+            with torch.inference_mode(), autocast(device, amp):
                 forward(*inputs)
 
         return infer
@@ -317,7 +298,7 @@ def make_step(family: str, config, model: nn.Module, mode: str, batch: int, devi
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
     def train() -> None:
-        with autocast():
+        with autocast(device, amp):
             out = forward(*inputs)
         loss_of(out).backward()
         optimizer.step()
@@ -326,12 +307,6 @@ def make_step(family: str, config, model: nn.Module, mode: str, batch: int, devi
         optimizer.zero_grad(set_to_none=True)
 
     return train
-
-
-def _vitfast_classes() -> tuple[type, ...]:
-    from vitfast.models import FAMILIES
-
-    return tuple(cls for _, cls in FAMILIES.values())
 
 
 def baseline_of(rows: Sequence[ModelBenchRow]) -> str:
@@ -345,40 +320,63 @@ def speedups(rows: Sequence[ModelBenchRow], baseline: str) -> list[float | None]
     return [r.samples_per_s / base[r.mode] if r.ok and base.get(r.mode) else None for r in rows]
 
 
-def plot_speed_vs_memory(rows: Sequence[ModelBenchRow], path, *, title: str) -> None:
-    """A PNG of samples/s against peak memory, one panel per mode, one point per backend or peer."""
-    from pathlib import Path
-
-    from matplotlib.figure import Figure
-
-    modes = [m for m in MODES if any(r.mode == m for r in rows)]
-    fig = Figure(figsize=(5.6 * max(1, len(modes)), 4.6), layout="constrained")
-    axes = fig.subplots(1, max(1, len(modes)), squeeze=False)[0]
-    colors = {"triton": "tab:red", "sdpa": "tab:blue", "eager": "tab:green", "timm": "tab:purple",
-              "open_clip": "tab:purple"}
-    for ax, mode in zip(axes, modes):
-        ok = [r for r in rows if r.mode == mode and r.ok]
-        for r in ok:
-            ax.scatter(r.peak_mem_bytes / 2**20, r.samples_per_s, color=colors.get(r.label), s=40, label=r.label)
-            ax.annotate(f"{r.label} (B={r.batch})", (r.peak_mem_bytes / 2**20, r.samples_per_s),
-                        xytext=(5, 4), textcoords="offset points", fontsize=8)
-        ax.set_title(mode)
-        ax.set_xlabel("peak memory of a step above weights and state (MiB)")
-        ax.set_ylabel("samples / s")
-        ax.margins(0.2)
-        ax.grid(True, alpha=0.4)
-        if not ok:
-            ax.text(0.5, 0.5, "no case ran", ha="center", va="center", transform=ax.transAxes)
-    fig.suptitle(title)
-    failed = sorted({f"{r.label}: {r.status}" for r in rows if not r.ok})
-    if failed:
-        fig.text(0.01, 0.0, "not run: " + "; ".join(failed), fontsize=8, ha="left", va="bottom", wrap=True)
-        fig.get_layout_engine().set(rect=(0, 0.06, 1, 0.94))
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=130)
-
-
 def default_batch(device: torch.device) -> int:
     """timm's benchmark default on a GPU (256), a CPU-sized one (8) otherwise."""
     return 256 if device.type == "cuda" else 8
 
+
+
+@dataclass(frozen=True)
+class ModelSweep(Sweep):
+    """A sweep of model rows; speedups are read against the implementation :func:`baseline_of` picks."""
+
+    unit: str = "steps"
+
+    def describe(self, row: ModelBenchRow) -> str:
+        """The row in the progress bar."""
+        return f"{row.label} {row.mode}"
+
+    def table(self, rows: Sequence[ModelBenchRow], where: str) -> report.Table:
+        baseline = baseline_of(rows)
+        per_mode = ", ".join(f"{r.gflops:.3g} {r.mode}" for r in rows if r.label == rows[0].label)
+        title = f"{self.shape} · {rows[0].params / 1e6:.3g}M params · GFLOPs/sample {per_mode} · {where}"
+        return report.model_table(rows, speedups(rows, baseline), title, baseline)
+
+    def plot_title(self, where: str) -> str:
+        return f"{self.params['name']} on {where}"
+
+    def plot(self, rows: Sequence[ModelBenchRow], path, title: str) -> None:
+        report.plot_speed_vs_memory(rows, path, title=title)
+
+    def summary(self, rows: Sequence[ModelBenchRow]) -> list[report.SummaryLine]:
+        """Every row, with its speedup over the baseline."""
+        baseline = baseline_of(rows)
+        return [report.SummaryLine(self.name, f"B={r.batch}", r.mode, r.label, r.step_ms,
+                                   None if r.peak_mem_bytes is None else r.peak_mem_bytes / 2**20, s, baseline,
+                                   r.status)
+                for r, s in zip(rows, speedups(rows, baseline))]
+
+
+def model_sweep(params: dict[str, object], **labels: object) -> ModelSweep:
+    """:func:`bench_model` with the keywords `params`, as the commands run it; `labels` as in
+    :class:`~vitfast.bench.sweep.Sweep` (title)."""
+    shape = f"{params['name']} B={params['batch']} {params['amp_dtype']}"
+    shape += " compiled" if params.get("compile") else ""
+    cases = len(params["modes"]) * (len(params["backends"]) + len(params["compare"]))
+    return ModelSweep(name=f"model_{params['name']}", label="model", bench=bench_model, params=params,
+                      benchmark="model", fields=FIELDS, cases=cases, shape=shape, **labels)
+
+
+def plan(*, name: str, modes: Sequence[str] = MODES, backends: Sequence[str] = BACKENDS, batch: int | None = None,
+         img_size: int | None = None, amp_dtype: str = AUTO, compare: Sequence[str] = (), compile: bool = False,
+         retry_smaller: bool = True, device: str = AUTO, warmup: int | None = None,
+         rep: int | None = None) -> ModelSweep:
+    """`vitfast bench model`: the sweep its flags ask for, with device and dtype names resolved and unset
+    values the device's defaults. Raises ValueError naming the first bad argument."""
+    dev = resolve_device(device)
+    params = dict(name=name, modes=list(modes), backends=list(backends),
+                  batch=default_batch(dev) if batch is None else batch, img_size=img_size,
+                  amp_dtype=default_dtype_name(dev) if amp_dtype == AUTO else amp_dtype, compare=list(compare))
+    validate_model_bench(**params)
+    params.update(compile=compile, **defaults_for(dev).timing(warmup, rep), retry_smaller=retry_smaller, device=dev)
+    return model_sweep(params)

@@ -1,0 +1,239 @@
+"""The sweep engine: the one mode × case × backend loop, the checks of its arguments, the kernel row it
+yields, and :class:`Sweep`, a benchmark with every argument settled, as the commands and `bench all` run it.
+
+A kernel benchmark (attention, window attention, CLIP loss) is then only its cases, its call and its
+FLOP count, handed to :func:`sweep_kernel`; a case that cannot run (Triton without CUDA, out of
+memory, an unsupported shape) is a row whose ``status`` says why, so one failure never ends a sweep.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, field
+from typing import Callable, ClassVar, Iterable, Mapping, Sequence, TypeVar
+
+import torch
+
+from vitfast.bench import report
+from vitfast.bench.harness import measure_case
+from vitfast.choices import KERNEL_MODES
+from vitfast.runtime import DTYPES
+
+C = TypeVar("C")
+B = TypeVar("B")
+R = TypeVar("R")
+
+
+class StatusRow:
+    """What every benchmark row shares: a ``status`` that is "ok" when the case ran, else why not."""
+
+    status: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def as_dict(self) -> dict[str, object]:
+        """The row as the JSON and CSV files hold it."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class KernelRow(StatusRow):
+    """One measured kernel case. Numbers are None when the case did not run; ``status`` then says why.
+
+    Each benchmark subclasses it only to name its case: ``case_field`` is the case's key in the files
+    (``seq_len``, ``stage``, ``batch``), ``case_prefix`` what tables and notes put before its value.
+    """
+
+    backend: str
+    mode: str
+    case: int | str
+    time_ms: float | None
+    tflops: float | None
+    peak_mem_bytes: int | None
+    status: str
+
+    case_field: ClassVar[str] = "case"
+    case_prefix: ClassVar[str] = ""
+
+    @property
+    def case_name(self) -> str:
+        """The case in words, e.g. "N=197" or "stage3"."""
+        return f"{self.case_prefix}{self.case}"
+
+    def as_dict(self) -> dict[str, object]:
+        return {self.case_field if k == "case" else k: v for k, v in asdict(self).items()}
+
+
+def kernel_fields(*, backend: str, mode: str, case: tuple[str, str], tflops: str, inputs: str) -> dict[str, str]:
+    """What each field of a benchmark's kernel rows means (written into its JSON beside the rows): its words
+    for the backends, the modes, its case (key, meaning), the FLOP count and the inputs a peak leaves out."""
+    return {"backend": backend, "mode": mode, case[0]: case[1],
+            "time_ms": "median time of one call in ms (CUDA events after an L2 flush on a GPU, perf_counter on a "
+                       "CPU); null when the case did not run",
+            "tflops": tflops,
+            "peak_mem_bytes": f"peak memory allocated during one call above what was allocated before it ({inputs} "
+                              "are not counted)",
+            "status": "'ok', or why the case has no numbers"}
+
+
+def run_grid(modes: Iterable[str], cases: Iterable[C], backends: Iterable[B], run_case: Callable[[str, C, B], R],
+             on_row: Callable[[R], None] | None = None) -> list[R]:
+    """``run_case(mode, case, backend)`` for every mode × case × backend, in that order; `on_row` sees each
+    row as soon as it is made (progress display)."""
+    rows = []
+    for mode, case, backend in itertools.product(modes, cases, backends):
+        rows.append(run_case(mode, case, backend))
+        if on_row is not None:
+            on_row(rows[-1])
+    return rows
+
+
+def sweep_kernel(row_type: type[KernelRow], *, modes: Sequence[str], cases: Sequence[C], backends: Sequence[str],
+                 make_call: Callable[[str, str, C], Callable[[], None]], flops: Callable[[str, C], float],
+                 device: torch.device, warmup: int, rep: int,
+                 on_row: Callable[[KernelRow], None] | None = None) -> list[KernelRow]:
+    """Time every mode × case × backend: ``make_call(backend, mode, case)`` builds the call one case times
+    (its inputs are made there, untimed), ``flops(mode, case)`` counts its work for TFLOP/s."""
+    def run_case(mode: str, case: C, backend: str) -> KernelRow:
+        time_ms, peak, status = measure_case(lambda: make_call(backend, mode, case), backend, device, warmup, rep)
+        tflops = None if time_ms is None else flops(mode, case) / (time_ms * 1e-3) / 1e12
+        return row_type(backend, mode, case, time_ms, tflops, peak, status)
+
+    return run_grid(modes, cases, backends, run_case, on_row)
+
+
+def mode_flops(forward: float, mode: str, backward_ratio: float) -> float:
+    """FLOPs of one call in `mode`: the forward's, and for "fwd+bwd" the backward's too (`backward_ratio` × them)."""
+    if mode not in KERNEL_MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose {', '.join(KERNEL_MODES)}.")
+    return forward * (1.0 + backward_ratio) if mode == "fwd+bwd" else forward
+
+
+def kernel_call(mode: str, forward: Callable[[], torch.Tensor], leaves: Sequence[torch.Tensor],
+                grad_out: Callable[[], torch.Tensor] | None = None) -> Callable[[], None]:
+    """The call a kernel case times: for "fwd", `forward` with no autograd graph; for "fwd+bwd", `forward` and
+    the gradients of `leaves` (made to require them) against ``grad_out()`` (drawn once; None: a scalar)."""
+    if mode == "fwd":
+        def fwd() -> None:
+            with torch.no_grad():
+                forward()
+
+        return fwd
+    for t in leaves:
+        t.requires_grad_(True)
+    grad = None if grad_out is None else grad_out()
+
+    def fwd_bwd() -> None:
+        # autograd.grad returns fresh gradients instead of accumulating into .grad, so reps stay
+        # identical and nothing needs zeroing between them.
+        torch.autograd.grad(forward(), leaves, grad)
+
+    return fwd_bwd
+
+
+def check_sweep(*, counts: Mapping[str, int], dtype: torch.dtype,
+                choices: Sequence[tuple[str, Sequence[str], Sequence[str]]],
+                sizes: tuple[str, Sequence[int]] | None = None) -> None:
+    """Raise ValueError naming the first bad argument a sweep shares with the others.
+
+    Args:
+        counts: name → value of each number that must be at least 1 (batch, warmup, rep, ...).
+        dtype: must be one of :data:`vitfast.runtime.DTYPES`.
+        choices: (kind, given, known) for each list of names (backends, modes, stages): every given
+            name must be known, and at least one must be given.
+        sizes: (name, values) of the swept sizes (sequence lengths, batch sizes), if any: a
+            non-empty list of positive integers.
+    """
+    for name, value in counts.items():
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1; got {value}.")
+    if dtype not in DTYPES.values():
+        raise ValueError(f"dtype must be one of {', '.join(map(str, DTYPES.values()))}; got {dtype}.")
+    if sizes is not None and (not sizes[1] or any(n < 1 for n in sizes[1])):
+        raise ValueError(f"{sizes[0]} must be positive integers; got {list(sizes[1])}.")
+    for kind, given, known in choices:
+        unknown = [x for x in given if x not in known]
+        if unknown or not given:
+            raise ValueError(f"unknown {kind} {', '.join(map(repr, unknown)) or '(none given)'}; "
+                             f"choose from {', '.join(known)}.")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A benchmark with every argument settled: `bench` called with `params` (which the JSON records as
+    the sweep's parameters, with `recorded` after them), and the words its log line and titles use."""
+
+    name: str  # what `bench all` names its files: attention, window, clip_loss, model_<model>
+    label: str  # what it times, in the log line and titles: "attention", "window attention", ...
+    bench: Callable[..., list]
+    params: Mapping[str, object]
+    benchmark: str  # the JSON's "benchmark"
+    fields: Mapping[str, str]  # the JSON's "fields": what each row field means
+    cases: int  # rows it yields
+    shape: str  # its inputs in words, for the log line and the plot's title
+    detail: str = ""  # more for the log line only
+    title: str = ""  # its title in `bench all`
+    unit: str = "calls"  # what a rep times
+    recorded: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.params["device"]
+
+    def run(self, on_row: Callable[[object], None] | None = None) -> list:
+        return self.bench(**self.params, on_row=on_row)
+
+    def log_line(self, where: str) -> str:
+        """What a command says on stderr before it starts; `where` names the device."""
+        return (f"{self.label} on {where}: {self.shape}{self.detail}; warmup {self.params['warmup']}, "
+                f"median of {self.params['rep']} timed {self.unit}")
+
+    def write_json(self, path, rows: Sequence, environment: Mapping[str, object],
+                   extra: Mapping[str, object] | None = None) -> None:
+        report.write_json(path, rows, parameters={**self.params, **self.recorded}, environment=environment,
+                          benchmark=self.benchmark, fields=self.fields, extra=extra)
+
+
+@dataclass(frozen=True)
+class KernelSweep(Sweep):
+    """A sweep of kernel rows; speedups are read against the first of `baselines` that ran (else the last)."""
+
+    brief: str = ""  # the shape in the table's title, when shorter than `shape`
+    point_name: str = "N"  # what a case is: the table's column and the plot's legend
+    baselines: tuple[str, ...] = ("sdpa",)
+
+    def baseline(self, rows: Sequence[KernelRow]) -> str:
+        return next((b for b in self.baselines if any(r.backend == b and r.ok for r in rows)), self.baselines[-1])
+
+    def describe(self, row: KernelRow) -> str:
+        """The row in the progress bar."""
+        return f"{row.backend} {row.mode} {row.case_name}"
+
+    def table(self, rows: Sequence[KernelRow], where: str) -> report.Table:
+        baseline = self.baseline(rows)
+        return report.kernel_table(rows, report.speedup_over(rows, baseline), f"{self.label} · {where} · "
+                                   f"{self.brief or self.shape}", self.point_name, baseline)
+
+    def plot_title(self, where: str) -> str:
+        return f"{self.label} on {where}: {self.shape}"
+
+    def plot(self, rows: Sequence[KernelRow], path, title: str) -> None:
+        report.plot_time_vs_memory(rows, path, title=title, point_name=self.point_name)
+
+    def summary(self, rows: Sequence[KernelRow]) -> list[report.SummaryLine]:
+        """Per mode, every backend at the largest case where anything ran, with speedups over the baseline."""
+        baseline = self.baseline(rows)
+        speedups = report.speedup_over(rows, baseline)
+        lines = []
+        for mode in KERNEL_MODES:
+            ran = [r for r in rows if r.mode == mode and r.ok]
+            if not ran:
+                continue
+            case = ran[-1].case  # rows are ordered by case within a mode; the last that ran is the largest
+            lines += [report.SummaryLine(self.name, r.case_name, mode, r.backend, r.time_ms,
+                                         None if r.peak_mem_bytes is None else r.peak_mem_bytes / 2**20, s, baseline,
+                                         r.status)
+                      for r, s in zip(rows, speedups) if r.mode == mode and r.case == case]
+        return lines
