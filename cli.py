@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from vitfast.choices import AUTO, DTYPE_NAMES, KERNEL_MODES, MODEL_MODES
+from vitfast.choices import (ATTENTION_BACKENDS, AUTO, CONVERT_SOURCES, DTYPE_NAMES, EXPORT_TARGETS, KERNEL_MODES,
+                             MODEL_MODES)
 
 # The commands import vitfast's torch-heavy modules in their bodies (the one place where vitfast imports
 # its own modules lazily), so that `vitfast --help` stays fast; the imports below are for type hints.
@@ -48,6 +49,8 @@ _BENCH_REP = typer.Option(None, "--rep", show_default=False,
                           help="Timed calls; their median is reported. Default: 100 on CUDA, 3 on CPU.")
 _BENCH_JSON = typer.Option(None, "--json", help="Also write the results as JSON here.")
 _BENCH_PLOT = typer.Option(None, "--plot", help="Also save a PNG of time against peak memory.")
+_AMP_DTYPE = typer.Option(AUTO, "--amp-dtype", help="Autocast dtype; auto: bf16 on CUDA, fp32 (no autocast) on CPU.")
+_ATTN_BACKEND = typer.Option(AUTO, "--attn-backend", help="Attention kernels; auto: Triton where it runs, else SDPA.")
 
 
 def _choice(name: str, values: tuple[str, ...]) -> type[enum.Enum]:
@@ -56,6 +59,10 @@ def _choice(name: str, values: tuple[str, ...]) -> type[enum.Enum]:
 
 
 _Dtype = _choice("Dtype", (AUTO, *DTYPE_NAMES))
+_ExactDtype = _choice("ExactDtype", DTYPE_NAMES)
+_AttnBackend = _choice("AttnBackend", ATTENTION_BACKENDS)
+_Source = _choice("Source", CONVERT_SOURCES)
+_Target = _choice("Target", EXPORT_TARGETS)
 _KernelMode = _choice("KernelMode", (*KERNEL_MODES, "both"))
 _ModelMode = _choice("ModelMode", (*MODEL_MODES, "both"))
 
@@ -76,12 +83,12 @@ def train_command(
     min_lr: float = typer.Option(1e-5, "--min-lr", help="Cosine schedule floor."),
     weight_decay: float = typer.Option(0.05, "--weight-decay"),
     warmup_epochs: float = typer.Option(1.0, "--warmup-epochs"),
-    amp_dtype: str = typer.Option("auto", "--amp-dtype", help="bf16, fp16, fp32; auto: bf16 on CUDA, fp32 on CPU."),
+    amp_dtype: _Dtype = _AMP_DTYPE,
     grad_accum_steps: int = typer.Option(1, "--grad-accum-steps", min=1),
     grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing"),
     clip_grad: float | None = typer.Option(None, "--clip-grad", help="Clip the gradient norm to this."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
-    attn_backend: str = typer.Option("auto", "--attn-backend", help="auto, triton, sdpa or eager."),
+    attn_backend: _AttnBackend = _ATTN_BACKEND,
     output: Path = typer.Option(Path("output/train"), "--output", "-o", help="Checkpoints and metrics go here."),
     resume: str | None = typer.Option(None, "--resume", help="A checkpoint folder, or 'latest' (in --output)."),
     seed: int = typer.Option(42, "--seed"),
@@ -89,10 +96,12 @@ def train_command(
     img_size: int | None = typer.Option(None, "--img-size", help="Default: the model's."),
     drop_path: float | None = typer.Option(None, "--drop-path", help="Stochastic depth rate."),
     skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="Skip (and count) unreadable images."),
-    train_data: Path | None = typer.Option(None, "--train-data", help="CLIP: CSV/TSV of image-text pairs, or tar shards "
+    train_data: Path | None = typer.Option(None, "--train-data",
+                                           help="CLIP: CSV/TSV of image-text pairs, or tar shards "
                                            "('shards/{00000..00099}.tar', webdataset's layout). "
                                            "Default: the built-in data's captions."),
-    val_data: Path | None = typer.Option(None, "--val-data", help="CLIP: CSV/TSV or tar shards of pairs for retrieval metrics."),
+    val_data: Path | None = typer.Option(None, "--val-data",
+                                         help="CLIP: CSV/TSV or tar shards of pairs for retrieval metrics."),
     csv_img_key: str = typer.Option("filepath", "--csv-img-key", help="CLIP: the image-path column."),
     csv_caption_key: str = typer.Option("title", "--csv-caption-key", help="CLIP: the caption column."),
     csv_separator: str = typer.Option("\t", "--csv-separator", help="CLIP: the tables' separator."),
@@ -119,8 +128,8 @@ def train_command(
     cfg = TrainConfig(
         model=model, data_dir=None if data_dir is None else str(data_dir), output=str(output), epochs=epochs,
         batch_size=batch_size, lr=lr, min_lr=min_lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
-        amp_dtype=amp_dtype, grad_accum_steps=grad_accum_steps, grad_checkpointing=grad_checkpointing,
-        clip_grad=clip_grad, compile=compile, attn_backend=attn_backend, resume=resume, seed=seed,
+        amp_dtype=amp_dtype.value, grad_accum_steps=grad_accum_steps, grad_checkpointing=grad_checkpointing,
+        clip_grad=clip_grad, compile=compile, attn_backend=attn_backend.value, resume=resume, seed=seed,
         workers=workers, img_size=img_size, drop_path=drop_path, skip_bad_images=skip_bad_images, quiet=quiet,
         train_data=_str_or_none(train_data), val_data=_str_or_none(val_data), csv_img_key=csv_img_key,
         csv_caption_key=csv_caption_key, csv_separator=_unescape(csv_separator), tokenizer=tokenizer,
@@ -140,11 +149,12 @@ def eval_command(
     data_dir: Path | None = typer.Option(None, "--data-dir", help="ImageFolder root; default: the built-in set."),
     batch_size: int = typer.Option(256, "--batch-size", "-b", min=1),
     workers: int = typer.Option(2, "--workers", "-j", min=0),
-    amp_dtype: str = typer.Option("auto", "--amp-dtype", help="bf16, fp16, fp32; auto: bf16 on CUDA, fp32 on CPU."),
-    attn_backend: str = typer.Option("auto", "--attn-backend"),
+    amp_dtype: _Dtype = _AMP_DTYPE,
+    attn_backend: _AttnBackend = _ATTN_BACKEND,
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
     skip_bad_images: bool = typer.Option(False, "--skip-bad-images"),
-    val_data: Path | None = typer.Option(None, "--val-data", help="CLIP: CSV/TSV or tar shards of image-text pairs for retrieval."),
+    val_data: Path | None = typer.Option(None, "--val-data",
+                                         help="CLIP: CSV/TSV or tar shards of image-text pairs for retrieval."),
     csv_img_key: str = typer.Option("filepath", "--csv-img-key", help="CLIP: the image-path column."),
     csv_caption_key: str = typer.Option("title", "--csv-caption-key", help="CLIP: the caption column."),
     csv_separator: str = typer.Option("\t", "--csv-separator", help="CLIP: the table's separator."),
@@ -152,12 +162,12 @@ def eval_command(
     """Evaluate a saved model: a classifier's top-1, top-5, loss and images/s on the val split; a CLIP's
     zero-shot top-1/top-5 on the val split of --data-dir and image/text retrieval R@1/5/10 on --val-data
     (with neither, both on the built-in data)."""
-    from vitfast.train import evaluate_folder
     from vitfast.pairs import CsvFormat
+    from vitfast.train import evaluate_folder
 
     with _user_errors():
         metrics = evaluate_folder(model_dir, data_dir, batch_size=batch_size, workers=workers,
-                                  amp_dtype=amp_dtype, attn_backend=attn_backend,
+                                  amp_dtype=amp_dtype.value, attn_backend=attn_backend.value,
                                   skip_bad_images=skip_bad_images, val_data=val_data,
                                   csv_format=CsvFormat(csv_img_key, csv_caption_key, _unescape(csv_separator)))
     _print_result(metrics, json_out=json_out)
@@ -168,27 +178,32 @@ def convert_command(
     src: Path = typer.Argument(..., help="A checkpoint: timm ViT/Swin (.safetensors, .pth, .bin, .pth.tar), "
                                "a Hugging Face folder (ViT, Swin, CLIP), OpenAI CLIP (.pt) or open_clip."),
     dst: Path = typer.Argument(..., help="The vitfast model folder to write."),
-    source: str = typer.Option("auto", "--from", help="auto, timm, hf, openai or open_clip."),
+    source: _Source = typer.Option(AUTO, "--from", help="Where the weights come from; auto: read from them."),
     model: str | None = typer.Option(None, "--model", "-m", help="The vitfast config with these shapes, when "
                                      "the weights leave a choice (a ViT's head count, QuickGELU)."),
-    dtype: str | None = typer.Option(None, "--dtype", help="fp32, fp16 or bf16; default: the source's."),
+    dtype: _ExactDtype | None = typer.Option(None, "--dtype", show_default=False,
+                                             help="Cast the weights; default: the source's dtype."),
     max_shard_size: str = typer.Option("5GB", "--max-shard-size"),
     tokenizer: Path | None = typer.Option(None, "--tokenizer", help="CLIP: a vitfast tokenizer.json; default: "
                                           "a Hugging Face folder's own tokenizer files, else CLIP's BPE for "
                                           "49408-token vocabularies."),
     force: bool = typer.Option(False, "--force", help="Replace DST if it exists."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the comparison with the source library."),
-    to: str | None = typer.Option(None, "--to", help="Export a vitfast folder instead: timm (ViT, Swin) or hf "
-                                  "(ViT, Swin, CLIP)."),
+    to: _Target | None = typer.Option(None, "--to", show_default=False,
+                                      help="Export a vitfast folder instead: timm (ViT, Swin) or hf "
+                                      "(ViT, Swin, CLIP)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Convert another project's weights into a vitfast model folder and check the outputs match, or
     (--to) export a vitfast folder for timm or Hugging Face transformers."""
-    from vitfast.convert import convert
+    from vitfast.convert import convert, export
 
     with _user_errors():
-        report = convert(src, dst, source=source, model=model, dtype=dtype, max_shard_size=max_shard_size,
-                         tokenizer=tokenizer, force=force, verify=not no_verify, to=to)
+        if to is not None:
+            report = export(src, dst, to=to.value, max_shard_size=max_shard_size, force=force)
+        else:
+            report = convert(src, dst, source=source.value, model=model, dtype=None if dtype is None else dtype.value,
+                             max_shard_size=max_shard_size, tokenizer=tokenizer, force=force, verify=not no_verify)
     if "warning" in report and not json_out:
         _stderr().print(f"warning: {report['warning']}", markup=False)
     _print_result(report, json_out=json_out)
