@@ -1,4 +1,5 @@
-"""Flash attention: Triton forward and backward, the launcher, the autograd Function, the public op.
+"""Flash attention: Triton forward and backward, the launcher, the autograd Function and the Triton
+backend's entry point (the public op `vitfast.kernels.attention`, which picks a backend, is in ops.py).
 
 Forward (FlashAttention-2 schedule): one program per (batch·head, block of BLOCK_M query rows); it
 streams key/value blocks through an online softmax in base 2 with float32 accumulators and stores the
@@ -12,17 +13,11 @@ batch, head and block offsets are 64-bit so tensors past 2^31 elements are safe.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
-from . import reference
 from ._triton import dot_precision, interpreting, require_triton, tl, triton
-
-Backend = Literal["auto", "triton", "sdpa", "eager"]
 
 LOG2E = 1.4426950408889634
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -102,7 +97,7 @@ def _fwd_inner(
 @triton.jit
 def _attn_fwd_kernel(
     Q, K, V,  # (B, H, N, D), any strides
-    O,  # (B, H, N, D), any strides
+    O,  # (B, H, N, D), any strides; FlashAttention's name for the output  # noqa: E741
     LSE,  # (B·H, N) float32, contiguous: row log-sum-exp in base 2, saved for backward
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -161,7 +156,7 @@ def _attn_fwd_kernel(
 
 @triton.jit
 def _attn_bwd_delta_kernel(
-    O, DO,  # (B, H, N, D), any strides
+    O, DO,  # (B, H, N, D), any strides  # noqa: E741
     DELTA,  # (B·H, N) float32: rowsum(O ∘ dO)
     stride_ob, stride_oh, stride_on, stride_od,
     stride_dob, stride_doh, stride_don, stride_dod,
@@ -501,7 +496,7 @@ class FlashAttentionFunction(torch.autograd.Function):
 
 
 # --------------------------------------------------------------------------------------------------
-# Public op
+# The Triton backend
 # --------------------------------------------------------------------------------------------------
 
 
@@ -514,39 +509,11 @@ def triton_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     return q.device.type == "cuda"
 
 
-def attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    causal: bool = False,
-    scale: float | None = None,
-    backend: Backend = "auto",
-) -> torch.Tensor:
-    """Scaled dot-product attention over (B, H, N, D) tensors, like ``F.scaled_dot_product_attention``.
-
-    Args:
-        q, k, v: (B, H, N, D) tensors of one dtype; any strides (e.g. unbound from a packed qkv).
-        causal: mask keys after each query (query i sees keys 0..i), for causal text towers.
-        scale: multiplier of q·kᵀ; defaults to 1/sqrt(D).
-        backend: "triton" (fused kernels; CUDA, or CPU under TRITON_INTERPRET=1), "sdpa" (torch's
-            scaled_dot_product_attention), "eager" (the reference in kernels/reference.py), or "auto"
-            (Triton for supported CUDA inputs, otherwise SDPA).
-
-    Returns:
-        (B, H, N, D) output with the dtype of q.
-    """
-    if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[-1])
-    if backend == "auto":
-        backend = "triton" if triton_supports(q, k, v) else "sdpa"
-    if backend == "triton":
-        _check_triton_inputs(q, k, v)
-        if q.numel() == 0:
-            return torch.empty_like(q)
-        return FlashAttentionFunction.apply(q, k, v, causal, float(scale))
-    if backend == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
-    if backend == "eager":
-        return reference.attention(q, k, v, causal=causal, scale=scale)
-    raise ValueError(f"unknown attention backend {backend!r}; choose 'auto', 'triton', 'sdpa' or 'eager'.")
+def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
+                     scale: float) -> torch.Tensor:
+    """``attention(..., backend="triton")``: checks the inputs (ValueError naming the problem), then
+    runs the fused kernels with autograd. (B, H, N, D) in and out."""
+    _check_triton_inputs(q, k, v)
+    if q.numel() == 0:
+        return torch.empty_like(q)
+    return FlashAttentionFunction.apply(q, k, v, causal, float(scale))

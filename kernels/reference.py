@@ -1,12 +1,14 @@
 """Eager PyTorch oracles for every vitfast kernel.
 
 Plain, readable PyTorch that runs anywhere (no Triton import). The tests compare the Triton kernels
-against these run in float64, and ``backend="eager"`` uses them directly.
+against these run in float64, and ``backend="eager"`` (kernels/ops.py) uses them directly. They import
+nothing optimized, and no optimized file imports them.
 """
 
 from __future__ import annotations
 
 import math
+
 import torch
 
 from .window_geometry import window_merge, window_partition_qkv

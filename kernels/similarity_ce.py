@@ -1,5 +1,6 @@
 """The fused similarity-matrix cross-entropy: CLIP's symmetric loss without the N×N logits. Triton
-kernels, a chunked PyTorch path, the autograd Function and the public op `clip_loss`.
+kernels, a chunked PyTorch path, the autograd Function, the gather across ranks and the entry point of
+the two tiled backends (the public op `vitfast.kernels.clip_loss`, which picks a backend, is in ops.py).
 
 With S = image·textᵀ, logits L = s·S + b, row and column log-sum-exps r_i = LSE_j L_ij and
 c_j = LSE_i L_ij, the loss is
@@ -16,20 +17,16 @@ of image against all of text, then rows of text against all of image, one kernel
 swapped); the backward is two gradient passes, each a tiled P·B product. Nothing is atomic, so the
 results are deterministic. Across ranks (`group=`), each rank scores its n local pairs against the
 gathered global batch: the same LSE passes on n×N, and a backward of four one-sided passes (the local
-rows' gradients and, transposed, the gathered rows'), which the gather's backward sums across ranks. `backend="chunked"` does the same passes in PyTorch with row chunks (for
-CPUs), and `backend="eager"` is the full-matrix oracle in kernels/reference.py.
+rows' gradients and, transposed, the gathered rows'), which the gather's backward sums across ranks.
+`backend="chunked"` does the same passes in PyTorch with row chunks (for CPUs).
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-from . import reference
 from ._triton import dot_precision, interpreting, require_triton, tl, triton
 
-Backend = Literal["auto", "triton", "chunked", "eager"]
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
@@ -360,22 +357,8 @@ def gather_pairs(image_emb: torch.Tensor, text_emb: torch.Tensor, group) -> tupl
 
 
 # --------------------------------------------------------------------------------------------------
-# Public op
+# The tiled backends
 # --------------------------------------------------------------------------------------------------
-
-
-def _check_inputs(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale, logit_bias) -> None:
-    if image_emb.dim() != 2 or image_emb.shape != text_emb.shape:
-        raise ValueError(f"image_emb and text_emb must both be (N, D) with the same N and D; got "
-                         f"{tuple(image_emb.shape)} and {tuple(text_emb.shape)}.")
-    if image_emb.shape[0] == 0:
-        raise ValueError("clip_loss needs at least one image-text pair; got N = 0.")
-    if image_emb.dtype != text_emb.dtype or image_emb.device != text_emb.device:
-        raise ValueError(f"image_emb and text_emb must share dtype and device; got {image_emb.dtype} on "
-                         f"{image_emb.device} and {text_emb.dtype} on {text_emb.device}.")
-    for name, value in (("logit_scale", logit_scale), ("logit_bias", logit_bias)):
-        if isinstance(value, torch.Tensor) and value.numel() != 1:
-            raise ValueError(f"{name} must be a scalar (one element); got shape {tuple(value.shape)}.")
 
 
 def _check_triton(image_emb: torch.Tensor) -> None:
@@ -402,48 +385,13 @@ def triton_supports(image_emb: torch.Tensor) -> bool:
     return True
 
 
-def clip_loss(
-    image_emb: torch.Tensor,
-    text_emb: torch.Tensor,
-    logit_scale: torch.Tensor | float,
-    *,
-    logit_bias: torch.Tensor | float | None = None,
-    backend: Backend = "auto",
-    group=None,
-) -> torch.Tensor:
-    """CLIP's symmetric contrastive loss, equal to open_clip's ClipLoss, without the N×N logits.
-
-    Args:
-        image_emb, text_emb: (N, D) L2-normalized embeddings of N matching pairs; any strides.
-        logit_scale: the logits' multiplier, a scalar tensor (usually ``param.exp()``) or a float.
-        logit_bias: optional scalar added to every logit.
-        backend: "triton" (tiled kernels; CUDA, or CPU under TRITON_INTERPRET=1; D a multiple of 16),
-            "chunked" (the same tiling in PyTorch, O(N·D) memory, any device), "eager" (the full
-            N×N oracle), or "auto" (Triton for supported CUDA inputs, otherwise chunked).
-        group: a torch.distributed process group (``torch.distributed.group.WORLD`` for all ranks)
-            to train across ranks: every rank's embeddings are gathered with gradient, and this
-            rank's loss covers its own images against all texts and its own texts against all
-            images (open_clip's ``local_loss=True, gather_with_grad=True``). With equal batches per
-            rank, the mean of the ranks' losses is the loss over the global batch, and the gradients
-            that DDP averages equal the global batch's. Ranks may hold different batch sizes.
-
-    Returns:
-        The mean of the image→text and text→image cross-entropies: a 0-dim float32 tensor
-        (float64 for float64 inputs), with gradients for the embeddings, the scale and the bias.
-    """
-    _check_inputs(image_emb, text_emb, logit_scale, logit_bias)
-    all_image = all_text = None
-    offset = 0
-    if group is not None:
-        all_image, all_text, offset = gather_pairs(image_emb, text_emb, group)
-    if backend == "eager":
-        return reference.clip_loss(image_emb, text_emb, logit_scale, logit_bias, all_image=all_image,
-                                   all_text=all_text, offset=offset)
-    if backend == "auto":
-        backend = "triton" if triton_supports(image_emb) else "chunked"
-    if backend not in ("triton", "chunked"):
-        raise ValueError(f"unknown clip-loss backend {backend!r}; choose 'auto', 'triton', 'chunked' or 'eager'.")
-    if backend == "triton":
+def tiled_clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor | float,
+                    logit_bias: torch.Tensor | float | None, *, all_image: torch.Tensor | None = None,
+                    all_text: torch.Tensor | None = None, use_triton: bool) -> torch.Tensor:
+    """``clip_loss(..., backend="triton")`` (`use_triton`) or ``backend="chunked"`` on inputs the public
+    op has checked, with the gathered global batch (`all_image`, `all_text`) if any; the Triton
+    backend first checks what its kernels need (ValueError naming the problem)."""
+    if use_triton:
         _check_triton(image_emb)
     scale = torch.as_tensor(logit_scale, device=image_emb.device)
     if not scale.is_floating_point():
@@ -452,4 +400,4 @@ def clip_loss(
     if logit_bias is not None:
         bias = torch.as_tensor(logit_bias, device=image_emb.device)
         bias = bias if bias.is_floating_point() else bias.float()
-    return ClipLossFunction.apply(image_emb, text_emb, all_image, all_text, scale, bias, backend == "triton")
+    return ClipLossFunction.apply(image_emb, text_emb, all_image, all_text, scale, bias, use_triton)

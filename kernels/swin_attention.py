@@ -1,5 +1,6 @@
-"""Swin's shifted-window attention: fused Triton forward and backward, the autograd Function, the
-public op and its backends.
+"""Swin's shifted-window attention: fused Triton forward and backward, the launchers, the autograd
+Function and the Triton backend's entry point (the public op `vitfast.kernels.window_attention`, with
+its SDPA and eager backends, is in ops.py).
 
 Every Triton program reads q, k, v straight from the (B, H, W, 3·C) projection: it works out where
 each window token sits in the un-shifted map (roll, padding and partition are address arithmetic),
@@ -19,25 +20,20 @@ tensor of size windows×M×M, exists in memory.
 - Padded tokens (maps not a multiple of the window) are the projection's bias `qkv_bias`, as in
   timm, which pads before the projection; their dk, dv flow to `qkv_bias`'s gradient.
 
-`backend="eager"` is the oracle in kernels/reference.py; `backend="sdpa"` feeds the same windows to
-torch's scaled_dot_product_attention with bias + shift mask as `attn_mask` (one (windows, heads,
-M, M) tensor, broadcast over the batch).
+The geometry (roll, padding, partition, which window a bias table was made for) comes from
+window_geometry.py, which the oracle shares; this file never imports the oracle.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
-from . import reference
 from . import window_geometry as geo
 from ._triton import dot_precision, interpreting, require_triton, tl, triton
 
-Backend = Literal["auto", "triton", "sdpa", "eager"]
 LOG2E = 1.4426950408889634
 
 
@@ -547,7 +543,7 @@ class WindowAttentionFunction(torch.autograd.Function):
 
 
 # --------------------------------------------------------------------------------------------------
-# Public op
+# The Triton backend
 # --------------------------------------------------------------------------------------------------
 
 
@@ -564,58 +560,15 @@ def triton_supports(qkv: torch.Tensor, bias_table: torch.Tensor, qkv_bias: torch
     return True
 
 
-def window_attention(
-    qkv: torch.Tensor,
-    bias_table: torch.Tensor,
-    *,
-    num_heads: int,
-    window_size: int | tuple[int, int],
-    shift_size: int | tuple[int, int],
-    qkv_bias: torch.Tensor | None = None,
-    scale: float | None = None,
-    shrink_window: bool = True,
-    backend: Backend = "auto",
-) -> torch.Tensor:
-    """Shifted-window attention over a (B, H, W, 3·C) qkv map; returns (B, H, W, C), un-shifted.
-
-    Args:
-        qkv: the block's qkv projection of the (B, H, W, C) map, channels last; any strides.
-        bias_table: relative-position bias, ((2·Mh−1)·(2·Mw−1), heads).
-        num_heads: attention heads; C must be divisible by it.
-        window_size, shift_size: an int or an (h, w) pair. Along an axis where the map is no larger
-            than the window, the window shrinks to the map and the shift becomes 0 (as timm).
-        qkv_bias: the projection's bias, the q, k, v of padded tokens (timm zero-pads before qkv).
-        scale: multiplier of q·kᵀ; defaults to head_dim^-0.5.
-        shrink_window: apply the shrink rule above to this call's map. False keeps the window and
-            shift as given (timm's blocks fix them for the resolution they were built for).
-        backend: "triton" (fused kernels, forward and backward; CUDA, or CPU under
-            TRITON_INTERPRET=1), "sdpa" (torch's scaled_dot_product_attention with the bias and mask
-            as attn_mask), "eager" (the oracle in kernels/reference.py), or "auto" (Triton for
-            supported CUDA inputs, otherwise SDPA).
-    """
-    if qkv.dim() != 4 or qkv.shape[-1] % 3 or (qkv.shape[-1] // 3) % num_heads:
-        raise ValueError(f"qkv must be (B, H, W, 3·C) with C divisible by num_heads={num_heads}; "
-                         f"got {tuple(qkv.shape)}.")
-    if bias_table.dim() != 2 or bias_table.shape[1] != num_heads:
-        raise ValueError(f"bias_table must be (table rows, num_heads={num_heads}); got {tuple(bias_table.shape)}.")
-    if backend == "auto":
-        backend = "triton" if triton_supports(qkv, bias_table, qkv_bias, num_heads) else "sdpa"
-    if backend == "eager":
-        return reference.window_attention(qkv, bias_table, num_heads=num_heads, window_size=window_size,
-                                          shift_size=shift_size, qkv_bias=qkv_bias, scale=scale,
-                                          shrink_window=shrink_window)
-    if backend == "sdpa":
-        q, k, v, bias, geometry = geo.window_partition_qkv(
-            qkv, bias_table, num_heads=num_heads, window_size=window_size, shift_size=shift_size,
-            qkv_bias=qkv_bias, shrink_window=shrink_window)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
-        return geo.window_merge(out, geometry)
-    if backend == "triton":
-        require_triton()
-        _check_triton_inputs(qkv, bias_table, qkv_bias, num_heads)
-        geometry = geo.window_geometry(qkv, bias_table, window_size, shift_size, shrink_window)
-        scale = (qkv.shape[-1] // 3 // num_heads) ** -0.5 if scale is None else float(scale)
-        if qkv.numel() == 0:
-            return qkv.new_empty(*qkv.shape[:3], qkv.shape[-1] // 3)
-        return WindowAttentionFunction.apply(qkv, bias_table, qkv_bias, geometry, num_heads, scale)
-    raise ValueError(f"unknown window-attention backend {backend!r}; choose 'auto', 'triton', 'sdpa' or 'eager'.")
+def triton_window_attention(qkv: torch.Tensor, bias_table: torch.Tensor, qkv_bias: torch.Tensor | None, *,
+                            num_heads: int, window_size: int | tuple[int, int], shift_size: int | tuple[int, int],
+                            scale: float | None, shrink_window: bool) -> torch.Tensor:
+    """``window_attention(..., backend="triton")`` on inputs whose shapes the public op has checked:
+    checks what the kernels need (ValueError naming the problem), then runs them with autograd."""
+    require_triton()
+    _check_triton_inputs(qkv, bias_table, qkv_bias, num_heads)
+    geometry = geo.window_geometry(qkv, bias_table, window_size, shift_size, shrink_window)
+    scale = (qkv.shape[-1] // 3 // num_heads) ** -0.5 if scale is None else float(scale)
+    if qkv.numel() == 0:
+        return qkv.new_empty(*qkv.shape[:3], qkv.shape[-1] // 3)
+    return WindowAttentionFunction.apply(qkv, bias_table, qkv_bias, geometry, num_heads, scale)

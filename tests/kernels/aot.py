@@ -169,6 +169,14 @@ def print_results(title: str, results: Mapping[str, AotResult | Exception]) -> N
                                     f"{r.registers:4d} {r.stack_bytes:5d} {r.shared_bytes:7d} {dict(r.mma_ops)}"))
 
 
+def compile_variants(title: str, variants: Iterable[tuple], name, request) -> dict[str, AotResult | Exception]:
+    """Build ``request(*variant)`` for each variant, keyed by ``name(variant)``; print the results under `title`."""
+    variants = list(variants)
+    results = dict(zip(map(name, variants), compile_all(request(*v) for v in variants)))
+    print_results(title, results)
+    return results
+
+
 def check_build(result: AotResult | Exception, name: str, *, precision: str | None, no_spills: bool) -> None:
     """A compile gate's assertions for one build: it compiled and fits shared memory; with a matmul
     precision, "ieee" stays off tensor cores and anything else runs on them (HGMMA on sm_90, HMMA

@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("triton")
 
-from aot import AotRequest, check_build, compile_all, launch_request, print_results  # noqa: E402
+from aot import AotRequest, check_build, compile_variants, launch_request  # noqa: E402
 from vitfast.kernels import similarity_ce as sce  # noqa: E402
 
 N = 32768
@@ -50,9 +50,7 @@ def _id(v) -> str:
 
 @pytest.fixture(scope="module")
 def builds():
-    results = dict(zip(map(_id, VARIANTS), compile_all(_request(*v) for v in VARIANTS)))
-    print_results("clip-loss compile gate", results)
-    return results
+    return compile_variants("clip-loss compile gate", VARIANTS, _id, _request)
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=_id)

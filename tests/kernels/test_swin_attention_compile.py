@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("triton")
 
-from aot import AotRequest, check_build, compile_all, launch_request, print_results  # noqa: E402
+from aot import AotRequest, check_build, compile_variants, launch_request  # noqa: E402
 from vitfast.kernels import swin_attention as sa  # noqa: E402
 
 B, H, W, HEADS = 64, 56, 56, 3
@@ -55,7 +55,8 @@ def _request(kernel: str, dtype: str, precision: str, window: int, shifted: bool
         for prefix, strides in (("o", out_strides), ("d", out_strides), ("g", map_strides)):
             args |= {k.replace("stride_", "stride_" + prefix): v for k, v in strides.items()}
         chunks = sa.backward_chunks(B * n_win, HEADS, sm_count=132)  # an H100
-        args |= {"stride_t_row": HEADS, "stride_t_head": 1, "items": B * n_win, "items_per_chunk": -(-B * n_win // chunks)}
+        args |= {"stride_t_row": HEADS, "stride_t_head": 1, "items": B * n_win,
+                 "items_per_chunk": -(-B * n_win // chunks)}
         args |= geometry | {"scale": head_dim**-0.5, "scale_log2": head_dim**-0.5 * sa.LOG2E}
         tiles = -(-window * window // sa.BWD_BLOCK)
         meta |= dict(BLOCK=sa.BWD_BLOCK, TILES=tiles, HAS_PAD=hp != H)
@@ -71,9 +72,7 @@ def _id(v) -> str:
 
 @pytest.fixture(scope="module")
 def builds():
-    results = dict(zip(map(_id, VARIANTS), compile_all(_request(*v) for v in VARIANTS)))
-    print_results("window-attention compile gate", results)
-    return results
+    return compile_variants("window-attention compile gate", VARIANTS, _id, _request)
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=_id)

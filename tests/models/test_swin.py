@@ -9,6 +9,7 @@ import torch
 
 import vitfast
 from vitfast.models.swin import SWIN_CONFIGS
+from vitfast.train import TrainConfig, train
 
 timm = pytest.importorskip("timm")
 from timm.models.swin_transformer import SwinTransformer  # noqa: E402
@@ -58,8 +59,6 @@ def test_micro_config_matches_timm(size):
 
 
 def test_swin_save_load_and_train(tiny_image_folder, tmp_path):
-    from vitfast.train import TrainConfig, train
-
     metrics = train(TrainConfig(model="swin_micro_patch2_window4_32", data_dir=str(tiny_image_folder),
                                 output=str(tmp_path), epochs=1, batch_size=8, img_size=16, workers=0,
                                 attn_backend="sdpa", quiet=True), log=lambda m: None)

@@ -38,7 +38,8 @@ def model_family(model: nn.Module) -> str:
 
 
 def build_config(family: str, fields: dict):
-    """A config of `family` from a dict (e.g. config.json), rejecting unknown fields by name."""
+    """A validated config of `family` from a dict (e.g. config.json, with overrides such as
+    ``attn_backend``): ValueError names unknown fields and bad values before any model is built."""
     if family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}.")
     config_cls = FAMILIES[family][0]
@@ -46,7 +47,9 @@ def build_config(family: str, fields: dict):
     unknown = sorted(set(fields) - known)
     if unknown:
         raise ValueError(f"unknown {family} config field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
-    return config_cls(**fields)
+    config = config_cls(**fields)
+    config.validate()
+    return config
 
 
 def mlp_ratio_for(dim: int, hidden: int) -> float:

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from vitfast.kernels import attention
+from .layers import check_attn_backend, multi_head_attention, run_blocks
 
 
 @dataclass
@@ -47,7 +46,7 @@ class CLIPConfig:
     text_mlp_ratio: float = 4.0
     eot_token_id: int = 49407  # the text embedding is read at the first token with this id
     quick_gelu: bool = False  # x·sigmoid(1.702x), as OpenAI's original weights were trained with
-    attn_backend: str = "auto"  # see vitfast.kernels.attention
+    attn_backend: str = "auto"  # vitfast.choices.ATTENTION_BACKENDS; see vitfast.kernels.attention
     init_logit_scale: float = math.log(1 / 0.07)
     max_logit_scale: float = math.log(100)  # clamp_logit_scale() keeps exp(logit_scale) ≤ 100
 
@@ -74,6 +73,7 @@ class CLIPConfig:
         if not 0 <= self.init_logit_scale <= self.max_logit_scale:
             raise ValueError(f"init_logit_scale {self.init_logit_scale} is outside [0, max_logit_scale "
                              f"{self.max_logit_scale}]; clamp_logit_scale() would move it on the first step.")
+        check_attn_backend(self.attn_backend)
 
 
 class QuickGELU(nn.Module):
@@ -84,7 +84,8 @@ class QuickGELU(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with nn.MultiheadAttention's parameter names (packed q, k, v)."""
+    """Multi-head self-attention with nn.MultiheadAttention's parameter names (packed q, k, v), as in
+    open_clip; the computation is the shared layers.multi_head_attention."""
 
     def __init__(self, dim: int, num_heads: int, backend: str, causal: bool):
         super().__init__()
@@ -99,12 +100,8 @@ class Attention(nn.Module):
         nn.init.zeros_(self.out_proj.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, C = x.shape
-        # q, k, v stay strided views of the packed projection; the kernel reads them in place.
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
-        q, k, v = qkv.view(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-        x = attention(q, k, v, causal=self.causal, backend=self.backend)
-        return self.out_proj(x.transpose(1, 2).reshape(B, N, C))
+        return self.out_proj(multi_head_attention(qkv, self.num_heads, causal=self.causal, backend=self.backend))
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -140,12 +137,7 @@ class Transformer(nn.Module):
         ])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.resblocks:
-            if self.grad_checkpointing and self.training:
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-        return x
+        return run_blocks(self.resblocks, x, self.grad_checkpointing and self.training)
 
 
 class VisionTransformer(nn.Module):

@@ -13,31 +13,30 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from vitfast.kernels import window_attention
 from vitfast.kernels.window_geometry import effective_window
 
-from .vit import DropPath, Mlp
+from .layers import DropPath, Mlp, check_attn_backend, init_linears, run_blocks
 
 
 @dataclass
 class SwinConfig:
     """Hyper-parameters of a Swin V1; `vitfast.create_model(name, **overrides)` starts from a named one."""
 
-    img_size: int = 224
+    img_size: int = 224  # the size windows and shifts are fixed for; other sizes run too (padded)
     patch_size: int = 4
     in_chans: int = 3
     num_classes: int = 1000
-    embed_dim: int = 96
-    depths: tuple[int, ...] = (2, 2, 6, 2)
-    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    embed_dim: int = 96  # channels of the first stage; each later stage doubles them
+    depths: tuple[int, ...] = (2, 2, 6, 2)  # blocks per stage
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)  # per stage
     window_size: int = 7
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
     drop_rate: float = 0.0
     drop_path_rate: float = 0.1
-    attn_backend: str = "auto"  # see vitfast.kernels.window_attention
+    attn_backend: str = "auto"  # vitfast.choices.ATTENTION_BACKENDS; see vitfast.kernels.window_attention
 
     def __post_init__(self) -> None:  # JSON round trips give lists
         self.depths, self.num_heads = tuple(self.depths), tuple(self.num_heads)
@@ -48,6 +47,7 @@ class SwinConfig:
         for i, heads in enumerate(self.num_heads):
             if (self.embed_dim * 2**i) % heads:
                 raise ValueError(f"stage {i}: {self.embed_dim * 2**i} channels are not divisible by {heads} heads.")
+        check_attn_backend(self.attn_backend)
 
 
 class PatchEmbed(nn.Module):
@@ -136,10 +136,7 @@ class SwinStage(nn.Module):
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        for block in self.blocks:
-            x = checkpoint(block, x, use_reentrant=False) if self.grad_checkpointing and self.training else block(x)
-        return x
+        return run_blocks(self.blocks, self.downsample(x), self.grad_checkpointing and self.training)
 
 
 class ClassifierHead(nn.Module):
@@ -176,11 +173,7 @@ class SwinTransformer(nn.Module):
         self.layers = nn.Sequential(*stages)
         self.norm = nn.LayerNorm(dims[-1])
         self.head = ClassifierHead(dims[-1], config.num_classes, config.drop_rate)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_linears(self)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for stage in self.layers:

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
-from vitfast.kernels import attention
+from .layers import Attention, DropPath, Mlp, check_attn_backend, init_linears, run_blocks
 
 
 @dataclass
@@ -35,10 +34,11 @@ class ViTConfig:
     global_pool: str = "token"  # "token" (class token) or "avg" (mean of patch tokens, then fc_norm)
     drop_rate: float = 0.0  # dropout before the head
     drop_path_rate: float = 0.0  # stochastic depth, rising linearly to this value over the blocks
-    attn_backend: str = "auto"  # see vitfast.kernels.attention
+    attn_backend: str = "auto"  # vitfast.choices.ATTENTION_BACKENDS; see vitfast.kernels.attention
     norm_eps: float = 1e-6  # every LayerNorm's epsilon: timm's and the original ViT's; HF's ViT uses 1e-12
 
     def validate(self) -> None:
+        check_attn_backend(self.attn_backend)
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}.")
         if self.global_pool not in ("token", "avg"):
@@ -49,22 +49,9 @@ class ViTConfig:
             raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}.")
 
 
-class DropPath(nn.Module):
-    """Stochastic depth: drops the whole residual branch for a random subset of samples."""
-
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-
 class PatchEmbed(nn.Module):
+    """Conv patchify to tokens: (B, C, H, W) to (B, H/p·W/p, D); H and W must be multiples of p."""
+
     def __init__(self, patch_size: int, in_chans: int, embed_dim: int):
         super().__init__()
         self.patch_size = patch_size
@@ -77,46 +64,16 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
 
 
-class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, backend: str, causal: bool = False):
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.backend = backend
-        self.causal = causal
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, C = x.shape
-        # q, k, v stay strided views of the packed projection; the kernel reads them in place.
-        qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        x = attention(q, k, v, causal=self.causal, backend=self.backend)
-        return self.proj(x.transpose(1, 2).reshape(B, N, C))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, act: type[nn.Module] = nn.GELU):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = act()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop_path: float,
-                 backend: str, causal: bool = False, act: type[nn.Module] = nn.GELU, norm_eps: float = 1e-6):
+                 backend: str, norm_eps: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, num_heads, qkv_bias, backend, causal)
+        self.attn = Attention(dim, num_heads, qkv_bias, backend)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -159,7 +116,7 @@ class VisionTransformer(nn.Module):
         rates = torch.linspace(0, config.drop_path_rate, config.depth).tolist()
         self.blocks = nn.Sequential(*[
             Block(dim, config.num_heads, config.mlp_ratio, config.qkv_bias, rate, config.attn_backend,
-                  norm_eps=config.norm_eps)
+                  config.norm_eps)
             for rate in rates
         ])
         use_fc_norm = config.global_pool == "avg"
@@ -176,11 +133,7 @@ class VisionTransformer(nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_linears(self)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
@@ -204,12 +157,7 @@ class VisionTransformer(nn.Module):
         """(B, C, H, W) images to (B, prefix + N, D) normalized tokens."""
         grid = (x.shape[-2] // self.config.patch_size, x.shape[-1] // self.config.patch_size)
         x = self._pos_embed(self.patch_embed(x), grid)
-        for block in self.blocks:
-            if self.grad_checkpointing and self.training:
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-        return self.norm(x)
+        return self.norm(run_blocks(self.blocks, x, self.grad_checkpointing and self.training))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.config.global_pool == "avg":

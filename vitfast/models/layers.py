@@ -1,0 +1,96 @@
+"""Layers that the ViT, Swin and CLIP models share (as timm keeps them in ``timm/layers/``).
+
+Each model file holds only what is its own; what they have in common is here: stochastic depth, the
+two-layer MLP, multi-head self-attention through ``vitfast.kernels.attention``, the block loop with
+optional activation checkpointing, timm's init of linear layers, and the check of ``attn_backend``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+from vitfast.choices import ATTENTION_BACKENDS
+from vitfast.kernels import attention
+
+
+def check_attn_backend(backend: str) -> None:
+    """Raise ValueError unless `backend` is one of vitfast.choices.ATTENTION_BACKENDS.
+
+    Configs call it from ``validate()``, so a bad name fails when the model is created or loaded,
+    not at its first forward pass.
+    """
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attn_backend {backend!r}; choose one of {', '.join(ATTENTION_BACKENDS)}.")
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch for a random subset of samples."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class Mlp(nn.Module):
+    """fc1, activation, fc2 (timm's names)."""
+
+    def __init__(self, dim: int, hidden: int, act: type[nn.Module] = nn.GELU):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = act()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def multi_head_attention(qkv: torch.Tensor, num_heads: int, *, causal: bool, backend: str) -> torch.Tensor:
+    """Self-attention of a (B, N, 3·C) packed q, k, v projection: (B, N, C), heads concatenated,
+    ready for the output projection."""
+    B, N, C3 = qkv.shape
+    # q, k, v stay strided views of the packed projection; the kernel reads them in place.
+    q, k, v = qkv.view(B, N, 3, num_heads, C3 // (3 * num_heads)).permute(2, 0, 3, 1, 4).unbind(0)
+    x = attention(q, k, v, causal=causal, backend=backend)
+    return x.transpose(1, 2).reshape(B, N, C3 // 3)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with timm's names: packed ``qkv`` projection, attention, ``proj``."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, backend: str):
+        super().__init__()
+        self.num_heads = num_heads
+        self.backend = backend
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(multi_head_attention(self.qkv(x), self.num_heads, causal=False, backend=self.backend))
+
+
+def run_blocks(blocks: Iterable[nn.Module], x: torch.Tensor, checkpointed: bool) -> torch.Tensor:
+    """`x` through each block in turn; with `checkpointed`, each block's activations are recomputed
+    in the backward pass instead of kept (models pass ``grad_checkpointing and training``)."""
+    for block in blocks:
+        x = checkpoint(block, x, use_reentrant=False) if checkpointed else block(x)
+    return x
+
+
+def init_linears(module: nn.Module, std: float = 0.02) -> None:
+    """timm's init of every nn.Linear inside `module`: truncated normal weights, zero biases."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
