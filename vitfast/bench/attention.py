@@ -12,22 +12,21 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from vitfast.bench.harness import defaults_for
-from vitfast.bench.sweep import (KernelRow, KernelSweep, check_sweep, kernel_call, kernel_fields, mode_flops,
-                                 sweep_kernel)
-from vitfast.choices import ATTENTION_BACKENDS, AUTO, KERNEL_MODES
+from vitfast.bench.sweep import (ATTENTION_BACKWARD_FLOP_RATIO, ATTENTION_IMPLS, KernelRow, KernelSweep, check_sweep,
+                                 kernel_call, kernel_fields, mode_flops, sweep_kernel)
+from vitfast.choices import AUTO, KERNEL_MODES
 from vitfast.kernels import attention
 from vitfast.runtime import resolve_device, resolve_dtype
 
 MODES = KERNEL_MODES
-BACKENDS = tuple(b for b in ATTENTION_BACKENDS if b != AUTO)
+BACKENDS = ATTENTION_IMPLS
 # SDPA pinned to one of its kernels, so Triton can be compared with SDPA's best, not only with the
 # kernel SDPA's dispatcher happens to pick. Opt-in (`--backends triton,sdpa-flash,sdpa-cudnn,...`).
 SDPA_KERNELS = {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION,
                 "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa-math": SDPBackend.MATH}
 KNOWN_BACKENDS = BACKENDS + tuple(SDPA_KERNELS)
 DEFAULT_SEQ_LENS = (197, 257, 577, 1025, 2048, 4096)
-# Backward does 2.5× the forward's matmul work (five N×N·D products against two).
-BACKWARD_FLOP_RATIO = 2.5
+BACKWARD_FLOP_RATIO = ATTENTION_BACKWARD_FLOP_RATIO
 
 FIELDS = kernel_fields(
     backend="attention backend: triton, sdpa (torch's scaled_dot_product_attention) or eager",

@@ -28,9 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vitfast.bench import report
-from vitfast.bench.attention import BACKENDS
 from vitfast.bench.harness import OUT_OF_MEMORY, TRITON_NEEDS_CUDA, defaults_for, run_guarded, time_and_peak
-from vitfast.bench.sweep import StatusRow, Sweep, run_grid
+from vitfast.bench.sweep import ATTENTION_IMPLS, StatusRow, Sweep, run_grid
 from vitfast.choices import AUTO, MODEL_MODES
 from vitfast.kernels import clip_loss
 from vitfast.kernels.window_geometry import effective_window
@@ -39,6 +38,7 @@ from vitfast.models.peers import PEERS, peer_model
 from vitfast.runtime import DTYPES, autocast, default_dtype_name, resolve_device
 
 MODES = MODEL_MODES
+BACKENDS = ATTENTION_IMPLS
 COMPARE = ("timm", "open_clip")
 
 FIELDS = {

@@ -16,8 +16,15 @@ import torch
 
 from vitfast.bench import report
 from vitfast.bench.harness import measure_case
-from vitfast.choices import KERNEL_MODES
+from vitfast.choices import ATTENTION_BACKENDS, AUTO, KERNEL_MODES
 from vitfast.runtime import DTYPES
+
+# The attention backends a benchmark can time (every one but "auto"): attention, window attention and
+# whole models run the same three.
+ATTENTION_IMPLS = tuple(b for b in ATTENTION_BACKENDS if b != AUTO)
+# Attention's backward does 2.5× its forward's matmul work (five N×N·D products against two); window
+# attention is the same computation per window.
+ATTENTION_BACKWARD_FLOP_RATIO = 2.5
 
 C = TypeVar("C")
 B = TypeVar("B")

@@ -10,15 +10,16 @@ from typing import Callable, Sequence
 
 import torch
 
-from vitfast.bench.attention import BACKENDS, BACKWARD_FLOP_RATIO, MODES
 from vitfast.bench.harness import defaults_for
-from vitfast.bench.sweep import (KernelRow, KernelSweep, check_sweep, kernel_call, kernel_fields, mode_flops,
-                                 sweep_kernel)
-from vitfast.choices import AUTO
+from vitfast.bench.sweep import (ATTENTION_BACKWARD_FLOP_RATIO, ATTENTION_IMPLS, KernelRow, KernelSweep, check_sweep,
+                                 kernel_call, kernel_fields, mode_flops, sweep_kernel)
+from vitfast.choices import AUTO, KERNEL_MODES
 from vitfast.kernels import window_attention
 from vitfast.kernels.window_geometry import effective_window
 from vitfast.runtime import resolve_device, resolve_dtype
 
+
+BACKENDS = ATTENTION_IMPLS
 
 @dataclass(frozen=True)
 class WindowStage:
@@ -62,7 +63,7 @@ def window_flops(*, batch: int, stage: WindowStage, window: int, mode: str) -> f
     """Matmul FLOPs of one call: 4·B·windows·M²·C forward over the padded map, 3.5× that fwd+bwd."""
     (wh, ww), _ = effective_window(stage.height, stage.width, window, 0)
     windows = -(-stage.height // wh) * -(-stage.width // ww)
-    return mode_flops(4.0 * batch * windows * (wh * ww) ** 2 * stage.channels, mode, BACKWARD_FLOP_RATIO)
+    return mode_flops(4.0 * batch * windows * (wh * ww) ** 2 * stage.channels, mode, ATTENTION_BACKWARD_FLOP_RATIO)
 
 
 def make_call(backend: str, mode: str, batch: int, stage: WindowStage, window: int, shift: int,
@@ -82,14 +83,15 @@ def validate_window_sweep(*, batch: int, stages: Sequence[str], window: int, shi
                           device: torch.device | None = None) -> None:
     """Raise ValueError naming the first bad argument of :func:`bench_window` (before any run)."""
     check_sweep(counts={"batch size": batch, "window": window, "warmup": warmup, "rep": rep}, dtype=dtype,
-                choices=(("stage", stages, tuple(STAGES)), ("backend", backends, BACKENDS), ("mode", modes, MODES)))
+                choices=(("stage", stages, tuple(STAGES)), ("backend", backends, BACKENDS),
+                         ("mode", modes, KERNEL_MODES)))
     if not 0 <= shift < window:
         raise ValueError(f"shift must be in [0, window); got shift {shift} with window {window}.")
 
 
 def bench_window(*, batch: int, dtype: torch.dtype, device: torch.device, warmup: int, rep: int,
                  stages: Sequence[str] = DEFAULT_STAGES, window: int = 7, shift: int = 3,
-                 backends: Sequence[str] = BACKENDS, modes: Sequence[str] = MODES,
+                 backends: Sequence[str] = BACKENDS, modes: Sequence[str] = KERNEL_MODES,
                  on_row: Callable[[WindowBenchRow], None] | None = None) -> list[WindowBenchRow]:
     """Benchmark window attention at Swin stage shapes for every mode × stage × backend.
 
@@ -128,7 +130,7 @@ def window_sweep(params: dict[str, object], **labels: object) -> KernelSweep:
 
 
 def plan(*, batch: int | None = None, stages: Sequence[str] = DEFAULT_STAGES, window: int = 7, shift: int = 3,
-         dtype: str = AUTO, backends: Sequence[str] = BACKENDS, modes: Sequence[str] = MODES, device: str = AUTO,
+         dtype: str = AUTO, backends: Sequence[str] = BACKENDS, modes: Sequence[str] = KERNEL_MODES, device: str = AUTO,
          warmup: int | None = None, rep: int | None = None) -> KernelSweep:
     """`vitfast bench window`: the sweep its flags ask for, with device and dtype names resolved and unset
     values the device's defaults. Raises ValueError naming the first bad argument."""
