@@ -91,7 +91,7 @@ class TrainConfig:
     drop_path: float | None = None
     skip_bad_images: bool = False
     quiet: bool = False
-    # CLIP only (see vitfast.tasks.ClipTask); no --train-data: the default data's captions.
+    # CLIP only (see vitfast.train.tasks.ClipTask); no --train-data: the default data's captions.
     train_data: str | None = None  # CSV/TSV of image-text pairs
     val_data: str | None = None
     csv_img_key: str = "filepath"
