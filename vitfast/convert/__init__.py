@@ -4,18 +4,18 @@ Face transformers folders (ViT, Swin, CLIP); export to timm and Hugging Face.
 
 What lives where, each module importing only from those above it in this list:
 
-- ``read``: checkpoint files and HF folders into state dicts, running nothing they carry; ``ConvertError``.
-- ``infer``: a state dict's layout, and the vitfast family and config its shapes fix.
+- ``infer``: checkpoint files and HF folders into state dicts, running nothing they carry; their layout,
+  and the vitfast family and config their shapes fix; ``ConvertError``.
 - ``hf``: the transformers <-> vitfast key table, both directions (pure functions on dicts).
 - ``write``: the model built strictly from the weights, and folders staged and renamed into place.
-- ``verify``: the written folder against timm, open_clip or transformers on a random input.
 - ``from_vitfast``: :func:`export`, a vitfast folder to timm or HF.
-- ``to_vitfast``: :func:`convert`, a checkpoint or HF folder to a vitfast folder (``to=`` exports).
+- ``to_vitfast``: :func:`convert`, a checkpoint or HF folder to a vitfast folder, checked against timm,
+  open_clip or transformers on a random input (``to=`` exports).
 """
 
 from vitfast.convert.from_vitfast import export
 from vitfast.convert.hf import hf_to_vitfast, vitfast_to_hf
-from vitfast.convert.read import ConvertError
+from vitfast.convert.infer import ConvertError
 from vitfast.convert.to_vitfast import convert
 
 __all__ = ["ConvertError", "convert", "export", "hf_to_vitfast", "vitfast_to_hf"]

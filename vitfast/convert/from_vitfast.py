@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from vitfast.checkpoint import read_state_dict
 from vitfast.choices import EXPORT_TARGETS
 from vitfast.convert.hf import vitfast_to_hf
-from vitfast.convert.read import ConvertError
+from vitfast.convert.infer import ConvertError
 from vitfast.convert.write import staged
 from vitfast.models import build_config
 from vitfast.tokenizer import load_tokenizer, write_hf_tokenizer
@@ -32,8 +32,17 @@ def export(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, to: str,
     meta, state = read_state_dict(src)
     family = meta["family"]
     config = build_config(family, meta["config"])
-    if to == "timm":
-        out_config, out_state = _timm_folder(family, config, meta.get("model_name")), state
+    if to == "timm":  # timm's config.json: the architecture's name and the model_args that build it
+        if family == "clip":
+            raise ConvertError("timm has no CLIP text tower; export CLIP with --to hf (or use the folder with "
+                               "open_clip, whose keys vitfast already uses).")
+        if getattr(config, "norm_eps", 1e-6) != 1e-6:
+            raise ConvertError(f"this ViT's layer norms use eps={config.norm_eps}, and timm's ViT fixes 1e-6; "
+                               "export it with --to hf, which keeps the epsilon.")
+        args = {k: v for k, v in dataclasses.asdict(config).items()
+                if k not in ("attn_backend", "drop_rate", "drop_path_rate", "norm_eps")}
+        arch = meta.get("model_name") or ("vit_base_patch16_224" if family == "vit" else "swin_tiny_patch4_window7_224")
+        out_config, out_state = {"architecture": arch, "num_classes": config.num_classes, "model_args": args}, state
     else:
         try:
             out_config, out_state = vitfast_to_hf(family, config, state)
@@ -48,16 +57,3 @@ def export(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, to: str,
     return {"target": to, "family": family, "tensors": len(out_state), "output": str(dst),
             "tokenizer": tokenizer is not None}
 
-
-def _timm_folder(family: str, config, model_name: str | None) -> dict:
-    """timm's config.json: the architecture's name and the model_args that build it."""
-    if family == "clip":
-        raise ConvertError("timm has no CLIP text tower; export CLIP with --to hf (or use the folder with "
-                           "open_clip, whose keys vitfast already uses).")
-    if getattr(config, "norm_eps", 1e-6) != 1e-6:
-        raise ConvertError(f"this ViT's layer norms use eps={config.norm_eps}, and timm's ViT fixes 1e-6; "
-                           "export it with --to hf, which keeps the epsilon.")
-    args = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("attn_backend", "drop_rate",
-                                                                               "drop_path_rate", "norm_eps")}
-    arch = model_name or ("vit_base_patch16_224" if family == "vit" else "swin_tiny_patch4_window7_224")
-    return {"architecture": arch, "num_classes": config.num_classes, "model_args": args}

@@ -23,7 +23,6 @@ Layout facts that the mapping relies on (checked against transformers 5.23 by
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -46,130 +45,100 @@ _IGNORED_HF_KEYS = (
 )
 
 
-@dataclass(frozen=True)
-class _Rule:
-    """One vitfast tensor made from HF tensor(s): "copy", "qkv" (concatenate q, k, v) or "t" (transpose)."""
+# How a rule makes its vitfast tensor from the HF tensor(s), and the HF tensors back from it: "copy";
+# "qkv", q, k and v concatenated along the output dimension (split into clones: safetensors refuses
+# tensors that share storage); "t", transposed.
+_OPS = {
+    "copy": (lambda hf: hf[0], lambda vf: [vf]),
+    "qkv": (lambda hf: torch.cat(hf, dim=0), lambda vf: [part.clone() for part in vf.chunk(3, dim=0)]),
+    "t": (lambda hf: hf[0].t().contiguous(), lambda vf: [vf.t().contiguous()]),
+}
+_TRANSPOSED = {"visual.proj", "text_projection"}  # open_clip's (width, embed_dim) projections
 
-    vf: str
-    hf: tuple[str, ...]
-    op: str = "copy"
-
-
-def _to_vf(rule: _Rule, tensors: list[Tensor]) -> Tensor:
-    if rule.op == "qkv":
-        return torch.cat(tensors, dim=0)
-    if rule.op == "t":
-        return tensors[0].t().contiguous()
-    return tensors[0]
-
-
-def _to_hf(rule: _Rule, tensor: Tensor) -> list[Tensor]:
-    if rule.op == "qkv":  # clones: safetensors refuses tensors that share storage
-        return [part.clone() for part in tensor.chunk(3, dim=0)]
-    if rule.op == "t":
-        return [tensor.t().contiguous()]
-    return [tensor]
-
-
-def _linear(vf: str, hf: str, bias: bool = True) -> list[_Rule]:
-    """Weight and (optionally) bias of a linear, conv or layer norm, copied unchanged."""
-    rules = [_Rule(f"{vf}.weight", (f"{hf}.weight",))]
-    return rules + [_Rule(f"{vf}.bias", (f"{hf}.bias",))] if bias else rules
+# A transformer block's modules in rule order: vitfast's name (timm's; open_clip's for CLIP) and HF's.
+# Three HF names are q, k and v, which vitfast packs into one tensor; "{a}" is HF's attention module
+# ("attention" in ViT, "self" in Swin).
+_TIMM_BLOCK = [
+    ("norm1.", "layernorm_before."),
+    ("attn.qkv.", ("attention.{a}.query.", "attention.{a}.key.", "attention.{a}.value.")),
+    ("attn.relative_position_bias_table", "attention.{a}.relative_position_bias_table"),  # Swin only
+    ("attn.proj.", "attention.output.dense."), ("norm2.", "layernorm_after."),
+    ("mlp.fc1.", "intermediate.dense."), ("mlp.fc2.", "output.dense."),
+]
+_CLIP_BLOCK = [
+    ("ln_1.", "layer_norm1."), ("attn.in_proj_", ("self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj.")),
+    ("attn.out_proj.", "self_attn.out_proj."), ("ln_2.", "layer_norm2."),
+    ("mlp.c_fc.", "mlp.fc1."), ("mlp.c_proj.", "mlp.fc2."),
+]
 
 
-def _qkv(vf: str, hf: list[str], bias: bool = True) -> list[_Rule]:
-    """The packed weight ``vf + "weight"`` (and bias) from the three HF linears `hf`, in q, k, v order."""
-    kinds = ("weight", "bias") if bias else ("weight",)
-    return [_Rule(f"{vf}{kind}", tuple(f"{name}.{kind}" for name in hf), "qkv") for kind in kinds]
+def _under(b: str, h: str, table: list, a: str = "") -> list:
+    """`table`'s names under the block prefixes `b` (vitfast) and `h` (HF)."""
+    return [(b + vf, tuple(h + name.format(a=a) for name in ((hf,) if isinstance(hf, str) else hf)))
+            for vf, hf in table]
 
 
-def _block_rules(b: str, h: str, attn: str, qkv_bias: bool, *after_qkv: _Rule) -> list[_Rule]:
-    """One transformer block of HF's ViT (`attn` "attention") or Swin ("self")."""
-    return [
-        *_linear(f"{b}.norm1", f"{h}.layernorm_before"),
-        *_qkv(f"{b}.attn.qkv.", [f"{h}.attention.{attn}.{n}" for n in ("query", "key", "value")], qkv_bias),
-        *after_qkv,
-        *_linear(f"{b}.attn.proj", f"{h}.attention.output.dense"),
-        *_linear(f"{b}.norm2", f"{h}.layernorm_after"),
-        *_linear(f"{b}.mlp.fc1", f"{h}.intermediate.dense"),
-        *_linear(f"{b}.mlp.fc2", f"{h}.output.dense"),
-    ]
-
-
-def _vit_rules(cfg, p: str) -> list[_Rule]:
-    """ViT rules; `p` is the HF prefix: "vit." in ViTForImageClassification, "" in ViTModel."""
-    rules = [
-        _Rule("cls_token", (f"{p}embeddings.cls_token",)),
-        _Rule("pos_embed", (f"{p}embeddings.position_embeddings",)),
-        *_linear("patch_embed.proj", f"{p}embeddings.patch_embeddings.projection"),
-        *_linear("norm", f"{p}layernorm"),
-    ]
+def _vit_names(cfg, p: str) -> list:
+    """ViT's names; `p` is the HF prefix: "vit." in ViTForImageClassification, "" in ViTModel."""
+    names = [("cls_token", f"{p}embeddings.cls_token"), ("pos_embed", f"{p}embeddings.position_embeddings"),
+             ("patch_embed.proj.", f"{p}embeddings.patch_embeddings.projection."), ("norm.", f"{p}layernorm.")]
     for i in range(cfg.depth):
-        rules += _block_rules(f"blocks.{i}", f"{p}encoder.layer.{i}", "attention", cfg.qkv_bias)
-    return rules + (_linear("head", "classifier") if cfg.num_classes > 0 else [])
+        names += _under(f"blocks.{i}.", f"{p}encoder.layer.{i}.", _TIMM_BLOCK, "attention")
+    return names + [("head.", "classifier.")]
 
 
-def _swin_rules(cfg, p: str) -> list[_Rule]:
-    """Swin V1 rules; `p` is "swin." in SwinForImageClassification, "" in SwinModel."""
-    rules = [
-        *_linear("patch_embed.proj", f"{p}embeddings.patch_embeddings.projection"),
-        *_linear("patch_embed.norm", f"{p}embeddings.norm"),
-        *_linear("norm", f"{p}layernorm"),
-    ]
+def _swin_names(cfg, p: str) -> list:
+    """Swin V1's names; `p` is "swin." in SwinForImageClassification, "" in SwinModel."""
+    names = [("patch_embed.proj.", f"{p}embeddings.patch_embeddings.projection."),
+             ("patch_embed.norm.", f"{p}embeddings.norm."), ("norm.", f"{p}layernorm.")]
     for s, depth in enumerate(cfg.depths):
         for i in range(depth):
-            b, h = f"layers.{s}.blocks.{i}", f"{p}encoder.layers.{s}.blocks.{i}"
-            rpb = _Rule(f"{b}.attn.relative_position_bias_table", (f"{h}.attention.self.relative_position_bias_table",))
-            rules += _block_rules(b, h, "self", cfg.qkv_bias, rpb)
+            names += _under(f"layers.{s}.blocks.{i}.", f"{p}encoder.layers.{s}.blocks.{i}.", _TIMM_BLOCK, "self")
         if s > 0:  # HF merges at the end of the previous stage, vitfast at the start of this one
-            rules += [
-                *_linear(f"layers.{s}.downsample.norm", f"{p}encoder.layers.{s - 1}.downsample.norm"),
-                *_linear(f"layers.{s}.downsample.reduction", f"{p}encoder.layers.{s - 1}.downsample.reduction",
-                         bias=False),
-            ]
-    return rules + (_linear("head.fc", "classifier") if cfg.num_classes > 0 else [])
+            names.append((f"layers.{s}.downsample.", f"{p}encoder.layers.{s - 1}.downsample."))
+    return names + [("head.fc.", "classifier.")]
 
 
-def _clip_tower_rules(vf: str, hf: str, layers: int) -> list[_Rule]:
-    rules = []
-    for i in range(layers):
-        b, h = f"{vf}.resblocks.{i}", f"{hf}.encoder.layers.{i}"
-        rules += [
-            *_linear(f"{b}.ln_1", f"{h}.layer_norm1"),
-            *_qkv(f"{b}.attn.in_proj_", [f"{h}.self_attn.{n}_proj" for n in "qkv"]),
-            *_linear(f"{b}.attn.out_proj", f"{h}.self_attn.out_proj"),
-            *_linear(f"{b}.ln_2", f"{h}.layer_norm2"),
-            *_linear(f"{b}.mlp.c_fc", f"{h}.mlp.fc1"),
-            *_linear(f"{b}.mlp.c_proj", f"{h}.mlp.fc2"),
-        ]
-    return rules
+def _clip_names(cfg, p: str) -> list:
+    def tower(vf: str, hf: str, layers: int) -> list:
+        return [n for i in range(layers) for n in _under(f"{vf}.resblocks.{i}.", f"{hf}.encoder.layers.{i}.",
+                                                          _CLIP_BLOCK)]
 
-
-def _clip_rules(cfg, p: str) -> list[_Rule]:
     return [
-        _Rule("visual.conv1.weight", ("vision_model.embeddings.patch_embedding.weight",)),
-        _Rule("visual.class_embedding", ("vision_model.embeddings.class_embedding",)),
-        _Rule("visual.positional_embedding", ("vision_model.embeddings.position_embedding.weight",)),
-        *_linear("visual.ln_pre", "vision_model.pre_layrnorm"),  # sic: HF's spelling
-        *_clip_tower_rules("visual.transformer", "vision_model", cfg.vision_layers),
-        *_linear("visual.ln_post", "vision_model.post_layernorm"),
-        _Rule("visual.proj", ("visual_projection.weight",), "t"),
-        _Rule("token_embedding.weight", ("text_model.embeddings.token_embedding.weight",)),
-        _Rule("positional_embedding", ("text_model.embeddings.position_embedding.weight",)),
-        *_clip_tower_rules("transformer", "text_model", cfg.text_layers),
-        *_linear("ln_final", "text_model.final_layer_norm"),
-        _Rule("text_projection", ("text_projection.weight",), "t"),
-        _Rule("logit_scale", ("logit_scale",)),
+        ("visual.conv1.", "vision_model.embeddings.patch_embedding."),
+        ("visual.class_embedding", "vision_model.embeddings.class_embedding"),
+        ("visual.positional_embedding", "vision_model.embeddings.position_embedding.weight"),
+        ("visual.ln_pre.", "vision_model.pre_layrnorm."),  # sic: HF's spelling
+        *tower("visual.transformer", "vision_model", cfg.vision_layers),
+        ("visual.ln_post.", "vision_model.post_layernorm."),
+        ("visual.proj", "visual_projection.weight"),
+        ("token_embedding.", "text_model.embeddings.token_embedding."),
+        ("positional_embedding", "text_model.embeddings.position_embedding.weight"),
+        *tower("transformer", "text_model", cfg.text_layers),
+        ("ln_final.", "text_model.final_layer_norm."),
+        ("text_projection", "text_projection.weight"),
+        ("logit_scale", "logit_scale"),
     ]
 
 
-# family -> (config, HF prefix) -> rules; the prefix is "vit." / "swin." in HF's classifiers, "" elsewhere.
-_RULES = {"vit": _vit_rules, "swin": _swin_rules, "clip": _clip_rules}
+# family -> (config, HF prefix) -> names; the prefix is "vit." / "swin." in HF's classifiers, "" elsewhere.
+_NAMES = {"vit": _vit_names, "swin": _swin_names, "clip": _clip_names}
 
 
-def _expected_shapes(family: str, config) -> dict[str, torch.Size]:
+def _rules(family: str, config, prefix: str) -> list[tuple[str, torch.Size, tuple[str, ...], str]]:
+    """(vitfast key, its shape, the HF key(s) it is made from, the ``_OPS`` entry that moves them) for each
+    tensor of the vitfast model, in the name tables' order. A name ending in "." or "_" is a prefix (a
+    module's weight and bias); any other names one tensor."""
     # Built once on CPU: the model is the single source of truth for shapes (a few seconds for ViT-H).
-    return {k: v.shape for k, v in build_model(family, config).state_dict().items()}
+    expected = {k: v.shape for k, v in build_model(family, config).state_dict().items()}
+    rules = []
+    for vf, hf in _NAMES[family](config, prefix):
+        hf = (hf,) if isinstance(hf, str) else hf
+        for key, shape in expected.items():
+            if key == vf or (vf.endswith((".", "_")) and key.startswith(vf)):
+                op = "t" if key in _TRANSPOSED else "qkv" if len(hf) == 3 else "copy"
+                rules.append((key, shape, tuple(name + key[len(vf):] for name in hf), op))
+    return rules
 
 
 def _fail_on_problems(what: str, missing: list[str], unexpected: list[str], misshaped: list[str], fix: str) -> None:
@@ -216,22 +185,17 @@ def _mlp_ratio(hidden: int, intermediate: int, field: str) -> float:
 def _image_fields(hf: dict, state: dict[str, Tensor], patch_size: int) -> dict:
     """The fields HF's ViT and Swin configs share; the classes come from the classifier (0 without one)."""
     classifier = state.get("classifier.weight")
-    return {
-        "img_size": _square(hf.get("image_size", 224), "image_size"),
-        "patch_size": _square(hf.get("patch_size", patch_size), "patch_size"),
-        "in_chans": hf.get("num_channels", 3),
-        "num_classes": classifier.shape[0] if classifier is not None else 0,
-        "qkv_bias": hf.get("qkv_bias", True),
-    }
+    return {"img_size": _square(hf.get("image_size", 224), "image_size"),
+            "patch_size": _square(hf.get("patch_size", patch_size), "patch_size"),
+            "in_chans": hf.get("num_channels", 3), "qkv_bias": hf.get("qkv_bias", True),
+            "num_classes": classifier.shape[0] if classifier is not None else 0}
 
 
 def _vit_config(hf: dict, state: dict[str, Tensor]) -> dict:
     _check_act(hf.get("hidden_act", "gelu"), ("gelu",), "hidden_act")
     dim = hf.get("hidden_size", 768)
     return _image_fields(hf, state, 16) | {
-        "embed_dim": dim,
-        "depth": hf.get("num_hidden_layers", 12),
-        "num_heads": hf.get("num_attention_heads", 12),
+        "embed_dim": dim, "depth": hf.get("num_hidden_layers", 12), "num_heads": hf.get("num_attention_heads", 12),
         "mlp_ratio": _mlp_ratio(dim, hf.get("intermediate_size", 3072), "intermediate_size"),
         "norm_eps": hf.get("layer_norm_eps", 1e-12),  # HF's default; timm's ViTs use 1e-6
     }
@@ -244,11 +208,9 @@ def _swin_config(hf: dict, state: dict[str, Tensor]) -> dict:
         raise ValueError("use_absolute_embeddings=True (an absolute position embedding) is not part of "
                          "vitfast's Swin; only relative position bias models convert.")
     return _image_fields(hf, state, 4) | {
-        "embed_dim": hf.get("embed_dim", 96),
-        "depths": tuple(hf.get("depths", (2, 2, 6, 2))),
+        "embed_dim": hf.get("embed_dim", 96), "depths": tuple(hf.get("depths", (2, 2, 6, 2))),
         "num_heads": tuple(hf.get("num_heads", (3, 6, 12, 24))),
-        "window_size": _square(hf.get("window_size", 7), "window_size"),
-        "mlp_ratio": hf.get("mlp_ratio", 4.0),
+        "window_size": _square(hf.get("window_size", 7), "window_size"), "mlp_ratio": hf.get("mlp_ratio", 4.0),
     }
 
 
@@ -261,29 +223,21 @@ def _clip_config(hf: dict, state: dict[str, Tensor]) -> dict:
     _check_act(act, ("quick_gelu", "gelu"), "hidden_act")
     for name, tower in (("vision", vision), ("text", text)):
         _check_eps(tower.get("layer_norm_eps", 1e-5), _CLIP_EPS, f"{name}_config.layer_norm_eps")
-    vw, tw = vision.get("hidden_size", 768), text.get("hidden_size", 512)
-    vocab = text.get("vocab_size", 49408)
+    vw, tw, vocab = vision.get("hidden_size", 768), text.get("hidden_size", 512), text.get("vocab_size", 49408)
     eos = text.get("eos_token_id", 2)
-    # HF reads eos_token_id == 2 as the legacy rule "pool at argmax(input_ids)"; with CLIP's tokenizer the
-    # end-of-text token is the largest id, so that is the first vocab_size - 1 (vitfast's rule).
-    eot = vocab - 1 if eos == 2 else eos
     return {
         "embed_dim": hf.get("projection_dim", 512),
         "image_size": _square(vision.get("image_size", 224), "vision_config.image_size"),
         "patch_size": _square(vision.get("patch_size", 32), "vision_config.patch_size"),
-        "in_chans": vision.get("num_channels", 3),
-        "vision_width": vw,
-        "vision_layers": vision.get("num_hidden_layers", 12),
-        "vision_heads": vision.get("num_attention_heads", 12),
+        "in_chans": vision.get("num_channels", 3), "vision_width": vw,
+        "vision_layers": vision.get("num_hidden_layers", 12), "vision_heads": vision.get("num_attention_heads", 12),
         "vision_mlp_ratio": _mlp_ratio(vw, vision.get("intermediate_size", 3072), "vision_config.intermediate_size"),
-        "context_length": text.get("max_position_embeddings", 77),
-        "vocab_size": vocab,
-        "text_width": tw,
-        "text_heads": text.get("num_attention_heads", 8),
-        "text_layers": text.get("num_hidden_layers", 12),
+        "context_length": text.get("max_position_embeddings", 77), "vocab_size": vocab, "text_width": tw,
+        "text_heads": text.get("num_attention_heads", 8), "text_layers": text.get("num_hidden_layers", 12),
         "text_mlp_ratio": _mlp_ratio(tw, text.get("intermediate_size", 2048), "text_config.intermediate_size"),
-        "eot_token_id": eot,
-        "quick_gelu": act == "quick_gelu",
+        # HF reads eos_token_id == 2 as the legacy rule "pool at argmax(input_ids)"; with CLIP's tokenizer the
+        # end-of-text token is the largest id, so that is the first vocab_size - 1 (vitfast's rule).
+        "eot_token_id": vocab - 1 if eos == 2 else eos, "quick_gelu": act == "quick_gelu",
     }
 
 
@@ -300,33 +254,30 @@ def hf_to_vitfast(hf_config: dict, state: dict[str, Tensor]) -> tuple[str, objec
     ``relative_position_index``) are dropped. Raises ValueError naming any feature vitfast cannot
     represent, or listing every missing, unexpected and mis-shaped key at once.
     """
-    model_type = hf_config.get("model_type")
-    if model_type not in _READERS:
-        raise ValueError(f"model_type {model_type!r} is not supported; vitfast converts 'vit', 'swin' (V1, not "
+    family = hf_config.get("model_type")
+    if family not in _READERS:
+        raise ValueError(f"model_type {family!r} is not supported; vitfast converts 'vit', 'swin' (V1, not "
                          "'swinv2') and 'clip' checkpoints.")
-    family, fields = model_type, _READERS[model_type](hf_config, state)
+    config = build_config(family, _READERS[family](hf_config, state))
     # the classifiers keep the backbone under "vit." / "swin.", the bare models at the top
     prefix = f"{family}." if family != "clip" and any(k.startswith(f"{family}.") for k in state) else ""
-    config = build_config(family, fields)
-    expected = _expected_shapes(family, config)
     out: dict[str, Tensor] = {}
     used: set[str] = set()
     missing, misshaped = [], []
-    for rule in _RULES[family](config, prefix):
-        absent = [k for k in rule.hf if k not in state]
+    for vf, shape, hf, op in _rules(family, config, prefix):
+        absent = [k for k in hf if k not in state]
         missing += absent
-        used.update(rule.hf)
+        used.update(hf)
         if absent:
             continue
         # The HF shapes the vitfast shape implies, found by running the export direction on a meta tensor.
-        want = [t.shape for t in _to_hf(rule, torch.empty(expected[rule.vf], device="meta"))]
-        bad = [f"{k} {tuple(state[k].shape)} (expected {tuple(w)})" for k, w in zip(rule.hf, want)
-               if state[k].shape != w]
+        want = [t.shape for t in _OPS[op][1](torch.empty(shape, device="meta"))]
+        bad = [f"{k} {tuple(state[k].shape)} (expected {tuple(w)})" for k, w in zip(hf, want) if state[k].shape != w]
         misshaped += bad
         if not bad:
-            out[rule.vf] = _to_vf(rule, [state[k] for k in rule.hf])
+            out[vf] = _OPS[op][0]([state[k] for k in hf])
     unexpected = [k for k in state if k not in used and not any(p.match(k) for p in _IGNORED_HF_KEYS)]
-    _fail_on_problems(f"the {model_type} state dict", missing, sorted(unexpected), misshaped,
+    _fail_on_problems(f"the {family} state dict", missing, sorted(unexpected), misshaped,
                       "Pass the weights saved with this config.json by save_pretrained (model.safetensors).")
     return family, config, out
 
@@ -405,19 +356,17 @@ def vitfast_to_hf(family: str, config, state: dict[str, Tensor]) -> tuple[dict, 
         raise ValueError(f"unknown model family {family!r}; vitfast exports 'vit', 'swin' and 'clip'.")
     hf_config = _WRITERS[family](config)
     prefix = f"{family}." if family != "clip" and config.num_classes > 0 else ""
-    expected = _expected_shapes(family, config)
     out: dict[str, Tensor] = {}
     missing, misshaped = [], []
-    rules = _RULES[family](config, prefix)
-    for rule in rules:
-        if rule.vf not in state:
-            missing.append(rule.vf)
-        elif state[rule.vf].shape != expected[rule.vf]:
-            misshaped.append(f"{rule.vf} {tuple(state[rule.vf].shape)} (expected {tuple(expected[rule.vf])})")
+    rules = _rules(family, config, prefix)
+    for vf, shape, hf, op in rules:
+        if vf not in state:
+            missing.append(vf)
+        elif state[vf].shape != shape:
+            misshaped.append(f"{vf} {tuple(state[vf].shape)} (expected {tuple(shape)})")
         else:
-            out.update(zip(rule.hf, _to_hf(rule, state[rule.vf])))
-    known = {rule.vf for rule in rules}
-    unexpected = sorted(k for k in state if k not in known)
+            out.update(zip(hf, _OPS[op][1](state[vf])))
+    unexpected = sorted(set(state) - {rule[0] for rule in rules})
     _fail_on_problems(f"the vitfast {family} state dict", missing, unexpected, misshaped,
                       "Pass model.state_dict() of the model built from this config.")
     return hf_config, out

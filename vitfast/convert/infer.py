@@ -1,23 +1,109 @@
-"""The architecture from the weights: which layout a state dict is in, and the vitfast family and config.
+"""Other projects' checkpoints read and understood without running them: checkpoint files and Hugging
+Face folders into plain state dicts, which layout a state dict is in, and the vitfast family and config.
 
-The weights fix patch size, widths, depths, heads where they carry them, image size, classes, context
-length and vocabulary. Where they leave a choice (a ViT's head count, QuickGELU), a named config with
-the same shapes decides, or ``--model``.
+Pickles are read with ``torch.load(weights_only=True)`` and TorchScript archives only through
+``torch.jit.load`` on the CPU, so nothing a checkpoint carries ever runs. The weights fix patch size,
+widths, depths, heads where they carry them, image size, classes, context length and vocabulary. Where
+they leave a choice (a ViT's head count, QuickGELU), a named config with the same shapes decides, or
+``--model``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 import re
+import zipfile
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
-from vitfast.convert.read import ConvertError
 from vitfast.models import mlp_ratio_for
 from vitfast.models.clip import CLIP_CONFIGS
 from vitfast.models.swin import SWIN_CONFIGS
 from vitfast.models.vit import VIT_CONFIGS
+
+HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+              "pytorch_model.bin.index.json")
+
+
+class ConvertError(ValueError):
+    """A source that cannot be converted: the message names the file and the fix."""
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist())
+
+
+def read_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], bool]:
+    """(state dict, whether it came from a TorchScript archive) of a checkpoint file, unwrapped."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConvertError(f"{path} does not exist (or is not a file).")
+    if path.suffix == ".safetensors":
+        try:
+            return _unwrap(load_file(str(path)), path), False
+        except Exception as exc:  # the library raises its own error type for truncated headers
+            raise ConvertError(f"{path} is not a readable safetensors file ({exc}); it may be truncated.") from None
+    if _is_torchscript(path):
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:
+            raise ConvertError(f"cannot read the TorchScript archive {path} ({type(exc).__name__}: {exc}).") from None
+        return _unwrap(dict(module.state_dict()), path), True
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for foreign objects, RuntimeError for truncated zips
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConvertError(f"refused or could not read {path}: only tensors and plain containers are unpickled, "
+                           f"and nothing in the file ran ({first[:200]}).") from None
+    return _unwrap(obj, path), False
+
+
+def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
+    """The state dict inside timm/open_clip training checkpoints, without DDP/compile prefixes."""
+    for key in ("state_dict", "model", "module"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ConvertError(f"{path} holds no state dict of tensors (found {type(obj).__name__}).")
+    state = {}
+    for key, value in obj.items():
+        for prefix in ("module.", "_orig_mod."):
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        state[key] = value
+    return state
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConvertError(f"cannot read {path} ({exc}).") from None
+
+
+def read_hf_folder(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config.json, state dict) of a Hugging Face model folder, single-file or sharded."""
+    config = read_json(path / "config.json")
+    name = next((n for n in HF_WEIGHTS if (path / n).is_file()), None)
+    if name is None:
+        raise ConvertError(f"{path} has no weights: expected one of {', '.join(HF_WEIGHTS)}.")
+    shards = [name]
+    if name.endswith(".index.json"):
+        weight_map = read_json(path / name).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ConvertError(f"the shard index {path / name} has no weight_map.")
+        shards = sorted(set(weight_map.values()))
+    return config, {k: v for shard in shards for k, v in read_state(path / shard)[0].items()}
+
 
 # Buffers OpenAI's TorchScript CLIP keeps beside the weights (open_clip drops them too), and the text
 # tower's causal mask, which TorchScript archives carry and vitfast's causal kernel makes unnecessary.
@@ -80,16 +166,18 @@ _SHAPE_FIELDS = {"patch_size", "embed_dim", "depth", "depths", "num_heads", "win
                  "vision_layers", "text_width", "text_layers", "image_size", "img_size"}
 
 
-def _pick(named: dict, fields: dict, model: str | None, kind: str):
-    """The named config whose shape fields equal `fields` (or `model`'s), with `fields` applied."""
+def _pick(named: dict, fields: dict, model: str | None, kind: str, **unnamed):
+    """(config, name): the named config whose shape fields equal `fields` (or `model`'s), with `fields`
+    applied; without one, the first named config with `fields` and `unnamed` (what the weights leave open)."""
     if model is not None:
         if model not in named:
             raise ConvertError(f"--model {model!r} is not a {kind} model; known: {', '.join(sorted(named))}.")
         return dataclasses.replace(named[model], **fields), model
     matches = [name for name, cfg in named.items()
                if all(getattr(cfg, k) == v for k, v in fields.items() if k in _SHAPE_FIELDS)]
-    base = named[matches[0]] if matches else next(iter(named.values()))
-    return dataclasses.replace(base, **fields), matches[0] if matches else None
+    if matches:
+        return dataclasses.replace(named[matches[0]], **fields), matches[0]
+    return dataclasses.replace(next(iter(named.values())), **fields, **unnamed), None
 
 
 # Vision-tower widths whose heads are not 64 wide, in timm and open_clip alike: ViT-H (80-wide heads),
@@ -131,10 +219,8 @@ def vit_config(state: dict, model: str | None):
                   qkv_bias="blocks.0.attn.qkv.bias" in state,
                   class_token=bool(prefix), global_pool="avg" if "fc_norm.weight" in state else "token",
                   num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0)
-    config, name = _pick(VIT_CONFIGS, fields, model, "ViT")
-    if name is None:  # the weights do not fix the head count
-        config = dataclasses.replace(config, num_heads=vision_heads(dim))
-    return "vit", config, name
+    # the weights do not fix the head count: timm's for this width where no named config matches
+    return "vit", *_pick(VIT_CONFIGS, fields, model, "ViT", num_heads=vision_heads(dim))
 
 
 def swin_config(state: dict, model: str | None):
@@ -147,8 +233,7 @@ def swin_config(state: dict, model: str | None):
                   img_size=window * patch * 2 ** (stages - 1),  # the maps the named Swins were trained at
                   mlp_ratio=mlp_ratio_for(dim, state["layers.0.blocks.0.mlp.fc1.weight"].shape[0]),
                   num_classes=state["head.fc.weight"].shape[0] if "head.fc.weight" in state else 0)
-    config, name = _pick(SWIN_CONFIGS, fields, model, "Swin")
-    return "swin", config, name
+    return "swin", *_pick(SWIN_CONFIGS, fields, model, "Swin")
 
 
 def clip_config(state: dict, model: str | None, quick_gelu: bool):
@@ -177,8 +262,6 @@ def clip_config(state: dict, model: str | None, quick_gelu: bool):
                   text_mlp_ratio=mlp_ratio_for(text_width, state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]))
     fields["eot_token_id"] = fields["vocab_size"] - 1  # CLIP's end token is its last id
     named = {k: v for k, v in CLIP_CONFIGS.items() if v.quick_gelu == quick_gelu or model is not None}
-    config, name = _pick(named, fields, model, "CLIP")
-    if name is None:  # open_clip's head widths: the vision tower's by width, the text tower's always 64
-        config = dataclasses.replace(config, vision_heads=vision_heads(vision_width),
-                                     text_heads=max(1, text_width // 64), quick_gelu=quick_gelu)
-    return "clip", config, name
+    # open_clip's head widths where no named config matches: the vision tower's by width, the text tower's 64
+    return "clip", *_pick(named, fields, model, "CLIP", vision_heads=vision_heads(vision_width),
+                          text_heads=max(1, text_width // 64), quick_gelu=quick_gelu)

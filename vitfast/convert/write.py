@@ -1,5 +1,6 @@
 """Output folders written all or nothing: staged under a temporary name beside the destination and
-renamed into place; and the vitfast model a conversion writes, built strictly from the weights."""
+renamed into place; and the vitfast model a conversion writes, built strictly from the weights, with
+its tokenizer.json."""
 
 from __future__ import annotations
 
@@ -13,10 +14,8 @@ from typing import Iterator
 
 import torch
 
-from vitfast.checkpoint import save
-from vitfast.convert.read import ConvertError
+from vitfast.convert.infer import ConvertError
 from vitfast.models import build_config, build_model
-from vitfast.runtime import DTYPES
 from vitfast.tokenizer import ClipTokenizer, clip_bpe_tokenizer, load_tokenizer
 
 
@@ -58,20 +57,7 @@ def build(family: str, config, state: dict[str, torch.Tensor]) -> torch.nn.Modul
     return model
 
 
-def save_converted(family: str, config, state: dict, name: str | None, dst: Path, dtype: str | None,
-                   max_shard_size: int | str, tokenizer, force: bool) -> None:
-    """Build the vitfast model from `state` (strictly), cast it, and write its folder (+ tokenizer.json)."""
-    net = build(family, config, state)
-    if dtype is not None:
-        net = net.to(DTYPES[dtype])
-    net.model_name = name
-    with staged(dst, force) as tmp:
-        save(net, tmp, max_shard_size=max_shard_size)
-        if family == "clip":
-            _write_tokenizer(tmp, config, tokenizer)
-
-
-def _write_tokenizer(folder: Path, config, tokenizer: ClipTokenizer | str | os.PathLike[str] | None) -> None:
+def write_tokenizer(folder: Path, config, tokenizer: ClipTokenizer | str | os.PathLike[str] | None) -> None:
     """tokenizer.json: `tokenizer` (a ClipTokenizer read from the source, or --tokenizer's vitfast
     tokenizer.json), else CLIP's BPE at the model's context."""
     if isinstance(tokenizer, ClipTokenizer):
