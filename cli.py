@@ -317,11 +317,10 @@ def bench_attention(
     """
     from vitfast.bench.attention import plan
 
-    with _bad_flags():
-        sweep = plan(batch=batch_size, heads=heads, head_dim=head_dim, dtype=dtype.value,
-                     seq_lens=_csv_ints(seq_lens, "--seq-lens"), backends=_csv(backends, "--backends"),
-                     modes=_csv(modes, "--modes"), causal=causal, device=device, warmup=warmup, rep=rep)
-    _bench(sweep, quiet, json_path=json_path, plot_path=plot_path)
+    _bench(lambda: plan(batch=batch_size, heads=heads, head_dim=head_dim, dtype=dtype.value,
+                        seq_lens=_csv_ints(seq_lens, "--seq-lens"), backends=_csv(backends, "--backends"),
+                        modes=_csv(modes, "--modes"), causal=causal, device=device, warmup=warmup, rep=rep),
+           quiet, json_path=json_path, plot_path=plot_path)
 
 
 @bench_app.command("window")
@@ -353,11 +352,10 @@ def bench_window(
     """
     from vitfast.bench.window import plan
 
-    with _bad_flags():
-        sweep = plan(batch=batch_size, stages=_csv(stages, "--stages"), window=window, shift=shift,
-                     dtype=dtype.value, backends=_csv(backends, "--backends"), modes=_csv(modes, "--modes"),
-                     device=device, warmup=warmup, rep=rep)
-    _bench(sweep, quiet, json_path=json_path, plot_path=plot_path)
+    _bench(lambda: plan(batch=batch_size, stages=_csv(stages, "--stages"), window=window, shift=shift,
+                        dtype=dtype.value, backends=_csv(backends, "--backends"), modes=_csv(modes, "--modes"),
+                        device=device, warmup=warmup, rep=rep),
+           quiet, json_path=json_path, plot_path=plot_path)
 
 
 @bench_app.command("clip-loss")
@@ -402,22 +400,20 @@ def bench_clip_loss(
     from vitfast.bench.report import max_batch_table
     from vitfast.files import parse_size
 
-    with _bad_flags():
-        limit = None if memory_limit is None else parse_size(memory_limit)
-        sweep = plan(batch_sizes=None if batch_sizes is None else _csv_ints(batch_sizes, "--batch-sizes"), dim=dim,
-                     dtype=dtype.value, backends=_csv(backends, "--backends"), modes=_modes(mode, KERNEL_MODES),
-                     device=device, warmup=warmup, rep=rep, max_batch=max_batch, memory_limit=limit,
-                     max_batch_cap=max_batch_cap)
-
-    def search(err: Console) -> tuple[list[Table], dict]:
+    def search(sweep: KernelSweep, err: Console) -> tuple[list[Table], dict]:
         log = None if quiet else lambda backend, mode, t: err.print(
             f"largest batch, {backend} {mode}: N={t.batch} {t.status}"
             + ("" if t.peak_mem_bytes is None else f" ({t.peak_mem_bytes / 2**20:.4g} MiB)"))
-        results = max_batches(sweep, limit, max_batch_cap, on_try=log)
-        return [max_batch_table(results, sweep.shape, limit)], max_batch_json(results)
+        results = max_batches(sweep, max_batch_cap, on_try=log)
+        return [max_batch_table(results, sweep.shape, sweep.recorded["memory_limit"])], max_batch_json(results)
 
-    _bench(sweep, quiet, json_path=json_path, csv_path=csv_path, plot_path=plot_path,
-           after=search if max_batch else None)
+    # The size is read first, so that a bad --memory-limit is the error named.
+    _bench(lambda: plan(memory_limit=None if memory_limit is None else parse_size(memory_limit),
+                        batch_sizes=None if batch_sizes is None else _csv_ints(batch_sizes, "--batch-sizes"),
+                        dim=dim, dtype=dtype.value, backends=_csv(backends, "--backends"),
+                        modes=_modes(mode, KERNEL_MODES), device=device, warmup=warmup, rep=rep, max_batch=max_batch,
+                        max_batch_cap=max_batch_cap),
+           quiet, json_path=json_path, csv_path=csv_path, plot_path=plot_path, after=search if max_batch else None)
 
 
 @bench_app.command("model")
@@ -451,12 +447,11 @@ def bench_model_command(
     """
     from vitfast.bench.model import plan
 
-    with _bad_flags():
-        sweep = plan(name=model, modes=_modes(mode, MODEL_MODES), backends=_csv(attn_backend, "--attn-backend"),
-                     batch=batch_size, img_size=img_size, amp_dtype=amp_dtype.value,
-                     compare=[] if compare is None else _csv(compare, "--compare"), compile=compile,
-                     retry_smaller=retry, device=device, warmup=warmup, rep=rep)
-    _bench(sweep, quiet, json_path=json_path, plot_path=plot_path)
+    _bench(lambda: plan(name=model, modes=_modes(mode, MODEL_MODES), backends=_csv(attn_backend, "--attn-backend"),
+                        batch=batch_size, img_size=img_size, amp_dtype=amp_dtype.value,
+                        compare=[] if compare is None else _csv(compare, "--compare"), compile=compile,
+                        retry_smaller=retry, device=device, warmup=warmup, rep=rep),
+           quiet, json_path=json_path, plot_path=plot_path)
 
 
 @bench_app.command("all")
@@ -477,22 +472,16 @@ def bench_all_command(
     from vitfast.bench import suite
     from vitfast.bench.harness import device_label, environment_info
     from vitfast.bench.report import summary_table
-    from vitfast.runtime import resolve_device, resolve_dtype
+    from vitfast.runtime import resolve_device
 
     with _bad_flags():
         dev = resolve_device(device)
-        dt = resolve_dtype(dtype.value, dev)
-    err = _stderr()
-    sweeps = suite.plan(dev, quick, dt)
-    env = environment_info(dev)
+        sweeps = suite.plan(dev, quick, dtype.value)
+    err, env = _stderr(), environment_info(dev)
     with _progress(err, quiet) as progress, _write_errors():
         task = progress.add_task("bench all", total=sum(s.cases for s in sweeps))
-
-        def started(sweep) -> None:
-            if not quiet:
-                progress.console.print(f"{sweep.title} ...")
-
-        lines = suite.run_all(output, sweeps, env=env, quick=quick, on_sweep=started,
+        lines = suite.run_all(output, sweeps, env=env, quick=quick,
+                              on_sweep=None if quiet else lambda sweep: progress.console.print(f"{sweep.title} ..."),
                               on_row=lambda sweep, row: progress.update(task, advance=1, description=sweep.name))
     Console(highlight=False).print(summary_table(lines, f"vitfast bench all{' --quick' if quick else ''} · "
                                                        f"{device_label(dev, env)}"))
@@ -501,15 +490,19 @@ def bench_all_command(
     _exit_if_none_ran(line.status for line in lines)
 
 
-def _bench(sweep: KernelSweep | ModelSweep, quiet: bool, *, json_path: Path | None, plot_path: Path | None,
-           csv_path: Path | None = None, after: Callable[[Console], tuple[list[Table], dict]] | None = None) -> None:
-    """Run `sweep` after a log line and under a progress bar (both on stderr, neither with --quiet), print its
-    table, run `after` (more tables, and entries for the JSON), then write each output asked for."""
+def _bench(plan: Callable[[], KernelSweep | ModelSweep], quiet: bool, *, json_path: Path | None,
+           plot_path: Path | None, csv_path: Path | None = None,
+           after: Callable[[KernelSweep, Console], tuple[list[Table], dict]] | None = None) -> None:
+    """Settle the sweep with `plan` (a ValueError is a bad flag), run it after a log line and under a progress bar
+    (both on stderr, neither with --quiet), run `after` (more tables, and entries for the JSON), print the
+    tables, then write each output asked for."""
     from rich.console import Console
 
     from vitfast.bench.harness import device_label, environment_info
-    from vitfast.bench.report import write_csv
+    from vitfast.bench.report import write_csv, write_json
 
+    with _bad_flags():
+        sweep = plan()
     env = environment_info(sweep.device)
     err, where = _stderr(), device_label(sweep.device, env)
     if not quiet:
@@ -517,12 +510,12 @@ def _bench(sweep: KernelSweep | ModelSweep, quiet: bool, *, json_path: Path | No
     with _progress(err, quiet) as progress:
         task = progress.add_task(sweep.label, total=sweep.cases)
         rows = sweep.run(lambda row: progress.update(task, advance=1, description=sweep.describe(row)))
-    tables, extra = after(err) if after is not None else ([], None)
+    tables, extra = after(sweep, err) if after is not None else ([], None)
     out = Console(highlight=False)
     for table in (sweep.table(rows, where), *tables):
         out.print(table)
     outputs = [(path, write) for path, write in [
-        (json_path, lambda path: sweep.write_json(path, rows, env, extra)),
+        (json_path, lambda path: write_json(path, rows, sweep, env, extra)),
         (csv_path, lambda path: write_csv(path, rows)),
         (plot_path, lambda path: sweep.plot(rows, path, sweep.plot_title(where)))] if path is not None]
     with _write_errors():

@@ -26,7 +26,6 @@ SDPA_KERNELS = {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-efficient": SDPB
                 "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa-math": SDPBackend.MATH}
 KNOWN_BACKENDS = BACKENDS + tuple(SDPA_KERNELS)
 DEFAULT_SEQ_LENS = (197, 257, 577, 1025, 2048, 4096)
-BACKWARD_FLOP_RATIO = ATTENTION_BACKWARD_FLOP_RATIO
 
 FIELDS = kernel_fields(
     backend="attention backend: triton, sdpa (torch's scaled_dot_product_attention) or eager",
@@ -45,7 +44,7 @@ class AttentionBenchRow(KernelRow):
 def attention_flops(*, batch: int, heads: int, seq_len: int, head_dim: int, mode: str,
                     causal: bool = False) -> float:
     """Matmul FLOPs of one attention call: 4·B·H·N²·D forward, 3.5× that fwd+bwd, halved if causal."""
-    flops = mode_flops(4.0 * batch * heads * seq_len * seq_len * head_dim, mode, BACKWARD_FLOP_RATIO)
+    flops = mode_flops(4.0 * batch * heads * seq_len * seq_len * head_dim, mode, ATTENTION_BACKWARD_FLOP_RATIO)
     return flops / 2 if causal else flops
 
 
@@ -65,13 +64,9 @@ def make_call(backend: str, mode: str, shape: tuple[int, int, int, int], dtype: 
     return kernel_call(mode, forward, (q, k, v), draw)
 
 
-def validate_attention_sweep(*, batch: int, heads: int, head_dim: int, dtype: torch.dtype,
-                             seq_lens: Sequence[int], backends: Sequence[str], modes: Sequence[str],
-                             warmup: int, rep: int, causal: bool = False, device: torch.device | None = None) -> None:
-    """Raise ValueError naming the first bad argument of :func:`bench_attention` (before any run).
-
-    Takes the same keywords as :func:`bench_attention` (causal and device need no check).
-    """
+def validate_attention_sweep(*, batch: int, heads: int, head_dim: int, dtype: torch.dtype, seq_lens: Sequence[int],
+                             backends: Sequence[str], modes: Sequence[str], warmup: int, rep: int, **_: object) -> None:
+    """Raise ValueError naming the first bad argument of :func:`bench_attention` (before any run)."""
     check_sweep(counts={"batch size": batch, "heads": heads, "head dim": head_dim, "warmup": warmup, "rep": rep},
                 dtype=dtype, sizes=("sequence lengths", seq_lens),
                 choices=(("backend", backends, KNOWN_BACKENDS), ("mode", modes, MODES)))
@@ -81,30 +76,9 @@ def bench_attention(*, batch: int, heads: int, head_dim: int, dtype: torch.dtype
                     rep: int, seq_lens: Sequence[int] = DEFAULT_SEQ_LENS, backends: Sequence[str] = BACKENDS,
                     modes: Sequence[str] = MODES, causal: bool = False,
                     on_row: Callable[[AttentionBenchRow], None] | None = None) -> list[AttentionBenchRow]:
-    """Benchmark attention on (batch, heads, N, head_dim) inputs for every mode × N × backend.
-
-    Args:
-        batch, heads, head_dim: the shape of q, k and v besides the sequence length.
-        dtype: dtype of q, k and v.
-        seq_lens: the sequence lengths N to sweep.
-        backends: any of "triton", "sdpa", "eager", or SDPA pinned to one kernel: "sdpa-flash",
-            "sdpa-efficient", "sdpa-cudnn", "sdpa-math".
-        modes: "fwd" (forward, no autograd graph) and/or "fwd+bwd" (forward and backward).
-        causal: causal masking (FLOPs are halved).
-        device: where to run.
-        warmup: untimed calls before timing, at least 1 (the first compiles and autotunes).
-        rep: timed calls whose median is reported.
-        on_row: called with each row as soon as it is measured (progress display).
-
-    Returns:
-        Rows ordered by mode, then N, then backend. Cases that could not run carry the reason in
-        ``status``: Triton on a CPU is skipped (the interpreter's speed means nothing), running out
-        of memory frees what it can and moves on, and an op's ValueError (e.g. a head dim Triton
-        does not support) becomes the status.
-
-    Raises:
-        ValueError: for non-positive sizes, an empty sweep, or unknown backends or modes.
-    """
+    """Attention on random (batch, heads, N, head_dim) q, k and v of `dtype`, swept over `seq_lens` as
+    :func:`~vitfast.bench.sweep.sweep_kernel` sweeps. `backends` may also pin SDPA to one kernel (any of
+    :data:`SDPA_KERNELS`); `causal` masks, and halves the FLOPs. Raises ValueError for a bad argument."""
     validate_attention_sweep(batch=batch, heads=heads, head_dim=head_dim, dtype=dtype, seq_lens=seq_lens,
                              backends=backends, modes=modes, warmup=warmup, rep=rep)
     return sweep_kernel(

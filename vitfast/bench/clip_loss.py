@@ -28,10 +28,6 @@ from vitfast.runtime import resolve_device, resolve_dtype
 MODES = KERNEL_MODES
 DEFAULT_BACKENDS = tuple(b for b in CLIP_LOSS_BACKENDS if b != AUTO)
 BACKENDS = DEFAULT_BACKENDS + ("open_clip",)
-# On a GPU up to twice the issue's goal point (N=32768); on a CPU sizes a default sweep finishes in
-# about a minute on two cores.
-CUDA_BATCH_SIZES = (4096, 8192, 16384, 32768, 65536)
-CPU_BATCH_SIZES = (256, 1024, 4096)
 DEFAULT_DIM = 512
 # exp(logit_scale) of a trained CLIP (open_clip clamps it there); a fixed value keeps every case alike.
 LOGIT_SCALE = 100.0
@@ -90,11 +86,6 @@ class MaxBatchResult:
     tried: tuple[MaxBatchTry, ...]
 
 
-def default_batch_sizes(device: torch.device) -> tuple[int, ...]:
-    """The batch sizes a sweep on `device` runs when none are given."""
-    return CUDA_BATCH_SIZES if device.type == "cuda" else CPU_BATCH_SIZES
-
-
 def open_clip_available() -> bool:
     """Whether the "open_clip" backend can run (the open_clip package is importable)."""
     return importlib.util.find_spec("open_clip") is not None
@@ -115,7 +106,7 @@ def clip_loss_flops(*, batch: int, dim: int, mode: str) -> float:
 
 
 def validate_clip_sweep(*, batch_sizes: Sequence[int], dim: int, dtype: torch.dtype, backends: Sequence[str],
-                        modes: Sequence[str], warmup: int, rep: int, device: torch.device | None = None) -> None:
+                        modes: Sequence[str], warmup: int, rep: int, **_: object) -> None:
     """Raise ValueError naming the first bad argument of :func:`bench_clip_loss` (before any run)."""
     check_sweep(counts={"embedding dim": dim, "warmup": warmup, "rep": rep}, dtype=dtype,
                 sizes=("batch sizes", batch_sizes),
@@ -126,21 +117,9 @@ def validate_clip_sweep(*, batch_sizes: Sequence[int], dim: int, dtype: torch.dt
 def bench_clip_loss(*, dtype: torch.dtype, batch_sizes: Sequence[int], device: torch.device, warmup: int, rep: int,
                     dim: int = DEFAULT_DIM, backends: Sequence[str] = DEFAULT_BACKENDS, modes: Sequence[str] = MODES,
                     on_row: Callable[[ClipBenchRow], None] | None = None) -> list[ClipBenchRow]:
-    """Benchmark the CLIP loss on random L2-normalized (N, dim) embeddings for every mode × N × backend.
-
-    Args:
-        dtype: dtype of the embeddings (the logit scale is a float32 scalar, as a model parameter).
-        batch_sizes: the batch sizes N to sweep (:func:`default_batch_sizes` suits the device).
-        dim: embedding dim D (Triton needs a multiple of 16).
-        backends: any of "triton", "chunked", "eager", "open_clip" (needs the open_clip package).
-        modes: "fwd" (the loss, no autograd graph) and/or "fwd+bwd" (gradients of the embeddings and
-            the scale).
-        device, warmup, rep, on_row: as for :func:`vitfast.bench.attention.bench_attention`.
-
-    Returns:
-        Rows ordered by mode, then N, then backend; Triton on a CPU is a skipped row, as in
-        :func:`vitfast.bench.attention.bench_attention`.
-    """
+    """The CLIP loss on random L2-normalized (N, dim) embeddings of `dtype` (Triton: `dim` a multiple of 16) and
+    a float32 logit scale, as a model's parameter, swept over `batch_sizes` as
+    :func:`~vitfast.bench.sweep.sweep_kernel` sweeps. Raises ValueError for a bad argument."""
     validate_clip_sweep(batch_sizes=batch_sizes, dim=dim, dtype=dtype, backends=backends, modes=modes,
                         warmup=warmup, rep=rep)
     return sweep_kernel(
@@ -166,26 +145,13 @@ def max_batch(backend: str, mode: str, dim: int, dtype: torch.dtype, device: tor
               on_try: Callable[[MaxBatchTry], None] | None = None) -> MaxBatchResult:
     """The largest batch size whose loss call fits in memory, by doubling from `start`, then bisecting.
 
-    A batch fits when its call runs without running out of memory and, if `memory_limit` is given,
-    its footprint (:func:`measure_footprint`) is at most `memory_limit` bytes. On a CPU the limit is
-    required, so the search never exhausts the machine's RAM. Doubling stops at the first N that
-    does not fit, or at `cap`; bisection then narrows the gap between the largest N that fits and the
-    smallest that does not to under 5% of N, trying round numbers (multiples of a power of two of at
-    most 2.5% of N). One untimed call per N tried.
-
-    Args:
-        backend: "triton", "chunked", "eager" or "open_clip".
-        mode: "fwd" or "fwd+bwd".
-        dim, dtype, device: the embeddings' dim, dtype and device.
-        memory_limit: bytes a call may use in all; None: until the GPU runs out of memory.
-        start: the first N tried (lowered to `cap` if above it). cap: the largest N tried.
-        on_try: called with each N tried as soon as it ran (progress display).
-
-    Returns:
-        The largest N that fit and its footprint; Triton on a CPU is skipped, as in the sweep.
-
-    Raises:
-        ValueError: for a bad argument (see :func:`validate_max_batch`), or a CPU device without `memory_limit`.
+    A batch fits when its call runs without running out of memory and, if `memory_limit` (bytes) is given, its
+    footprint (:func:`measure_footprint`) is at most that; on a CPU the limit is required, so the search never
+    exhausts the machine's RAM. Doubling stops at the first N that does not fit, or at `cap` (the largest N
+    tried; `start` is lowered to it); bisection then narrows the gap between the largest N that fits and the
+    smallest that does not to under 5% of N, trying round numbers (multiples of a power of two of at most 2.5%
+    of N). One untimed call per N tried, each shown to `on_try` as soon as it ran. Triton on a CPU is skipped,
+    as in the sweep; a bad argument (:func:`validate_max_batch`) raises ValueError.
     """
     validate_max_batch(backends=[backend], modes=[mode], dim=dim, dtype=dtype, device=device,
                        memory_limit=memory_limit, cap=cap, start=start)
@@ -193,8 +159,8 @@ def max_batch(backend: str, mode: str, dim: int, dtype: torch.dtype, device: tor
     if backend == "triton" and device.type != "cuda":
         return MaxBatchResult(backend, mode, None, None, memory_limit, TRITON_NEEDS_CUDA, ())
     tried: list[MaxBatchTry] = []
-
-    def attempt(n: int) -> str:
+    fits, fails, n = 0, None, start  # the largest N that fit, the smallest that did not, the next to try
+    while True:
         peak, status = run_guarded(
             lambda: measure_footprint(backend, mode, batch=n, dim=dim, dtype=dtype, device=device), device)
         if status == "ok" and memory_limit is not None and peak > memory_limit:
@@ -202,11 +168,6 @@ def max_batch(backend: str, mode: str, dim: int, dtype: torch.dtype, device: tor
         tried.append(MaxBatchTry(n, peak, status))
         if on_try is not None:
             on_try(tried[-1])
-        return status
-
-    fits, fails, n = 0, None, start  # the largest N that fit, the smallest that did not, the next to try
-    while True:
-        status = attempt(n)
         if status == "ok":
             fits = n
         elif status in (OVER_LIMIT, OUT_OF_MEMORY):
@@ -298,9 +259,10 @@ def plan(*, batch_sizes: Sequence[int] | None = None, dim: int = DEFAULT_DIM, dt
     values the device's defaults; with `max_batch`, the search's arguments (:func:`max_batches`) are checked
     too, before anything runs. Raises ValueError naming the first bad argument."""
     dev = resolve_device(device)
-    params = dict(batch_sizes=default_batch_sizes(dev) if batch_sizes is None else list(batch_sizes), dim=dim,
+    defaults = defaults_for(dev)
+    params = dict(batch_sizes=defaults.clip_batch_sizes if batch_sizes is None else list(batch_sizes), dim=dim,
                   dtype=resolve_dtype(dtype, dev), backends=list(backends), modes=list(modes),
-                  **defaults_for(dev).timing(warmup, rep), device=dev)
+                  **defaults.timing(warmup, rep), device=dev)
     validate_clip_sweep(**params)
     if max_batch:
         validate_max_batch(backends=params["backends"], modes=params["modes"], dim=dim, dtype=params["dtype"],
@@ -309,12 +271,12 @@ def plan(*, batch_sizes: Sequence[int] | None = None, dim: int = DEFAULT_DIM, dt
                       recorded={"memory_limit": memory_limit})
 
 
-def max_batches(sweep: KernelSweep, memory_limit: int | None, cap: int = MAX_BATCH_CAP,
+def max_batches(sweep: KernelSweep, cap: int = MAX_BATCH_CAP,
                 on_try: Callable[[str, str, MaxBatchTry], None] | None = None) -> list[MaxBatchResult]:
-    """:func:`max_batch` for every mode × backend of `sweep` (from :func:`plan`), doubling from its smallest
-    N; ``on_try(backend, mode, tried)`` sees each N as soon as it ran."""
-    p = sweep.params
-    return [max_batch(backend, mode, p["dim"], p["dtype"], p["device"], memory_limit, start=min(p["batch_sizes"]),
+    """:func:`max_batch` for every mode × backend of `sweep` (from :func:`plan`), within its memory limit and
+    doubling from its smallest N; ``on_try(backend, mode, tried)`` sees each N as soon as it ran."""
+    p, limit = sweep.params, sweep.recorded["memory_limit"]
+    return [max_batch(backend, mode, p["dim"], p["dtype"], p["device"], limit, start=min(p["batch_sizes"]),
                       cap=cap, on_try=None if on_try is None else functools.partial(on_try, backend, mode))
             for mode in p["modes"] for backend in p["backends"]]
 

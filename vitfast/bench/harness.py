@@ -26,7 +26,6 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from vitfast import __version__
-from vitfast.runtime import default_device
 
 # Larger than any current GPU's L2 (H100: 50 MiB), as in triton.testing.do_bench.
 L2_FLUSH_BYTES = 256 * 1024 * 1024
@@ -41,39 +40,28 @@ T = TypeVar("T")
 class DeviceDefaults:
     """The values of the CLI's unset flags on one kind of device."""
 
-    batch: int
+    batch: int  # attention and window attention
     warmup: int
     rep: int
+    clip_batch_sizes: tuple[int, ...]
+    model_batch: int
 
     def timing(self, warmup: int | None, rep: int | None) -> dict[str, int]:
         """``warmup`` and ``rep``, each this device's default where None."""
         return dict(warmup=self.warmup if warmup is None else warmup, rep=self.rep if rep is None else rep)
 
 
-# On a GPU: the ViT-B/16 training shape (B=64, H=12, D=64). On a CPU: one image and 3 reps (a call at
-# N=4096 takes seconds), so the default sweep ends in about a minute on two cores.
-CUDA_DEFAULTS = DeviceDefaults(batch=64, warmup=10, rep=100)
-CPU_DEFAULTS = DeviceDefaults(batch=1, warmup=1, rep=3)
+# On a GPU: the ViT-B/16 training shape (B=64, H=12, D=64), CLIP batches up to twice the issue's goal point
+# (N=32768) and timm's benchmark batch (256). On a CPU: one image and 3 reps (an attention call at N=4096
+# takes seconds), so each default sweep ends in about a minute on two cores.
+CUDA_DEFAULTS = DeviceDefaults(batch=64, warmup=10, rep=100, clip_batch_sizes=(4096, 8192, 16384, 32768, 65536),
+                               model_batch=256)
+CPU_DEFAULTS = DeviceDefaults(batch=1, warmup=1, rep=3, clip_batch_sizes=(256, 1024, 4096), model_batch=8)
 
 
 def defaults_for(device: torch.device) -> DeviceDefaults:
-    """Defaults for batch size, warm-up and reps on `device` (CUDA or CPU)."""
+    """Defaults for batch sizes, warm-up and reps on `device` (CUDA or CPU)."""
     return CUDA_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
-
-
-def measure_case(make_call: Callable[[], Callable[[], None]], backend: str, device: torch.device, warmup: int,
-                 rep: int) -> tuple[float | None, int | None, str]:
-    """(median ms, peak bytes, "ok") of the call `make_call` builds, or (None, None, why it did not run).
-
-    Triton on a CPU is skipped; otherwise failures are handled as in :func:`run_guarded`.
-    """
-    if backend == "triton" and device.type != "cuda":
-        # Under TRITON_INTERPRET=1 the kernels would run on CPU, through numpy: correct but so slow
-        # that its timings say nothing about the kernels.
-        return None, None, TRITON_NEEDS_CUDA
-    # make_call runs inside the guard, so the case's tensors die with its frame if anything raises.
-    measured, status = run_guarded(lambda: time_and_peak(make_call(), device, warmup, rep), device)
-    return (None, None, status) if measured is None else (*measured, status)
 
 
 def run_guarded(fn: Callable[[], T], device: torch.device) -> tuple[T | None, str]:
@@ -89,7 +77,10 @@ def run_guarded(fn: Callable[[], T], device: torch.device) -> tuple[T | None, st
     except ValueError as exc:
         status = str(exc)
     except Exception as exc:  # noqa: BLE001 - any failure of one case becomes its row, not a crash
-        status = OUT_OF_MEMORY if _is_cpu_oom(exc) else f"error: {type(exc).__name__}: {_first_line(exc)}"
+        text = str(exc)
+        # The CPU allocator raises a plain RuntimeError ("DefaultCPUAllocator: can't allocate memory").
+        cpu_oom = isinstance(exc, RuntimeError) and "allocate" in text.lower() and "memory" in text.lower()
+        status = OUT_OF_MEMORY if cpu_oom else f"error: {type(exc).__name__}: {(text.strip().splitlines() or [''])[0]}"
     else:
         return result, "ok"
     # Outside the except block, so the traceback no longer pins the failed case's tensors.
@@ -196,20 +187,8 @@ def _filter_native_stderr() -> Iterator[None]:
                     sys.stderr.write(line)
 
 
-def _is_cpu_oom(exc: BaseException) -> bool:
-    # The CPU allocator raises a plain RuntimeError ("DefaultCPUAllocator: can't allocate memory").
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and "allocate" in text and "memory" in text
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else ""
-
-
-def environment_info(device: torch.device | None = None) -> dict[str, object]:
+def environment_info(device: torch.device) -> dict[str, object]:
     """Device name, torch / Triton / CUDA / Python versions and the date (UTC), for recorded results."""
-    device = device if device is not None else default_device()
     info: dict[str, object] = {"device": str(device)}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

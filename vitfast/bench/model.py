@@ -62,7 +62,7 @@ FIELDS = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelBenchRow(StatusRow):
     """One measured (model, implementation, backend, mode). Numbers are None when it did not run."""
 
@@ -74,13 +74,13 @@ class ModelBenchRow(StatusRow):
     requested_batch: int
     img_size: int
     amp_dtype: str
-    samples_per_s: float | None
-    step_ms: float | None
-    peak_mem_bytes: int | None
-    state_bytes: int | None
-    params: int | None
+    samples_per_s: float | None = None
+    step_ms: float | None = None
+    peak_mem_bytes: int | None = None
+    state_bytes: int | None = None
+    params: int | None = None
     gflops: float
-    tflops: float | None
+    tflops: float | None = None
     status: str
 
     @property
@@ -91,20 +91,18 @@ class ModelBenchRow(StatusRow):
 # FLOPs from the config
 
 
-def _block_macs(tokens: int, dim: int, hidden: int, attn_tokens: int | None = None) -> int:
+def _block_macs(tokens: int, dim: int, hidden: int, attention: int | None = None) -> int:
     """Multiply-adds of one pre-norm transformer block over `tokens` tokens of width `dim`: qkv, the two
-    attention products (each query against `attn_tokens` keys), the output projection and the MLP."""
-    keys = tokens if attn_tokens is None else attn_tokens
-    return tokens * dim * 3 * dim + 2 * tokens * keys * dim + tokens * dim * dim + 2 * tokens * dim * hidden
+    attention products (`attention`; by default each query against every token), the output projection and the MLP."""
+    attention = 2 * tokens * tokens * dim if attention is None else attention
+    return tokens * dim * 3 * dim + attention + tokens * dim * dim + 2 * tokens * dim * hidden
 
 
 def _vit_macs(cfg, img_size: int) -> int:
     grid = (img_size // cfg.patch_size) ** 2
-    tokens = grid + int(cfg.class_token)
-    hidden = int(cfg.embed_dim * cfg.mlp_ratio)
-    patch = grid * cfg.embed_dim * cfg.in_chans * cfg.patch_size**2
-    head = cfg.embed_dim * cfg.num_classes
-    return patch + cfg.depth * _block_macs(tokens, cfg.embed_dim, hidden) + head
+    return (grid * cfg.embed_dim * cfg.in_chans * cfg.patch_size**2  # patch embedding
+            + cfg.depth * _block_macs(grid + int(cfg.class_token), cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio))
+            + cfg.embed_dim * cfg.num_classes)  # head
 
 
 def _swin_macs(cfg, img_size: int) -> int:
@@ -118,8 +116,7 @@ def _swin_macs(cfg, img_size: int) -> int:
         for j in range(depth):
             (wh, ww), _ = effective_window(res, res, cfg.window_size, cfg.window_size // 2 if j % 2 else 0)
             padded = -(-res // wh) * wh * -(-res // ww) * ww  # windows cover the map padded to whole windows
-            macs += tokens * dim * 3 * dim + 2 * padded * wh * ww * dim + tokens * dim * dim
-            macs += 2 * tokens * dim * hidden
+            macs += _block_macs(tokens, dim, hidden, attention=2 * padded * wh * ww * dim)
     return macs + cfg.embed_dim * 2 ** (len(cfg.depths) - 1) * cfg.num_classes
 
 
@@ -164,7 +161,7 @@ def model_config(name: str, img_size: int | None = None, backend: str | None = N
 
 
 def validate_model_bench(*, name: str, modes: Sequence[str], backends: Sequence[str], compare: Sequence[str],
-                         batch: int, img_size: int | None, amp_dtype: str) -> None:
+                         batch: int, img_size: int | None, amp_dtype: str, **_: object) -> None:
     """Raise ValueError naming the first bad argument, before anything is built or timed."""
     model_config(name, img_size)  # unknown names and impossible sizes
     for mode in modes:
@@ -189,44 +186,42 @@ def bench_model(*, name: str, modes: Sequence[str], backends: Sequence[str], bat
     """One row per (mode, vitfast backend), then per (mode, peer library) in `compare`."""
     validate_model_bench(name=name, modes=modes, backends=backends, compare=compare, batch=batch,
                          img_size=img_size, amp_dtype=amp_dtype)
+
+    def run_case(mode: str, name: str, impl_backend: tuple[str, str]) -> ModelBenchRow:
+        impl, backend = impl_backend
+        family, config = model_config(name, img_size, backend if impl == "vitfast" else None)
+        size = image_size(family, config)
+        flops = count_flops(family, config, size, mode)
+        base = dict(model=name, impl=impl, backend=backend, mode=mode, requested_batch=batch, img_size=size,
+                    amp_dtype=amp_dtype, gflops=flops / 1e9)
+
+        def not_run(status: str, batch: int) -> ModelBenchRow:
+            params = _param_count(name, img_size) if impl == "vitfast" else None
+            return ModelBenchRow(batch=batch, status=status, params=params, **base)
+
+        if impl == "vitfast" and backend == "triton" and device.type != "cuda":
+            return not_run(TRITON_NEEDS_CUDA, batch)
+        if impl != "vitfast" and PEERS[family] != impl:
+            return not_run(f"skipped: {impl} has no {family} model; compare a {family} with {PEERS[family]}", batch)
+        tried = batch
+        while True:
+            measured, status = run_guarded(
+                lambda: _measure_step(family, config, impl, mode, tried, device, amp_dtype, compile, warmup, rep),
+                device)
+            if status != OUT_OF_MEMORY or not retry_smaller or tried == 1:
+                break
+            tried //= 2
+        if measured is None:
+            if impl != "vitfast" and status.startswith(("error: ImportError", "error: ModuleNotFoundError")):
+                status = f"skipped: {impl} is not installed"
+            return not_run(status, tried)
+        step_ms, peak, state, params = measured
+        return ModelBenchRow(batch=tried, samples_per_s=tried / (step_ms * 1e-3), step_ms=step_ms,
+                             peak_mem_bytes=peak, state_bytes=state, params=params,
+                             tflops=flops * tried / (step_ms * 1e-3) / 1e12, status="ok", **base)
+
     impls = [("vitfast", b) for b in backends] + [(peer, peer) for peer in compare]
-    return run_grid(modes, [name], impls, lambda mode, name, impl: _bench_one(
-        name, *impl, mode, batch, device, img_size, amp_dtype, compile, warmup, rep, retry_smaller), on_row)
-
-
-def _bench_one(name: str, impl: str, backend: str, mode: str, batch: int, device: torch.device,
-               img_size: int | None, amp_dtype: str, compile: bool, warmup: int, rep: int,
-               retry_smaller: bool) -> ModelBenchRow:
-    family, config = model_config(name, img_size, backend if impl == "vitfast" else None)
-    size = image_size(family, config)
-    flops = count_flops(family, config, size, mode)
-    base = dict(model=name, impl=impl, backend=backend, mode=mode, requested_batch=batch, img_size=size,
-                amp_dtype=amp_dtype, gflops=flops / 1e9)
-
-    def not_run(status: str, batch: int) -> ModelBenchRow:
-        return ModelBenchRow(batch=batch, status=status, samples_per_s=None, step_ms=None, peak_mem_bytes=None,
-                             state_bytes=None, tflops=None,
-                             params=_param_count(name, img_size) if impl == "vitfast" else None, **base)
-
-    if impl == "vitfast" and backend == "triton" and device.type != "cuda":
-        return not_run(TRITON_NEEDS_CUDA, batch)
-    if impl != "vitfast" and PEERS[family] != impl:
-        return not_run(f"skipped: {impl} has no {family} model; compare a {family} with {PEERS[family]}", batch)
-    while True:
-        measured, status = run_guarded(
-            lambda: _measure_step(family, config, impl, mode, batch, device, amp_dtype, compile, warmup, rep),
-            device)
-        if status != OUT_OF_MEMORY or not retry_smaller or batch == 1:
-            break
-        batch //= 2
-    if measured is None:
-        if impl != "vitfast" and status.startswith(("error: ImportError", "error: ModuleNotFoundError")):
-            status = f"skipped: {impl} is not installed"
-        return not_run(status, batch)
-    step_ms, peak, state, params = measured
-    return ModelBenchRow(batch=batch, samples_per_s=batch / (step_ms * 1e-3), step_ms=step_ms, peak_mem_bytes=peak,
-                         state_bytes=state, params=params, tflops=flops * batch / (step_ms * 1e-3) / 1e12,
-                         status="ok", **base)
+    return run_grid(modes, [name], impls, run_case, on_row)
 
 
 @functools.lru_cache(maxsize=8)
@@ -276,14 +271,10 @@ def make_step(family: str, config, model: nn.Module, mode: str, batch: int, devi
         open_clip_loss = ClipLoss()
 
     def loss_of(out) -> torch.Tensor:
-        if family == "clip":
-            image, txt, scale = (t.float() for t in out[:3])
-            if not ours:
-                return open_clip_loss(image, txt, scale)
-            return clip_loss(image, txt, scale)  # auto: Triton where it can run, else the chunked path
-        if config.num_classes == 0:
-            return out.float().pow(2).mean()
-        return F.cross_entropy(out.float(), labels)
+        if family != "clip":
+            return F.cross_entropy(out.float(), labels) if config.num_classes else out.float().pow(2).mean()
+        # vitfast's loss on auto: Triton where it can run, else the chunked path
+        return (clip_loss if ours else open_clip_loss)(*(t.float() for t in out[:3]))
 
     if mode == "infer":
         model.eval()
@@ -309,26 +300,15 @@ def make_step(family: str, config, model: nn.Module, mode: str, batch: int, devi
     return train
 
 
-def baseline_of(rows: Sequence[ModelBenchRow]) -> str:
-    """What speedups are read against: the first peer library that ran, else vitfast's sdpa backend."""
-    return next((r.label for r in rows if r.impl != "vitfast" and r.ok), "sdpa")
-
-
 def speedups(rows: Sequence[ModelBenchRow], baseline: str) -> list[float | None]:
     """Each row's samples/s over the `baseline` label's (a backend, or a peer library) in the same mode."""
     base = {r.mode: r.samples_per_s for r in rows if r.label == baseline and r.ok}
     return [r.samples_per_s / base[r.mode] if r.ok and base.get(r.mode) else None for r in rows]
 
 
-def default_batch(device: torch.device) -> int:
-    """timm's benchmark default on a GPU (256), a CPU-sized one (8) otherwise."""
-    return 256 if device.type == "cuda" else 8
-
-
-
 @dataclass(frozen=True)
 class ModelSweep(Sweep):
-    """A sweep of model rows; speedups are read against the implementation :func:`baseline_of` picks."""
+    """A sweep of model rows; speedups are read against the peer library where it ran, else vitfast's sdpa."""
 
     unit: str = "steps"
 
@@ -337,7 +317,7 @@ class ModelSweep(Sweep):
         return f"{row.label} {row.mode}"
 
     def table(self, rows: Sequence[ModelBenchRow], where: str) -> report.Table:
-        baseline = baseline_of(rows)
+        baseline = self.baseline(rows)
         per_mode = ", ".join(f"{r.gflops:.3g} {r.mode}" for r in rows if r.label == rows[0].label)
         title = f"{self.shape} · {rows[0].params / 1e6:.3g}M params · GFLOPs/sample {per_mode} · {where}"
         return report.model_table(rows, speedups(rows, baseline), title, baseline)
@@ -350,10 +330,9 @@ class ModelSweep(Sweep):
 
     def summary(self, rows: Sequence[ModelBenchRow]) -> list[report.SummaryLine]:
         """Every row, with its speedup over the baseline."""
-        baseline = baseline_of(rows)
-        return [report.SummaryLine(self.name, f"B={r.batch}", r.mode, r.label, r.step_ms,
-                                   None if r.peak_mem_bytes is None else r.peak_mem_bytes / 2**20, s, baseline,
-                                   r.status)
+        baseline = self.baseline(rows)
+        return [report.SummaryLine(self.name, f"B={r.batch}", r.mode, r.label, r.step_ms, report.mib(r.peak_mem_bytes),
+                                   s, baseline, r.status)
                 for r, s in zip(rows, speedups(rows, baseline))]
 
 
@@ -364,7 +343,8 @@ def model_sweep(params: dict[str, object], **labels: object) -> ModelSweep:
     shape += " compiled" if params.get("compile") else ""
     cases = len(params["modes"]) * (len(params["backends"]) + len(params["compare"]))
     return ModelSweep(name=f"model_{params['name']}", label="model", bench=bench_model, params=params,
-                      benchmark="model", fields=FIELDS, cases=cases, shape=shape, **labels)
+                      benchmark="model", fields=FIELDS, cases=cases, shape=shape,
+                      baselines=(*params["compare"], "sdpa"), **labels)
 
 
 def plan(*, name: str, modes: Sequence[str] = MODES, backends: Sequence[str] = BACKENDS, batch: int | None = None,
@@ -374,9 +354,10 @@ def plan(*, name: str, modes: Sequence[str] = MODES, backends: Sequence[str] = B
     """`vitfast bench model`: the sweep its flags ask for, with device and dtype names resolved and unset
     values the device's defaults. Raises ValueError naming the first bad argument."""
     dev = resolve_device(device)
+    defaults = defaults_for(dev)
     params = dict(name=name, modes=list(modes), backends=list(backends),
-                  batch=default_batch(dev) if batch is None else batch, img_size=img_size,
-                  amp_dtype=default_dtype_name(dev) if amp_dtype == AUTO else amp_dtype, compare=list(compare))
+                  batch=defaults.model_batch if batch is None else batch, img_size=img_size,
+                  amp_dtype=default_dtype_name(dev) if amp_dtype == AUTO else amp_dtype, compare=list(compare),
+                  compile=compile, **defaults.timing(warmup, rep), retry_smaller=retry_smaller, device=dev)
     validate_model_bench(**params)
-    params.update(compile=compile, **defaults_for(dev).timing(warmup, rep), retry_smaller=retry_smaller, device=dev)
     return model_sweep(params)

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-import torch
 from rich import box
 from rich.markup import escape
 from rich.table import Table
@@ -40,24 +38,23 @@ class SummaryLine:
 # Files
 
 
-def write_json(path: str | os.PathLike[str], rows: Sequence, *, parameters: Mapping[str, object],
-               environment: Mapping[str, object], benchmark: str, fields: Mapping[str, str],
+def write_json(path: str | os.PathLike[str], rows: Sequence, sweep, environment: Mapping[str, object],
                extra: Mapping[str, object] | None = None) -> None:
-    """Write the rows with the sweep's parameters, the environment and what each field means.
-
-    `extra` adds top-level entries after the rows (e.g. another search's results, as dicts).
-    """
+    """Write the rows of `sweep` (a :class:`vitfast.bench.sweep.Sweep`) with its parameters and what it records
+    after them, the environment and what each field means; `extra` adds top-level entries after the rows (e.g.
+    another search's results, as dicts)."""
     doc = {
-        "benchmark": benchmark,
+        "benchmark": sweep.benchmark,
         "environment": dict(environment),
-        "parameters": {k: _jsonable(v) for k, v in parameters.items()},
-        "fields": dict(fields),
+        "parameters": {**sweep.params, **sweep.recorded},
+        "fields": dict(sweep.fields),
         "rows": [r.as_dict() for r in rows],
         **(extra or {}),
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    # What JSON cannot hold as it is, among the parameters: a dtype by its name ("bfloat16"), a device as "cuda:0".
+    path.write_text(json.dumps(doc, indent=2, default=lambda value: str(value).removeprefix("torch.")) + "\n")
 
 
 def write_csv(path: str | os.PathLike[str], rows: Sequence) -> None:
@@ -73,9 +70,6 @@ def write_csv(path: str | os.PathLike[str], rows: Sequence) -> None:
 
 def write_summary(lines: Sequence[SummaryLine], output: Path, env: Mapping[str, object], quick: bool) -> None:
     """summary.md (a markdown table, with the environment) and summary.json (the same lines)."""
-    def num(value: float | None, fmt: str) -> str:
-        return "" if value is None else format(value, fmt)
-
     head = (f"# vitfast bench all{' --quick' if quick else ''}\n\n"
             f"{env['device_name']} · torch {env['torch']} · triton {env['triton']} · {env['date']}\n\n"
             "Kernels: every backend at the largest case of each sweep; models: every implementation. "
@@ -83,34 +77,19 @@ def write_summary(lines: Sequence[SummaryLine], output: Path, env: Mapping[str, 
             "or above weights and optimizer state (models). Full rows: the JSON beside this file.\n\n"
             "| sweep | case | mode | backend | time ms | peak MiB | speedup | status |\n"
             "|---|---|---|---|---:|---:|---:|---|\n")
-    body = "".join(f"| {x.sweep} | {x.case} | {x.mode} | {x.backend} | {num(x.time_ms, '.4g')} | "
-                   f"{num(x.peak_mib, '.4g')} | {num(x.speedup, '.2f') + ('× vs ' + x.baseline if x.speedup else '')}"
+    body = "".join(f"| {x.sweep} | {x.case} | {x.mode} | {x.backend} | {_num(x.time_ms, '.4g')} | "
+                   f"{_num(x.peak_mib, '.4g')} | {_num(x.speedup, '.2f') + ('× vs ' + x.baseline if x.speedup else '')}"
                    f" | {x.status} |\n" for x in lines)
     (output / "summary.md").write_text(head + body)
     (output / "summary.json").write_text(json.dumps({"environment": dict(env), "quick": quick,
                                                      "lines": [asdict(x) for x in lines]}, indent=2) + "\n")
 
 
-def _jsonable(value: object) -> object:
-    if isinstance(value, torch.dtype):
-        return str(value).removeprefix("torch.")
-    if isinstance(value, torch.device):
-        return str(value)
-    if isinstance(value, (tuple, list)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def speedup_over(rows: Sequence, baseline: str = "sdpa") -> list[float | None]:
     """For each row, the baseline backend's time divided by its time in the same mode and case (>1: faster)."""
     base = {(r.mode, r.case): r.time_ms for r in rows if r.backend == baseline and r.ok}
-    out: list[float | None] = []
-    for r in rows:
-        ref = base.get((r.mode, r.case))
-        out.append(ref / r.time_ms if r.ok and ref and r.time_ms else None)
-    return out
+    return [base[r.mode, r.case] / r.time_ms if r.ok and base.get((r.mode, r.case)) and r.time_ms else None
+            for r in rows]
 
 
 # Plots
@@ -207,41 +186,15 @@ def _failure_notes(rows: Sequence) -> list[str]:
     for r in rows:
         if not r.ok:
             groups.setdefault((r.backend, r.status), []).append(r)
-    total = {b: sum(r.backend == b for r in rows) for b in dict.fromkeys(r.backend for r in rows)}
     notes = []
     for (backend, status), failed in groups.items():
-        if len(failed) == total[backend]:
-            where = "all cases"
-        else:
-            where = ", ".join(f"{r.mode} {r.case_name}" for r in failed)
+        everywhere = len(failed) == sum(r.backend == backend for r in rows)
+        where = "all cases" if everywhere else ", ".join(f"{r.mode} {r.case_name}" for r in failed)
         notes.append(f"{backend} ({where}): {status}")
     return notes
 
 
 # Tables (rich), as the commands print them
-
-
-def results_table(title: str) -> Table:
-    """The compact, left-titled table every bench command prints."""
-    return Table(title=title, title_justify="left", caption_justify="left", box=box.SIMPLE_HEAD,
-                 collapse_padding=True, pad_edge=False)
-
-
-def status_cell(status: str, notes: dict[str, int]) -> str:
-    """A row's status for a table: short ones in place, long ones as a numbered note (added to `notes`)."""
-    if status == "ok":
-        return "[green]ok[/green]"
-    if len(status) <= 16:
-        return f"[yellow]{escape(status)}[/yellow]"
-    note = notes.setdefault(status, len(notes) + 1)
-    head = status.split(":")[0]
-    return f"[yellow]{head if head.isalpha() else 'not run'} [{note}][/yellow]"  # "skipped", "error", else generic
-
-
-def add_notes(table: Table, notes: dict[str, int]) -> None:
-    """Put the numbered long statuses that :func:`status_cell` collected under `table`."""
-    if notes:
-        table.caption = "\n".join(f"[{n}] {escape(text)}" for text, n in notes.items())
 
 
 def kernel_table(rows: Sequence, speedups: Sequence[float | None], title: str, case_header: str,
@@ -250,7 +203,7 @@ def kernel_table(rows: Sequence, speedups: Sequence[float | None], title: str, c
     columns = ("mode", case_header, "backend", "time ms", "TFLOP/s", "peak MiB", f"vs {baseline}", "status")
     return _table(title, columns, ("mode", "stage", "backend", "status"), (
         (r.mode, r.mode, str(r.case), r.backend, _num(r.time_ms, ".4g"), _num(r.tflops, ".3g"),
-         _mib(r.peak_mem_bytes), _times(s), r.status) for r, s in zip(rows, speedups)))
+         _num(mib(r.peak_mem_bytes), ".4g"), _times(s), r.status) for r, s in zip(rows, speedups)))
 
 
 def model_table(rows: Sequence, speedups: Sequence[float | None], title: str, baseline: str) -> Table:
@@ -258,7 +211,7 @@ def model_table(rows: Sequence, speedups: Sequence[float | None], title: str, ba
     columns = ("mode", "impl", "batch", "samples/s", "step ms", "peak MiB", f"vs {baseline}", "status")
     return _table(title, columns, ("mode", "impl", "status"), (
         (r.mode, r.mode, r.label, f"{r.batch}" + ("" if r.batch == r.requested_batch else f" (of {r.requested_batch})"),
-         _num(r.samples_per_s, ".4g"), _num(r.step_ms, ".4g"), _mib(r.peak_mem_bytes), _times(s), r.status)
+         _num(r.samples_per_s, ".4g"), _num(r.step_ms, ".4g"), _num(mib(r.peak_mem_bytes), ".4g"), _times(s), r.status)
         for r, s in zip(rows, speedups)))
 
 
@@ -276,43 +229,54 @@ def summary_table(lines: Sequence[SummaryLine], title: str) -> Table:
 
 
 def _table(title: str, columns: Sequence[str], left: Sequence[str], lines: Iterable[Sequence[str]],
-           style: Callable[[str], dict] = lambda name: {"no_wrap": True}) -> Table:
-    """A results table of `columns` (right-aligned but those in `left`, each with its `style`). Each line is
-    (section, cells..., status): a rule goes where the section changes, and the status is a :func:`status_cell`."""
-    # Long reasons go under the table as numbered notes, so rows stay one line on an 80-column terminal.
-    notes: dict[str, int] = {}
-    table = results_table(title)
+           style: Callable[[str], dict] = lambda name: {"no_wrap": True}, notes: bool = True) -> Table:
+    """The compact, left-titled table every bench command prints: `columns` right-aligned but those in `left`,
+    each with its `style`. Each line is (section, cells..., status): a rule goes where the section changes;
+    with `notes`, long statuses become numbered notes under the table (:func:`_status`)."""
+    table = Table(title=title, title_justify="left", caption_justify="left", box=box.SIMPLE_HEAD,
+                  collapse_padding=True, pad_edge=False)
     for name in columns:
         table.add_column(name, justify="left" if name in left else "right", **style(name))
+    found: dict[str, int] | None = {} if notes else None
     section = None
     for key, *cells, status in lines:
         if section is not None and key != section:
             table.add_section()
         section = key
-        table.add_row(*cells, status_cell(status, notes))
-    add_notes(table, notes)
+        table.add_row(*cells, _status(status, found))
+    if found:
+        table.caption = "\n".join(f"[{n}] {escape(text)}" for text, n in found.items())
     return table
+
+
+def _status(status: str, notes: dict[str, int] | None) -> str:
+    """A row's status: "ok" in green, others in yellow; given `notes`, one longer than 16 characters becomes a
+    numbered note (added to `notes`), so rows stay one line on an 80-column terminal."""
+    if status == "ok":
+        return "[green]ok[/green]"
+    if notes is None or len(status) <= 16:
+        return f"[yellow]{escape(status)}[/yellow]"
+    note = notes.setdefault(status, len(notes) + 1)
+    head = status.split(":")[0]
+    return f"[yellow]{head if head.isalpha() else 'not run'} [{note}][/yellow]"  # "skipped", "error", else generic
 
 
 def max_batch_table(results: Sequence, shape: str, memory_limit: int | None) -> Table:
     """The largest-batch searches of `vitfast bench clip-loss --max-batch`, one line per (mode, backend)."""
     within = "until out of memory" if memory_limit is None else f"limit {memory_limit / 2**20:.4g} MiB"
-    table = results_table(f"largest batch · {shape} · {within}")
-    for name in ("mode", "backend", "largest N", "peak MiB", "tries", "status"):
-        table.add_column(name, justify="right" if name in ("largest N", "peak MiB", "tries") else "left",
-                         no_wrap=name != "status")
-    for r in results:
-        table.add_row(r.mode, r.backend, _num(r.batch, ""), _mib(r.peak_mem_bytes), str(len(r.tried)),
-                      "[green]ok[/green]" if r.status == "ok" else f"[yellow]{escape(r.status)}[/yellow]")
-    return table
+    columns = ("mode", "backend", "largest N", "peak MiB", "tries", "status")
+    return _table(f"largest batch · {shape} · {within}", columns, ("mode", "backend", "status"), (
+        (None, r.mode, r.backend, _num(r.batch, ""), _num(mib(r.peak_mem_bytes), ".4g"), str(len(r.tried)), r.status)
+        for r in results), lambda name: {"no_wrap": name != "status"}, notes=False)
 
 
 def _num(value: float | None, fmt: str) -> str:
     return "" if value is None else format(value, fmt)
 
 
-def _mib(nbytes: int | None) -> str:
-    return "" if nbytes is None else f"{nbytes / 2**20:.4g}"
+def mib(nbytes: int | None) -> float | None:
+    """Bytes in MiB (None stays None)."""
+    return None if nbytes is None else nbytes / 2**20
 
 
 def _times(speedup: float | None) -> str:

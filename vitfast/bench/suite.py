@@ -25,11 +25,10 @@ from vitfast.runtime import DTYPES, resolve_dtype
 AnySweep = Union[KernelSweep, model.ModelSweep]
 
 
-def plan(device: torch.device, quick: bool, dtype: torch.dtype | None = None) -> list[AnySweep]:
+def plan(device: torch.device, quick: bool, dtype: str = AUTO) -> list[AnySweep]:
     """The sweeps of `vitfast bench all` on `device`: the full GPU plan, or the short one with `quick`."""
     defaults = defaults_for(device)
-    dtype = dtype if dtype is not None else resolve_dtype(AUTO, device)
-    warmup, rep = defaults.warmup, defaults.rep
+    dtype = resolve_dtype(dtype, device)
     clip_backends = [*clip_loss.DEFAULT_BACKENDS] + (["open_clip"] if clip_loss.open_clip_available() else [])
     if quick:
         attention = dict(batch=1, heads=4, head_dim=64, seq_lens=[64, 197])
@@ -40,11 +39,11 @@ def plan(device: torch.device, quick: bool, dtype: torch.dtype | None = None) ->
     else:
         attention = dict(batch=defaults.batch, heads=12, head_dim=64, seq_lens=list(DEFAULT_SEQ_LENS))
         window = dict(batch=defaults.batch, stages=list(STAGES))
-        clip = dict(batch_sizes=list(clip_loss.default_batch_sizes(device)), dim=512)
-        batch = model.default_batch(device)
+        clip = dict(batch_sizes=list(defaults.clip_batch_sizes), dim=512)
+        batch = defaults.model_batch
         models = [("vit_base_patch16_224", batch, ["timm"]), ("swin_tiny_patch4_window7_224", batch // 2, ["timm"]),
                   ("ViT-B-16", batch // 2, ["open_clip"])]
-    common = dict(dtype=dtype, modes=list(KERNEL_MODES), device=device, warmup=warmup, rep=rep)
+    common = dict(dtype=dtype, modes=list(KERNEL_MODES), device=device, warmup=defaults.warmup, rep=defaults.rep)
     amp = next(name for name, value in DTYPES.items() if value == dtype)
     sweeps: list[AnySweep] = [
         attention_sweep({**attention, **common},
@@ -56,8 +55,8 @@ def plan(device: torch.device, quick: bool, dtype: torch.dtype | None = None) ->
     ]
     for name, batch, compare in models:
         # A model step takes milliseconds to seconds: 3 warm-up and 20 timed steps are plenty on any device.
-        params = dict(name=name, modes=list(MODEL_MODES), backends=list(model.BACKENDS), batch=batch,
-                      amp_dtype=amp, compare=compare, device=device, warmup=min(warmup, 3), rep=min(rep, 20),
+        params = dict(name=name, modes=list(MODEL_MODES), backends=list(model.BACKENDS), batch=batch, amp_dtype=amp,
+                      compare=compare, device=device, warmup=min(defaults.warmup, 3), rep=min(defaults.rep, 20),
                       retry_smaller=True)
         sweeps.append(model.model_sweep(params, title=f"model {name} B={batch} {amp}"))
     return sweeps
@@ -75,7 +74,7 @@ def run_all(output: str | os.PathLike[str], sweeps: Sequence[AnySweep], *, env: 
         if on_sweep is not None:
             on_sweep(sweep)
         rows = sweep.run(lambda row, sweep=sweep: on_row(sweep, row) if on_row is not None else None)
-        sweep.write_json(output / f"{sweep.name}.json", rows, env)
+        report.write_json(output / f"{sweep.name}.json", rows, sweep, env)
         sweep.plot(rows, output / f"{sweep.name}.png", sweep.title)
         summary += sweep.summary(rows)
     report.write_summary(summary, output, env, quick)

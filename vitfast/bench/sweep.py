@@ -15,7 +15,7 @@ from typing import Callable, ClassVar, Iterable, Mapping, Sequence, TypeVar
 import torch
 
 from vitfast.bench import report
-from vitfast.bench.harness import measure_case
+from vitfast.bench.harness import TRITON_NEEDS_CUDA, run_guarded, time_and_peak
 from vitfast.choices import ATTENTION_BACKENDS, AUTO, KERNEL_MODES
 from vitfast.runtime import DTYPES
 
@@ -101,12 +101,24 @@ def sweep_kernel(row_type: type[KernelRow], *, modes: Sequence[str], cases: Sequ
                  make_call: Callable[[str, str, C], Callable[[], None]], flops: Callable[[str, C], float],
                  device: torch.device, warmup: int, rep: int,
                  on_row: Callable[[KernelRow], None] | None = None) -> list[KernelRow]:
-    """Time every mode × case × backend: ``make_call(backend, mode, case)`` builds the call one case times
-    (its inputs are made there, untimed), ``flops(mode, case)`` counts its work for TFLOP/s."""
+    """Time every mode × case × backend, in that order: ``make_call(backend, mode, case)`` builds the call one case
+    times (its inputs are made there, untimed), ``flops(mode, case)`` counts its work for TFLOP/s; `warmup` and
+    `rep` count calls as in :mod:`~vitfast.bench.harness`. A case that cannot run is a row whose ``status`` says
+    why: Triton on a CPU is skipped, other failures as :func:`~vitfast.bench.harness.run_guarded` words them.
+    `on_row` sees each row as soon as it is measured (progress display).
+    """
     def run_case(mode: str, case: C, backend: str) -> KernelRow:
-        time_ms, peak, status = measure_case(lambda: make_call(backend, mode, case), backend, device, warmup, rep)
-        tflops = None if time_ms is None else flops(mode, case) / (time_ms * 1e-3) / 1e12
-        return row_type(backend, mode, case, time_ms, tflops, peak, status)
+        if backend == "triton" and device.type != "cuda":
+            # Under TRITON_INTERPRET=1 the kernels would run on CPU, through numpy: correct but so slow
+            # that its timings say nothing about the kernels.
+            return row_type(backend, mode, case, None, None, None, TRITON_NEEDS_CUDA)
+        # make_call runs inside the guard, so the case's tensors die with its frame if anything raises.
+        measured, status = run_guarded(lambda: time_and_peak(make_call(backend, mode, case), device, warmup, rep),
+                                       device)
+        if measured is None:
+            return row_type(backend, mode, case, None, None, None, status)
+        time_ms, peak = measured
+        return row_type(backend, mode, case, time_ms, flops(mode, case) / (time_ms * 1e-3) / 1e12, peak, status)
 
     return run_grid(modes, cases, backends, run_case, on_row)
 
@@ -143,15 +155,9 @@ def kernel_call(mode: str, forward: Callable[[], torch.Tensor], leaves: Sequence
 def check_sweep(*, counts: Mapping[str, int], dtype: torch.dtype,
                 choices: Sequence[tuple[str, Sequence[str], Sequence[str]]],
                 sizes: tuple[str, Sequence[int]] | None = None) -> None:
-    """Raise ValueError naming the first bad argument a sweep shares with the others.
-
-    Args:
-        counts: name → value of each number that must be at least 1 (batch, warmup, rep, ...).
-        dtype: must be one of :data:`vitfast.runtime.DTYPES`.
-        choices: (kind, given, known) for each list of names (backends, modes, stages): every given
-            name must be known, and at least one must be given.
-        sizes: (name, values) of the swept sizes (sequence lengths, batch sizes), if any: a
-            non-empty list of positive integers.
+    """Raise ValueError naming the first bad argument a sweep shares with the others: `counts` (name → value) must
+    be at least 1, `dtype` one of :data:`vitfast.runtime.DTYPES`, the swept `sizes` (name, values), if any, a
+    non-empty list of positive integers, and each of `choices` (kind, given, known) a non-empty list of known names.
     """
     for name, value in counts.items():
         if value < 1:
@@ -184,6 +190,7 @@ class Sweep:
     title: str = ""  # its title in `bench all`
     unit: str = "calls"  # what a rep times
     recorded: Mapping[str, object] = field(default_factory=dict)
+    baselines: tuple[str, ...] = ("sdpa",)  # speedups are read against the first of these that ran (else the last)
 
     @property
     def device(self) -> torch.device:
@@ -197,22 +204,16 @@ class Sweep:
         return (f"{self.label} on {where}: {self.shape}{self.detail}; warmup {self.params['warmup']}, "
                 f"median of {self.params['rep']} timed {self.unit}")
 
-    def write_json(self, path, rows: Sequence, environment: Mapping[str, object],
-                   extra: Mapping[str, object] | None = None) -> None:
-        report.write_json(path, rows, parameters={**self.params, **self.recorded}, environment=environment,
-                          benchmark=self.benchmark, fields=self.fields, extra=extra)
+    def baseline(self, rows: Sequence) -> str:
+        return next((b for b in self.baselines if any(r.backend == b and r.ok for r in rows)), self.baselines[-1])
 
 
 @dataclass(frozen=True)
 class KernelSweep(Sweep):
-    """A sweep of kernel rows; speedups are read against the first of `baselines` that ran (else the last)."""
+    """A sweep of kernel rows."""
 
     brief: str = ""  # the shape in the table's title, when shorter than `shape`
     point_name: str = "N"  # what a case is: the table's column and the plot's legend
-    baselines: tuple[str, ...] = ("sdpa",)
-
-    def baseline(self, rows: Sequence[KernelRow]) -> str:
-        return next((b for b in self.baselines if any(r.backend == b and r.ok for r in rows)), self.baselines[-1])
 
     def describe(self, row: KernelRow) -> str:
         """The row in the progress bar."""
@@ -233,14 +234,8 @@ class KernelSweep(Sweep):
         """Per mode, every backend at the largest case where anything ran, with speedups over the baseline."""
         baseline = self.baseline(rows)
         speedups = report.speedup_over(rows, baseline)
-        lines = []
-        for mode in KERNEL_MODES:
-            ran = [r for r in rows if r.mode == mode and r.ok]
-            if not ran:
-                continue
-            case = ran[-1].case  # rows are ordered by case within a mode; the last that ran is the largest
-            lines += [report.SummaryLine(self.name, r.case_name, mode, r.backend, r.time_ms,
-                                         None if r.peak_mem_bytes is None else r.peak_mem_bytes / 2**20, s, baseline,
-                                         r.status)
-                      for r, s in zip(rows, speedups) if r.mode == mode and r.case == case]
-        return lines
+        largest = {r.mode: r.case for r in rows if r.ok}  # rows go by case within a mode: the last that ran
+        return [report.SummaryLine(self.name, r.case_name, mode, r.backend, r.time_ms, report.mib(r.peak_mem_bytes),
+                                   s, baseline, r.status)
+                for mode in KERNEL_MODES if mode in largest
+                for r, s in zip(rows, speedups) if r.mode == mode and r.case == largest[mode]]

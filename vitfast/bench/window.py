@@ -18,8 +18,8 @@ from vitfast.kernels import window_attention
 from vitfast.kernels.window_geometry import effective_window
 from vitfast.runtime import resolve_device, resolve_dtype
 
-
 BACKENDS = ATTENTION_IMPLS
+
 
 @dataclass(frozen=True)
 class WindowStage:
@@ -79,8 +79,7 @@ def make_call(backend: str, mode: str, batch: int, stage: WindowStage, window: i
 
 
 def validate_window_sweep(*, batch: int, stages: Sequence[str], window: int, shift: int, dtype: torch.dtype,
-                          backends: Sequence[str], modes: Sequence[str], warmup: int, rep: int,
-                          device: torch.device | None = None) -> None:
+                          backends: Sequence[str], modes: Sequence[str], warmup: int, rep: int, **_: object) -> None:
     """Raise ValueError naming the first bad argument of :func:`bench_window` (before any run)."""
     check_sweep(counts={"batch size": batch, "window": window, "warmup": warmup, "rep": rep}, dtype=dtype,
                 choices=(("stage", stages, tuple(STAGES)), ("backend", backends, BACKENDS),
@@ -93,20 +92,9 @@ def bench_window(*, batch: int, dtype: torch.dtype, device: torch.device, warmup
                  stages: Sequence[str] = DEFAULT_STAGES, window: int = 7, shift: int = 3,
                  backends: Sequence[str] = BACKENDS, modes: Sequence[str] = KERNEL_MODES,
                  on_row: Callable[[WindowBenchRow], None] | None = None) -> list[WindowBenchRow]:
-    """Benchmark window attention at Swin stage shapes for every mode × stage × backend.
-
-    Args:
-        batch: images per call (the issue's reference: 64).
-        dtype: dtype of qkv (the bias table stays float32, as a model's parameter under autocast).
-        stages: names from :data:`STAGES`.
-        window, shift: window size and cyclic shift (Swin-T: 7 and 3).
-        backends: any of "triton", "sdpa", "eager".
-        modes: "fwd" and/or "fwd+bwd" (gradients of qkv and the bias table).
-        device, warmup, rep, on_row: as for :func:`vitfast.bench.attention.bench_attention`.
-
-    Returns:
-        Rows ordered by mode, then stage, then backend.
-    """
+    """Window attention (Swin-T: window 7, shift 3) on a random (batch, H, W, 3C) qkv map of `dtype` at each of
+    `stages` (names from :data:`STAGES`), swept as :func:`~vitfast.bench.sweep.sweep_kernel` sweeps; the bias
+    table stays float32, as a model's parameter under autocast. Raises ValueError for a bad argument."""
     validate_window_sweep(batch=batch, stages=stages, window=window, shift=shift, dtype=dtype, backends=backends,
                           modes=modes, warmup=warmup, rep=rep)
     return sweep_kernel(
