@@ -224,24 +224,20 @@ def _stderr():
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-class _user_errors:
-    """Turn the library's user-facing errors into a one-line message and a non-zero exit."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        if exc is None:
-            return False
-        from vitfast.checkpoint import CheckpointError
-        from vitfast.data import DataError
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn the library's user-facing errors (ValueError, which DataError and CheckpointError are, and
+    TrainingError) into a one-line message and exit 1, and Ctrl-C into exit 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except Exception as exc:
         from vitfast.train import TrainingError
 
-        if isinstance(exc, KeyboardInterrupt):
-            raise typer.Exit(130)
-        if isinstance(exc, (DataError, CheckpointError, TrainingError, ValueError)):
-            raise _fail(str(exc), 1)
-        return False
+        if isinstance(exc, (ValueError, TrainingError)):
+            raise _fail(str(exc), 1) from None
+        raise
 
 
 def _epoch_progress(err):
