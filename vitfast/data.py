@@ -106,8 +106,6 @@ _COLOURS = {"black": (0, 0, 0), "white": (255, 255, 255), "red": (220, 30, 30), 
             "blue": (40, 60, 220), "yellow": (240, 220, 40), "cyan": (40, 210, 220), "magenta": (210, 40, 200),
             "orange": (245, 140, 30), "purple": (120, 50, 160), "grey": (128, 128, 128), "brown": (130, 80, 40),
             "pink": (250, 160, 190), "navy": (20, 30, 100), "olive": (120, 130, 40), "teal": (30, 120, 120)}
-
-
 _COLOUR_NAMES = list(_COLOURS)
 _COLOUR_TABLE = np.array(list(_COLOURS.values()), dtype=np.float32)
 
@@ -205,10 +203,7 @@ class ImageFolderDataset(Dataset):
             raise DataError(f"{root}: {exc}. Each class folder needs at least one image "
                             "(.jpg, .png, ...).") from None
         self.skip_bad_images = skip_bad_images
-
-    @property
-    def classes(self) -> list[str]:
-        return self.folder.classes
+        self.classes: list[str] = self.folder.classes
 
     def __len__(self) -> int:
         return len(self.folder)
@@ -230,8 +225,7 @@ def collate_skipping_bad(batch):
     skipped = len(batch) - len(good)
     if not good:
         return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
-    images, labels = torch.utils.data.default_collate(good)
-    return images, labels, skipped
+    return (*torch.utils.data.default_collate(good), skipped)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -245,8 +239,7 @@ class EpochSampler(Sampler[int]):
 
     def __init__(self, n: int, *, shuffle: bool, seed: int, rank: int = 0, world: int = 1):
         self.n, self.shuffle, self.seed, self.rank, self.world = n, shuffle, seed, rank, world
-        self.epoch = 0
-        self.skip = 0
+        self.set_epoch(0)
         self.per_rank = n // world if shuffle else math.ceil(n / world)
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:

@@ -121,11 +121,6 @@ class ImageTextDataset(Dataset):
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
 
-def is_shards(spec: str | os.PathLike[str]) -> bool:
-    """Whether --train-data/--val-data names tar shards rather than a CSV/TSV table."""
-    return any(part.endswith(".tar") for part in str(spec).split("::"))
-
-
 def expand_shards(spec: str) -> list[Path]:
     """The shard paths of a spec such as ``a/{000..009}.tar::b/{00..03}.tar``, all checked to exist."""
     paths: list[str] = []
@@ -213,7 +208,7 @@ class TarShardDataset(ImageTextDataset):
 
 def pairs_dataset(spec: str | os.PathLike[str], transform=None, fmt: CsvFormat = CsvFormat(),
                   skip_bad_images: bool = False) -> ImageTextDataset:
-    """Tar shards or a CSV/TSV table, by the spec's form; set `.tokenize` before reading samples."""
-    if is_shards(spec):
+    """Tar shards (a spec naming .tar files) or a CSV/TSV table; set `.tokenize` before reading samples."""
+    if any(part.endswith(".tar") for part in str(spec).split("::")):
         return TarShardDataset(str(spec), transform=transform, skip_bad_images=skip_bad_images)
     return ImageTextDataset(spec, transform=transform, fmt=fmt, skip_bad_images=skip_bad_images)

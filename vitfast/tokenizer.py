@@ -62,10 +62,12 @@ def _clean(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
-def _byte_alphabet() -> list[str]:
+def _byte_symbols() -> list[str]:
+    """The first 512 tokens of every vocabulary here: the 256 byte symbols, then the same with ``</w>``."""
     # Sorted by code point, the library's byte-level alphabet is in CLIP's bytes_to_unicode order:
     # printable bytes stand for themselves (< 256), the others map to 256 + n in byte order.
-    return sorted(pre_tokenizers.ByteLevel.alphabet())
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    return alphabet + [a + EOW for a in alphabet]
 
 
 def _pipeline(model: models.BPE) -> Tokenizer:
@@ -115,16 +117,14 @@ class ClipTokenizer:
 
     def __init__(self, tokenizer: Tokenizer, context_length: int = DEFAULT_CONTEXT_LENGTH) -> None:
         """Wrap `tokenizer` (built by this module; it is set to truncate and pad to `context_length`)."""
-        sot, eot = tokenizer.token_to_id(SOT), tokenizer.token_to_id(EOT)
-        if sot is None or eot is None:
+        self.sot_token_id, self.eot_token_id = tokenizer.token_to_id(SOT), tokenizer.token_to_id(EOT)
+        if None in (self.sot_token_id, self.eot_token_id):
             raise TokenizerError(f"the tokenizer has no {SOT} / {EOT} tokens; build it with "
                                  f"clip_bpe_tokenizer() or train_bpe().")
         _configure(tokenizer, context_length)
         self._tokenizer = tokenizer
-        self._other_lengths: dict[int, Tokenizer] = {}
+        self._by_length = {context_length: tokenizer}  # others are configured copies, made when first asked for
         self.context_length = context_length
-        self.sot_token_id = sot
-        self.eot_token_id = eot
         self.vocab_size = tokenizer.get_vocab_size()
 
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
@@ -139,7 +139,11 @@ class ClipTokenizer:
                 raise TypeError(f"texts[{i}] is a {type(text).__name__}, not a str; pass a string or a "
                                 f"sequence of strings.")
         length = self.context_length if context_length is None else context_length
-        tokenizer = self._with_length(length)
+        if length not in self._by_length:
+            copy = Tokenizer.from_str(self._tokenizer.to_str())
+            _configure(copy, length)
+            self._by_length[length] = copy
+        tokenizer = self._by_length[length]
         # One text at a time: encode_batch was no faster on captions (measured on 2 cores), and it
         # would start a thread pool in every DataLoader worker that tokenizes.
         rows = [tokenizer.encode(_clean(text)).ids for text in texts]
@@ -152,15 +156,6 @@ class ClipTokenizer:
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(Tokenizer.from_str(state["tokenizer"]), state["context_length"])
-
-    def _with_length(self, context_length: int) -> Tokenizer:
-        if context_length == self.context_length:
-            return self._tokenizer
-        if context_length not in self._other_lengths:
-            copy = Tokenizer.from_str(self._tokenizer.to_str())
-            _configure(copy, context_length)
-            self._other_lengths[context_length] = copy
-        return self._other_lengths[context_length]
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
         """Text of one row of ids: what precedes the first end token, special tokens left out.
@@ -204,9 +199,8 @@ class ClipTokenizer:
             raise TokenizerError(f"{path}: {e}") from None
 
 
-def load_tokenizer(path: str | os.PathLike[str]) -> ClipTokenizer:
-    """Read the tokenizer saved at `path`: a ``tokenizer.json``, or a model folder holding one."""
-    return ClipTokenizer.from_file(path)
+# What vitfast's readers (train, eval, convert) call: a ``tokenizer.json``, or a model folder holding one.
+load_tokenizer = ClipTokenizer.from_file
 
 
 def _merge_pairs(merges: Iterable[str | Sequence[str]]) -> list[tuple[str, ...]]:
@@ -214,18 +208,13 @@ def _merge_pairs(merges: Iterable[str | Sequence[str]]) -> list[tuple[str, ...]]
     return [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]
 
 
-def _from_merges(merges: list[tuple[str, str]], context_length: int) -> ClipTokenizer:
-    """A ClipTokenizer over the byte symbols, `merges` in rank order, then the start and end tokens."""
-    alphabet = _byte_alphabet()
-    vocab: dict[str, int] = {}
-    # setdefault: two merges can spell the same token (ab+c, a+bc); it keeps its first id.
-    for token in (*alphabet, *(a + EOW for a in alphabet), *(a + b for a, b in merges)):
-        vocab.setdefault(token, len(vocab))
-    return _from_vocab(vocab | {SOT: len(vocab), EOT: len(vocab) + 1}, merges, context_length)
-
-
-def _from_vocab(vocab: dict[str, int], merges: list[tuple[str, str]], context_length: int) -> ClipTokenizer:
-    """A ClipTokenizer over `vocab` (which holds the start and end tokens) and `merges` in rank order."""
+def _build(merges: list[tuple[str, str]], context_length: int, vocab: dict[str, int] | None = None) -> ClipTokenizer:
+    """A ClipTokenizer over `merges` in rank order and `vocab`, which holds the start and end tokens; by
+    default the layout of the module docstring (byte symbols, one token per merge, start, end)."""
+    if vocab is None:
+        # fromkeys: two merges can spell the same token (ab+c, a+bc); it keeps its first id.
+        vocab = {token: i for i, token in enumerate(dict.fromkeys([*_byte_symbols(), *(a + b for a, b in merges)]))}
+        vocab |= {SOT: len(vocab), EOT: len(vocab) + 1}
     # The special tokens stay in the model's vocabulary, so marking them special keeps their ids.
     tokenizer = _pipeline(models.BPE(vocab, merges, end_of_word_suffix=EOW))
     tokenizer.add_special_tokens([SOT, EOT])
@@ -238,7 +227,7 @@ def _from_vocab(vocab: dict[str, int], merges: list[tuple[str, str]], context_le
 # Hugging Face's tokenizer files (what a CLIPModel folder ships), read and written
 # --------------------------------------------------------------------------------------------------
 
-HF_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
+_HF_FIX = "pass a vitfast tokenizer.json with --tokenizer."
 
 
 def read_hf_tokenizer(folder: str | os.PathLike[str], context_length: int) -> ClipTokenizer | None:
@@ -250,14 +239,14 @@ def read_hf_tokenizer(folder: str | os.PathLike[str], context_length: int) -> Cl
     CLIP's (see the module docstring), so the ids are open_clip's for the same vocabulary.
     """
     folder = Path(folder)
-    fast, vocab_file, merges_file = (folder / name for name in HF_FILES)
+    fast, vocab_file, merges_file = folder / "tokenizer.json", folder / "vocab.json", folder / "merges.txt"
     try:
         if fast.is_file():
             saved = json.loads(fast.read_text(encoding="utf-8"))
             model = saved.get("model") or {}
             if model.get("type") != "BPE":
                 raise TokenizerError(f"{fast} holds a {model.get('type')!r} model, not CLIP's byte-level BPE; "
-                                     f"pass a vitfast tokenizer.json with --tokenizer.")
+                                     f"{_HF_FIX}")
             vocab, raw_merges, where = dict(model["vocab"]), model["merges"], fast
             for added in saved.get("added_tokens") or []:
                 vocab.setdefault(added["content"], added["id"])  # special tokens kept only there
@@ -269,24 +258,20 @@ def read_hf_tokenizer(folder: str | os.PathLike[str], context_length: int) -> Cl
         else:
             return None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, AttributeError) as e:
-        raise TokenizerError(f"{folder}'s tokenizer files are unreadable ({type(e).__name__}: {e}); pass a "
-                             f"vitfast tokenizer.json with --tokenizer.") from None
+        raise TokenizerError(f"{folder}'s tokenizer files are unreadable ({type(e).__name__}: {e}); "
+                             f"{_HF_FIX}") from None
     merges = _merge_pairs(raw_merges)
     if any(len(m) != 2 for m in merges) or not isinstance(vocab, dict):
-        raise TokenizerError(f"{where} does not hold a vocabulary and merges of two symbols each; pass a vitfast "
-                             f"tokenizer.json with --tokenizer.")
+        raise TokenizerError(f"{where} does not hold a vocabulary and merges of two symbols each; {_HF_FIX}")
     if sorted(vocab.values()) != list(range(len(vocab))):
-        raise TokenizerError(f"{folder}'s vocabulary ids are not 0..{len(vocab) - 1} without gaps; pass a vitfast "
-                             f"tokenizer.json with --tokenizer.")
+        raise TokenizerError(f"{folder}'s vocabulary ids are not 0..{len(vocab) - 1} without gaps; {_HF_FIX}")
     # As CLIP's own reader: only the merges that the vocabulary has room for (a longer merges file is cut).
     merges = merges[: max(0, len(vocab) - _NUM_BYTE_SYMBOLS - 2)]
-    required = (*_byte_alphabet(), *(a + EOW for a in _byte_alphabet()), SOT, EOT, *(a + b for a, b in merges))
-    absent = [token for token in required if token not in vocab]
+    absent = [token for token in (*_byte_symbols(), SOT, EOT, *(a + b for a, b in merges)) if token not in vocab]
     if absent:
         raise TokenizerError(f"{folder}'s vocabulary lacks {len(absent)} of CLIP's tokens ({', '.join(absent[:4])}"
-                             f"{' ...' if len(absent) > 4 else ''}), so it is not a CLIP byte-level BPE; pass a "
-                             f"vitfast tokenizer.json with --tokenizer.")
-    return _from_vocab(vocab, merges, context_length)
+                             f"{' ...' if len(absent) > 4 else ''}), so it is not a CLIP byte-level BPE; {_HF_FIX}")
+    return _build(merges, context_length, vocab)
 
 
 def write_hf_tokenizer(tokenizer: ClipTokenizer, folder: str | os.PathLike[str]) -> None:
@@ -294,8 +279,7 @@ def write_hf_tokenizer(tokenizer: ClipTokenizer, folder: str | os.PathLike[str])
     transformers' AutoTokenizer loads; its ids are the same as vitfast's for text that needs no cleaning."""
     folder = Path(folder)
     state = json.loads(tokenizer._tokenizer.to_str())
-    vocab = dict(state["model"]["vocab"])
-    vocab.update({SOT: tokenizer.sot_token_id, EOT: tokenizer.eot_token_id})
+    vocab = {**state["model"]["vocab"], SOT: tokenizer.sot_token_id, EOT: tokenizer.eot_token_id}
     merges = [" ".join(pair) for pair in _merge_pairs(state["model"]["merges"])]
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False) + "\n", encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
@@ -305,16 +289,9 @@ def write_hf_tokenizer(tokenizer: ClipTokenizer, folder: str | os.PathLike[str])
     (folder / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n", encoding="utf-8")
 
 
-def _open_clip_merges() -> Path:
-    """The merges file shipped inside an installed open_clip package, found without importing it."""
-    spec = importlib.util.find_spec("open_clip")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        if (Path(folder) / CLIP_MERGES_NAME).is_file():
-            return Path(folder) / CLIP_MERGES_NAME
-    raise FileNotFoundError(f"CLIP's BPE merges file {CLIP_MERGES_NAME} was not found; {_MERGES_FIX}")
-
-
-def _read_clip_merges(path: Path) -> list[tuple[str, str]]:
+@lru_cache(maxsize=4)
+def _clip_bpe_cached(path: Path, context_length: int) -> ClipTokenizer:
+    """CLIP's tokenizer from the merges file at `path`, built once per file and context length."""
     if not path.is_file():
         raise FileNotFoundError(f"no BPE merges file at {path}; {_MERGES_FIX}")
     try:
@@ -327,12 +304,7 @@ def _read_clip_merges(path: Path) -> list[tuple[str, str]]:
     if len(merges) < _CLIP_NUM_MERGES or any(len(merge) != 2 for merge in merges):
         raise TokenizerError(f"{path} does not hold {_CLIP_NUM_MERGES} merges of two symbols each after "
                              f"its header line; pass CLIP's {CLIP_MERGES_NAME} instead.")
-    return merges
-
-
-@lru_cache(maxsize=4)
-def _clip_bpe_cached(path: Path, context_length: int) -> ClipTokenizer:
-    return _from_merges(_read_clip_merges(path), context_length)
+    return _build(merges, context_length)
 
 
 def clip_bpe_tokenizer(merges_path: str | os.PathLike[str] | None = None,
@@ -342,8 +314,15 @@ def clip_bpe_tokenizer(merges_path: str | os.PathLike[str] | None = None,
     `merges_path` defaults to the ``bpe_simple_vocab_16e6.txt.gz`` inside an installed open_clip
     package. Built tokenizers are cached, so repeated calls are cheap and return the same object.
     """
-    path = _open_clip_merges() if merges_path is None else Path(merges_path)
-    return _clip_bpe_cached(path.resolve(), context_length)
+    if merges_path is None:  # the copy inside an installed open_clip package, found without importing it
+        spec = importlib.util.find_spec("open_clip")
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            if (Path(folder) / CLIP_MERGES_NAME).is_file():
+                merges_path = Path(folder) / CLIP_MERGES_NAME
+                break
+        else:
+            raise FileNotFoundError(f"CLIP's BPE merges file {CLIP_MERGES_NAME} was not found; {_MERGES_FIX}")
+    return _clip_bpe_cached(Path(merges_path).resolve(), context_length)
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int = 1024,
@@ -357,17 +336,17 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 1024,
     if vocab_size < _NUM_BYTE_SYMBOLS + 2:
         raise ValueError(f"vocab_size must be at least {_NUM_BYTE_SYMBOLS + 2} (256 byte symbols, the "
                          f"same with {EOW}, and the start and end tokens), got {vocab_size}.")
-    alphabet = _byte_alphabet()
+    symbols = _byte_symbols()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - 2,
         show_progress=False,
-        initial_alphabet=alphabet,
+        initial_alphabet=symbols[:256],
         # Listed up front, the end-of-word symbols get fixed ids; otherwise the trainer numbers them in
         # hash-map order, and ties between equally frequent pairs (broken by id) vary from run to run.
-        special_tokens=[a + EOW for a in alphabet],
+        special_tokens=symbols[256:],
         end_of_word_suffix=EOW,
     )
     tokenizer = _pipeline(models.BPE(end_of_word_suffix=EOW))
     tokenizer.train_from_iterator((_clean(text) for text in texts), trainer=trainer)
     merges = json.loads(tokenizer.to_str())["model"]["merges"]
-    return _from_merges(_merge_pairs(merges), context_length)
+    return _build(_merge_pairs(merges), context_length)

@@ -52,20 +52,20 @@ def evaluate_clip_folder(model_dir: str | os.PathLike[str], data_dir: str | os.P
     tokenizer = load_tokenizer(model_dir)
     if data_dir is None and val_data is None:
         data_dir, val_data = vdata.default_data_dir(), default_pairs("val")
-    transform = vdata.build_transform(vdata.clip_transform_config(model.config.image_size), False)
-    data = clip_eval_data(data_dir, val_data, transform, CaptionTokens(tokenizer), csv_format or CsvFormat(),
+    data = clip_eval_data(data_dir, val_data, model.config.image_size, tokenizer, csv_format or CsvFormat(),
                           batch_size=batch_size, workers=workers, skip_bad_images=skip_bad_images)
     return evaluate_clip(model, tokenizer, data, device, amp_dtype_for(amp_dtype, device))
 
 
-def clip_eval_data(data_dir, val_data, transform, tokenize, fmt, *, batch_size: int, workers: int,
+def clip_eval_data(data_dir, val_data, image_size: int, tokenizer, fmt, *, batch_size: int, workers: int,
                    skip_bad_images: bool = False) -> ClipEvalData:
     """Loaders over the val split of the ImageFolder `data_dir` and over the `val_data` table or shards
-    (either may be None), with `transform` for the images and `tokenize` for the captions."""
+    (either may be None), with CLIP's eval preprocessing at `image_size` and `tokenizer` for the captions."""
     out = ClipEvalData()
+    transform = vdata.build_transform(vdata.clip_transform_config(image_size), False)
     if val_data is not None:
         pairs = pairs_dataset(val_data, transform, fmt, skip_bad_images)
-        pairs.tokenize = tokenize
+        pairs.tokenize = CaptionTokens(tokenizer)
         out.pairs_loader = vdata.build_loader(pairs, batch_size=batch_size, workers=workers)
         out.description.append(f"{len(pairs)} val pairs from {val_data}")
     if data_dir is not None:

@@ -110,12 +110,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups as timm: no weight decay on biases, norms, position embeddings and tokens."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim <= 1 or name.endswith(("pos_embed", "cls_token")):
-            no_decay.append(p)
-        else:
-            decay.append(p)
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name.endswith(("pos_embed", "cls_token")) else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -154,17 +150,14 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def resolve_resume(resume: str, output: Path) -> Path:
+def read_train_state(resume: str, output: Path) -> dict:
+    """The training state --resume names: a checkpoint folder or its train_state.pt, or "latest" (in --output)."""
     path = output if resume == "latest" else Path(resume)
     if path.is_dir():
         path = path / STATE_NAME
     if not path.is_file():
         where = f"in {output} (--output)" if resume == "latest" else f"at {resume}"
         raise CheckpointError(f"no training state {where}: expected {STATE_NAME} from an earlier `vitfast train`.")
-    return path
-
-
-def load_train_state(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, foreign pickle, ...
@@ -192,7 +185,8 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
 
-    task = build_task(cfg, rt, output, log if rt.is_main else (lambda msg: None))
+    say = log if rt.is_main else (lambda msg: None)  # messages every rank would repeat: rank 0 says them
+    task = build_task(cfg, rt, output, say)
     model = task.model
     train_set = vdata.SeededAugment(task.train_set, cfg.seed)
     sampler = vdata.EpochSampler(len(train_set), shuffle=True, seed=cfg.seed, rank=rt.rank, world=rt.world)
@@ -205,29 +199,25 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
                               f"{cfg.grad_accum_steps} accumulation steps. Lower --batch-size.")
 
     model.to(rt.device)
-    if cfg.grad_checkpointing:
-        model.set_grad_checkpointing(True)
+    model.set_grad_checkpointing(cfg.grad_checkpointing)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
-    total = steps_per_epoch * cfg.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(total, int(cfg.warmup_epochs * steps_per_epoch), cfg.lr, cfg.min_lr))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
+        steps_per_epoch * cfg.epochs, int(cfg.warmup_epochs * steps_per_epoch), cfg.lr, cfg.min_lr))
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
 
     start_epoch, start_step = 0, 0
     if cfg.resume:
-        state = load_train_state(resolve_resume(cfg.resume, output))
+        state = read_train_state(cfg.resume, output)
         try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
+            for name, part in stateful.items():
+                part.load_state_dict(state[name])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"the training state does not fit model {cfg.model} with these flags "
                                   f"({' '.join(str(exc).split())[:200]}).") from None
         start_epoch, start_step = state["epoch"], state["step_in_epoch"]
         _set_rng_state(state["rng"])
-        if rt.is_main:
-            log(f"resumed from {cfg.resume} at epoch {start_epoch + 1}, step {start_step}")
+        say(f"resumed from {cfg.resume} at epoch {start_epoch + 1}, step {start_step}")
 
     ddp_model = model
     if rt.world > 1:
@@ -240,10 +230,8 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
             return
         save(model, output)
         task.save_extra(output)
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                 "epoch": epoch, "step_in_epoch": step_in_epoch, "rng": _rng_state(),
-                 "config": asdict(cfg)}
+        state = {name: part.state_dict() for name, part in stateful.items()}
+        state |= {"epoch": epoch, "step_in_epoch": step_in_epoch, "rng": _rng_state(), "config": asdict(cfg)}
         atomic_write(output / STATE_NAME, lambda p: torch.save(state, p))
 
     if rt.is_main:
@@ -280,9 +268,8 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
     except _StopRequested:
         done = position["step"]
         save_checkpoint(epoch, done)
-        if rt.is_main:
-            log(f"interrupted: saved a checkpoint at epoch {epoch + 1}, step {done} in {output}; "
-                f"continue with --resume latest --output {output}")
+        say(f"interrupted: saved a checkpoint at epoch {epoch + 1}, step {done} in {output}; "
+            f"continue with --resume latest --output {output}")
         raise KeyboardInterrupt from None
     finally:
         if rt.world > 1 and dist.is_initialized():
@@ -316,8 +303,7 @@ def _train_epoch(task, run_model, model, loader, optimizer, scheduler, scaler, c
                 break
             bad_images += skipped
             data_time += time.perf_counter() - tick
-            images = images.to(rt.device, non_blocking=True)
-            labels = labels.to(rt.device, non_blocking=True)
+            images, labels = images.to(rt.device, non_blocking=True), labels.to(rt.device, non_blocking=True)
             # Under DDP, gradients are all-reduced only on the micro-batch that ends a step.
             sync = contextlib.nullcontext() if micro == accum - 1 or rt.world == 1 else run_model.no_sync()
             with sync, autocast(rt.device, amp):

@@ -33,12 +33,9 @@ class ClassificationTask:
             dist.barrier()  # rank 0 may have generated the default data; others wait until it is there
         train_root, val_root = vdata.find_split(self.root, "train"), vdata.find_split(self.root, "val")
         classes = vdata.ImageFolderDataset(train_root).classes
-        overrides = {"num_classes": len(classes), "attn_backend": cfg.attn_backend}
-        if cfg.img_size is not None:
-            overrides["img_size"] = cfg.img_size
-        if cfg.drop_path is not None:
-            overrides["drop_path_rate"] = cfg.drop_path
-        self.model = create_model(cfg.model, **overrides)
+        overrides = {"num_classes": len(classes), "attn_backend": cfg.attn_backend, "img_size": cfg.img_size,
+                     "drop_path_rate": cfg.drop_path}  # None: the model's default
+        self.model = create_model(cfg.model, **{k: v for k, v in overrides.items() if v is not None})
         scale = cfg.scale or ((0.35, 1.0) if default_data else (0.08, 1.0))
         tcfg = vdata.TransformConfig(self.model.config.img_size, scale=scale)
         self.train_set = vdata.ImageFolderDataset(train_root, vdata.build_transform(tcfg, True), cfg.skip_bad_images)
@@ -104,7 +101,6 @@ class ClipTask:
             dist.barrier()  # rank 0 may have generated the default data; others wait until it is there
         _, base = named_config(cfg.model)
         tcfg = vdata.clip_transform_config(cfg.img_size or base.image_size)
-        eval_tf = vdata.build_transform(tcfg, False)
         fmt = CsvFormat(cfg.csv_img_key, cfg.csv_caption_key, cfg.csv_separator)
         self.train_set = pairs_dataset(train_spec, vdata.build_transform(tcfg, True), fmt, cfg.skip_bad_images)
         self.tokenizer = choose_tokenizer(cfg, base, self.train_set.captions, output, log)
@@ -116,7 +112,7 @@ class ClipTask:
         parts = [f"{len(self.train_set)} train pairs from {train_spec}"]
         if getattr(self.train_set, "incomplete", 0):
             parts.append(f"{self.train_set.incomplete} shard samples without an image or caption left out")
-        self.eval_data = clip_eval_data(folder, val_spec, eval_tf, self.train_set.tokenize, fmt,
+        self.eval_data = clip_eval_data(folder, val_spec, tcfg.img_size, self.tokenizer, fmt,
                                         batch_size=cfg.batch_size, workers=cfg.workers,
                                         skip_bad_images=cfg.skip_bad_images)
         parts += self.eval_data.description
