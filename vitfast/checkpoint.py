@@ -28,22 +28,15 @@ class CheckpointError(ValueError):
     """A model folder or file that cannot be read: the message names the file and the fix."""
 
 
-def model_config_dict(model: nn.Module) -> dict:
-    """What config.json holds: the family, the model name it was created from, and every field."""
-    return {
-        "family": model_family(model),
-        "model_name": getattr(model, "model_name", None),
-        "config": dataclasses.asdict(model.config),
-    }
-
-
 def save(model: nn.Module, directory: str | os.PathLike[str], *, max_shard_size: int | str = "5GB") -> Path:
     """Save `model` as a model folder (config.json + safetensors weights, sharded past max_shard_size)."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = model_config_dict(model)
+    # What config.json holds: the family, the model name it was created from, and every config field.
+    config = {"family": model_family(model), "model_name": getattr(model, "model_name", None),
+              "config": dataclasses.asdict(model.config)}
     metadata = {_METADATA_KEY: json.dumps(config)}
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     limit = parse_size(max_shard_size)
@@ -58,19 +51,16 @@ def save(model: nn.Module, directory: str | os.PathLike[str], *, max_shard_size:
         shards[-1][name] = tensor
         size += nbytes
 
-    if len(shards) == 1:
-        atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(shards[0], str(p), metadata=metadata))
-        (directory / INDEX_NAME).unlink(missing_ok=True)
-    else:
-        weight_map = {}
-        for i, shard in enumerate(shards, 1):
-            name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-            atomic_write(directory / name, lambda p, s=shard: save_file(s, str(p), metadata=metadata))
-            weight_map.update({k: name for k in shard})
+    # One shard is model.safetensors; more are numbered, with an index of which file holds each tensor.
+    n = len(shards)
+    names = [WEIGHTS_NAME] if n == 1 else [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+    for name, shard in zip(names, shards):
+        atomic_write(directory / name, lambda p, s=shard: save_file(s, str(p), metadata=metadata))
+    if n > 1:
         index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
-                 "weight_map": weight_map}
+                 "weight_map": {k: name for name, shard in zip(names, shards) for k in shard}}
         atomic_write(directory / INDEX_NAME, lambda p: p.write_text(json.dumps(index, indent=2)))
-        (directory / WEIGHTS_NAME).unlink(missing_ok=True)
+    (directory / (INDEX_NAME if n == 1 else WEIGHTS_NAME)).unlink(missing_ok=True)  # the other layout's, if saved over
     atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
     return directory
 
@@ -117,14 +107,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict, dict[str, torch
     if not (path / CONFIG_NAME).is_file():
         raise CheckpointError(f"{path} has no {CONFIG_NAME}; is it a vitfast model folder (see `vitfast.save`)?")
     config = _read_json(path / CONFIG_NAME)
-    if (path / INDEX_NAME).is_file():
-        index = _read_json(path / INDEX_NAME)
-        state = {}
-        for shard in sorted(set(index.get("weight_map", {}).values())):
-            state.update(_read_safetensors(path / shard)[0])
-    else:
-        state = _read_safetensors(path / WEIGHTS_NAME)[0]
-    return config, state
+    index = path / INDEX_NAME
+    shards = sorted(set(_read_json(index).get("weight_map", {}).values())) if index.is_file() else [WEIGHTS_NAME]
+    return config, {k: v for shard in shards for k, v in _read_safetensors(path / shard)[0].items()}
 
 
 def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu", **overrides) -> nn.Module:
@@ -141,14 +126,10 @@ def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cp
     model.model_name = config.get("model_name")
     try:
         result = model.load_state_dict(state, strict=False)
+        problems = [f"{what} {', '.join(keys[:5])}" for what, keys in [("missing", result.missing_keys),
+                                                                       ("unexpected", result.unexpected_keys)] if keys]
     except RuntimeError as exc:  # shape mismatches
-        detail = " ".join(str(exc).split())[:300]
-        raise CheckpointError(f"{path}: the weights do not match config.json ({detail}).") from None
-    problems = []
-    if result.missing_keys:
-        problems.append(f"missing {', '.join(result.missing_keys[:5])}")
-    if result.unexpected_keys:
-        problems.append(f"unexpected {', '.join(result.unexpected_keys[:5])}")
+        problems = [" ".join(str(exc).split())[:300]]
     if problems:
         raise CheckpointError(f"{path}: the weights do not match config.json ({'; '.join(problems)}).")
     return model.to(map_location)

@@ -19,9 +19,8 @@ FAMILIES: dict[str, tuple[type, type[nn.Module]]] = {
     "clip": (CLIPConfig, CLIP),
 }
 _REGISTRY: dict[str, tuple[str, object]] = {
-    **{name: ("vit", cfg) for name, cfg in VIT_CONFIGS.items()},
-    **{name: ("swin", cfg) for name, cfg in SWIN_CONFIGS.items()},
-    **{name: ("clip", cfg) for name, cfg in CLIP_CONFIGS.items()},
+    name: (family, cfg) for family, configs in [("vit", VIT_CONFIGS), ("swin", SWIN_CONFIGS), ("clip", CLIP_CONFIGS)]
+    for name, cfg in configs.items()
 }
 
 
@@ -83,8 +82,7 @@ def create_model(name: str, **overrides) -> nn.Module:
 
     Example: ``create_model("vit_base_patch16_224", num_classes=10, attn_backend="sdpa")``.
     """
-    check_model_name(name)
-    family, base = _REGISTRY[name]
+    family, base = named_config(name)
     config = build_config(family, {**dataclasses.asdict(base), **overrides})
     model = build_model(family, config)
     model.model_name = name

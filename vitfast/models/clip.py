@@ -290,19 +290,17 @@ def _named(embed_dim: int, patch: int, vision: tuple[int, int, int], text: tuple
                       text_width=tw, text_layers=tl, text_heads=th, **kw)
 
 
-# open_clip's model_configs/*.json; vision heads = width // head_width (64, or 80 for ViT-H-14).
+# open_clip's model_configs/*.json, each also "-quickgelu"; vision heads = width // head_width (64, or 80 for ViT-H-14).
 # `clip_tiny` is vitfast's own, sized for the built-in default data (32×32 images, short captions)
 # so that training it on a 2-core CPU takes minutes; the trainer sets vocab_size and eot_token_id
 # from the tokenizer it trains.
 CLIP_CONFIGS: dict[str, CLIPConfig] = {
-    "ViT-B-32": _named(512, 32, (768, 12, 12), (512, 12, 8)),
-    "ViT-B-16": _named(512, 16, (768, 12, 12), (512, 12, 8)),
-    "ViT-L-14": _named(768, 14, (1024, 24, 16), (768, 12, 12)),
-    "ViT-H-14": _named(1024, 14, (1280, 32, 16), (1024, 24, 16)),
-    "ViT-B-32-quickgelu": _named(512, 32, (768, 12, 12), (512, 12, 8), quick_gelu=True),
-    "ViT-B-16-quickgelu": _named(512, 16, (768, 12, 12), (512, 12, 8), quick_gelu=True),
-    "ViT-L-14-quickgelu": _named(768, 14, (1024, 24, 16), (768, 12, 12), quick_gelu=True),
-    "ViT-H-14-quickgelu": _named(1024, 14, (1280, 32, 16), (1024, 24, 16), quick_gelu=True),
+    **{name + suffix: _named(dim, patch, vision, text, quick_gelu=suffix == "-quickgelu")
+       for suffix in ("", "-quickgelu")
+       for name, dim, patch, vision, text in [("ViT-B-32", 512, 32, (768, 12, 12), (512, 12, 8)),
+                                              ("ViT-B-16", 512, 16, (768, 12, 12), (512, 12, 8)),
+                                              ("ViT-L-14", 768, 14, (1024, 24, 16), (768, 12, 12)),
+                                              ("ViT-H-14", 1024, 14, (1280, 32, 16), (1024, 24, 16))]},
     "clip_tiny": _named(128, 8, (128, 4, 4), (128, 3, 4), image_size=32, context_length=24, vocab_size=1024,
                         eot_token_id=1023),
 }

@@ -1,8 +1,9 @@
 """Layers that the ViT, Swin and CLIP models share (as timm keeps them in ``timm/layers/``).
 
 Each model file holds only what is its own; what they have in common is here: stochastic depth, the
-two-layer MLP, multi-head self-attention through ``vitfast.kernels.attention``, the block loop with
-optional activation checkpointing, timm's init of linear layers, and the check of ``attn_backend``.
+two-layer MLP, multi-head self-attention through ``vitfast.kernels.attention``, the patch embedding and
+pre-norm block of ViT and Swin, the block loop with optional activation checkpointing, timm's init of
+linear layers, and the check of ``attn_backend``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from vitfast.choices import ATTENTION_BACKENDS
@@ -77,6 +79,45 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(multi_head_attention(self.qkv(x), self.num_heads, causal=False, backend=self.backend))
+
+
+class PatchEmbed(nn.Module):
+    """Conv patchify (timm's ``proj``), channels last: (B, C, H, W) to (B, ⌈H/p⌉, ⌈W/p⌉, D).
+
+    Images are padded to whole patches, as timm's Swin with strict_img_size=False (ViT refuses such
+    sizes before it gets here); Swin's patches are then normalized (``norm``), ViT's are not.
+    """
+
+    def __init__(self, patch_size: int, in_chans: int, dim: int, norm: bool = False):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(dim) if norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, _, h, w = x.shape
+        p = self.patch_size
+        if h % p or w % p:
+            x = F.pad(x, (0, (-w) % p, 0, (-h) % p))
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with timm's names: x + attn(norm1(x)), then x + mlp(norm2(x)), each
+    branch under stochastic depth. `attn` is the family's own: ViT's global, Swin's windowed."""
+
+    def __init__(self, dim: int, attn: nn.Module, mlp_ratio: float, drop_path: float, norm_eps: float = 1e-5):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = attn
+        self.drop_path1 = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path2 = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path1(self.attn(self.norm1(x)))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
 def run_blocks(blocks: Iterable[nn.Module], x: torch.Tensor, checkpointed: bool) -> torch.Tensor:

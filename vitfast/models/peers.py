@@ -8,6 +8,7 @@ ImportError when the library is not installed.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import torch.nn as nn
@@ -18,6 +19,8 @@ PEERS = {"vit": "timm", "swin": "timm", "clip": "open_clip"}
 def peer_model(family: str, config) -> nn.Module:
     """timm's VisionTransformer / SwinTransformer or open_clip's CLIP with `config`'s architecture
     (random init; stochastic depth as in the config)."""
+    if family not in PEERS:
+        raise ValueError(f"unknown model family {family!r}; known: {', '.join(PEERS)}.")
     if family == "clip":
         from open_clip.model import CLIP as OpenClip
 
@@ -27,21 +30,12 @@ def peer_model(family: str, config) -> nn.Module:
         text = {"context_length": config.context_length, "vocab_size": config.vocab_size, "width": config.text_width,
                 "heads": config.text_heads, "layers": config.text_layers, "mlp_ratio": config.text_mlp_ratio}
         return OpenClip(config.embed_dim, vision, text, quick_gelu=config.quick_gelu)
+    # ViT's and Swin's config fields are timm's arguments of the same names, but for vitfast's own two.
+    timm_args = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("attn_backend", "norm_eps")}
     if family == "vit":
         from timm.models.vision_transformer import VisionTransformer
 
-        return VisionTransformer(img_size=config.img_size, patch_size=config.patch_size, in_chans=config.in_chans,
-                                 num_classes=config.num_classes, embed_dim=config.embed_dim, depth=config.depth,
-                                 num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias,
-                                 class_token=config.class_token, global_pool=config.global_pool,
-                                 drop_rate=config.drop_rate, drop_path_rate=config.drop_path_rate,
-                                 norm_layer=functools.partial(nn.LayerNorm, eps=config.norm_eps))
-    if family == "swin":
-        from timm.models.swin_transformer import SwinTransformer
+        return VisionTransformer(**timm_args, norm_layer=functools.partial(nn.LayerNorm, eps=config.norm_eps))
+    from timm.models.swin_transformer import SwinTransformer
 
-        return SwinTransformer(img_size=config.img_size, patch_size=config.patch_size, in_chans=config.in_chans,
-                               num_classes=config.num_classes, embed_dim=config.embed_dim, depths=config.depths,
-                               num_heads=config.num_heads, window_size=config.window_size,
-                               mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias, drop_rate=config.drop_rate,
-                               drop_path_rate=config.drop_path_rate)
-    raise ValueError(f"unknown model family {family!r}; known: {', '.join(PEERS)}.")
+    return SwinTransformer(**timm_args)

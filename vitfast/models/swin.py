@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from vitfast.kernels import window_attention
 from vitfast.kernels.window_geometry import effective_window
 
-from .layers import DropPath, Mlp, check_attn_backend, init_linears, run_blocks
+from .layers import Attention, Block, PatchEmbed, check_attn_backend, init_linears, run_blocks
 
 
 @dataclass
@@ -50,62 +50,23 @@ class SwinConfig:
         check_attn_backend(self.attn_backend)
 
 
-class PatchEmbed(nn.Module):
-    """Conv patchify + LayerNorm, channels last: (B, 3, H, W) to (B, H/p, W/p, C)."""
+class WindowAttention(Attention):
+    """Attention's qkv and proj around fused (shifted) window attention with a relative-position bias table."""
 
-    def __init__(self, patch_size: int, in_chans: int, dim: int):
-        super().__init__()
-        self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, _, h, w = x.shape
-        p = self.patch_size
-        if h % p or w % p:  # as timm with strict_img_size=False: pad to whole patches
-            x = F.pad(x, (0, (-w) % p, 0, (-h) % p))
-        return self.norm(self.proj(x).permute(0, 2, 3, 1))
-
-
-class WindowAttention(nn.Module):
-    """qkv projection, relative-position bias table, fused (shifted) window attention, output projection."""
-
-    def __init__(self, dim: int, num_heads: int, window: tuple[int, int], qkv_bias: bool, backend: str):
-        super().__init__()
-        self.num_heads = num_heads
-        self.backend = backend
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.relative_position_bias_table = nn.Parameter(
-            torch.zeros((2 * window[0] - 1) * (2 * window[1] - 1), num_heads))
-        self.proj = nn.Linear(dim, dim)
-        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-
-    def forward(self, x: torch.Tensor, window: tuple[int, int], shift: tuple[int, int]) -> torch.Tensor:
-        out = window_attention(self.qkv(x), self.relative_position_bias_table, num_heads=self.num_heads,
-                               window_size=window, shift_size=shift, qkv_bias=self.qkv.bias,
-                               shrink_window=False, backend=self.backend)
-        return self.proj(out)
-
-
-class SwinBlock(nn.Module):
-    """x + attn(norm1(x)) over (shifted) windows, then x + mlp(norm2(x)); (B, H, W, C) in and out."""
-
-    def __init__(self, dim: int, num_heads: int, resolution: tuple[int, int], window: int, shifted: bool,
-                 mlp_ratio: float, qkv_bias: bool, drop_path: float, backend: str):
-        super().__init__()
+    def __init__(self, dim: int, num_heads: int, resolution: tuple[int, int], window: int, shift: int,
+                 qkv_bias: bool, backend: str):
+        super().__init__(dim, num_heads, qkv_bias, backend)
         # Window and shift are fixed for the configured resolution, as in timm; a map no larger than
         # the window shrinks it (and the bias table) and drops the shift along that axis.
-        self.window, self.shift = effective_window(*resolution, window, window // 2 if shifted else 0)
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, num_heads, self.window, qkv_bias, backend)
-        self.drop_path1 = DropPath(drop_path)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.drop_path2 = DropPath(drop_path)
+        self.window, self.shift = effective_window(*resolution, window, shift)
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros((2 * self.window[0] - 1) * (2 * self.window[1] - 1), num_heads))
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path1(self.attn(self.norm1(x), self.window, self.shift))
-        return x + self.drop_path2(self.mlp(self.norm2(x)))
+        return self.proj(window_attention(self.qkv(x), self.relative_position_bias_table, num_heads=self.num_heads,
+                                          window_size=self.window, shift_size=self.shift, qkv_bias=self.qkv.bias,
+                                          shrink_window=False, backend=self.backend))
 
 
 class PatchMerging(nn.Module):
@@ -125,13 +86,17 @@ class PatchMerging(nn.Module):
 
 
 class SwinStage(nn.Module):
-    def __init__(self, dim: int, depth: int, num_heads: int, resolution: tuple[int, int], window: int,
-                 downsample: bool, mlp_ratio: float, qkv_bias: bool, drop_paths: list[float], backend: str):
+    """Stage `i`, channels last: a PatchMerging after the first, then blocks alternating plain and shifted windows."""
+
+    def __init__(self, config: SwinConfig, i: int, drop_paths: list[float]):
         super().__init__()
-        self.downsample = PatchMerging(dim // 2) if downsample else nn.Identity()
+        dim, window = config.embed_dim * 2**i, config.window_size
+        res = -(-config.img_size // config.patch_size // 2**i)  # the stage's map size, which fixes its windows
+        self.downsample = PatchMerging(dim // 2) if i > 0 else nn.Identity()
         self.blocks = nn.Sequential(*[
-            SwinBlock(dim, num_heads, resolution, window, i % 2 == 1, mlp_ratio, qkv_bias, drop_paths[i], backend)
-            for i in range(depth)
+            Block(dim, WindowAttention(dim, config.num_heads[i], (res, res), window, window // 2 if j % 2 else 0,
+                                       config.qkv_bias, config.attn_backend), config.mlp_ratio, rate)
+            for j, rate in enumerate(drop_paths)
         ])
         self.grad_checkpointing = False
 
@@ -160,17 +125,9 @@ class SwinTransformer(nn.Module):
         config.validate()
         self.config = config
         dims = [config.embed_dim * 2**i for i in range(len(config.depths))]
-        self.patch_embed = PatchEmbed(config.patch_size, config.in_chans, dims[0])
-        grid = -(-config.img_size // config.patch_size)
-        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()
-        stages, start = [], 0
-        for i, (depth, heads) in enumerate(zip(config.depths, config.num_heads)):
-            res = -(-grid // 2**i)
-            stages.append(SwinStage(dims[i], depth, heads, (res, res), config.window_size, i > 0,
-                                    config.mlp_ratio, config.qkv_bias, rates[start:start + depth],
-                                    config.attn_backend))
-            start += depth
-        self.layers = nn.Sequential(*stages)
+        self.patch_embed = PatchEmbed(config.patch_size, config.in_chans, dims[0], norm=True)
+        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths)).split(config.depths)
+        self.layers = nn.Sequential(*[SwinStage(config, i, stage.tolist()) for i, stage in enumerate(rates)])
         self.norm = nn.LayerNorm(dims[-1])
         self.head = ClassifierHead(dims[-1], config.num_classes, config.drop_rate)
         init_linears(self)
@@ -198,10 +155,9 @@ def _named(dim: int, depths: tuple[int, ...], heads: tuple[int, ...], window: in
 SWIN_CONFIGS: dict[str, SwinConfig] = {
     "swin_tiny_patch4_window7_224": _named(96, (2, 2, 6, 2), (3, 6, 12, 24)),
     "swin_small_patch4_window7_224": _named(96, (2, 2, 18, 2), (3, 6, 12, 24)),
-    "swin_base_patch4_window7_224": _named(128, (2, 2, 18, 2), (4, 8, 16, 32)),
-    "swin_base_patch4_window12_384": _named(128, (2, 2, 18, 2), (4, 8, 16, 32), window=12, img=384),
-    "swin_large_patch4_window7_224": _named(192, (2, 2, 18, 2), (6, 12, 24, 48)),
-    "swin_large_patch4_window12_384": _named(192, (2, 2, 18, 2), (6, 12, 24, 48), window=12, img=384),
+    **{f"swin_{size}_patch4_window{window}_{img}": _named(dim, (2, 2, 18, 2), heads, window, img)
+       for size, dim, heads in [("base", 128, (4, 8, 16, 32)), ("large", 192, (6, 12, 24, 48))]
+       for window, img in [(7, 224), (12, 384)]},
     "swin_micro_patch2_window4_32": _named(64, (2, 2, 2), (2, 4, 8), window=4, img=32, patch_size=2,
                                            num_classes=10),
 }

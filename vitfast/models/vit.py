@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import Attention, DropPath, Mlp, check_attn_backend, init_linears, run_blocks
+from .layers import Attention, Block, PatchEmbed, check_attn_backend, init_linears, run_blocks
 
 
 @dataclass
@@ -47,38 +47,6 @@ class ViTConfig:
             raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg'.")
         if self.img_size % self.patch_size:
             raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}.")
-
-
-class PatchEmbed(nn.Module):
-    """Conv patchify to tokens: (B, C, H, W) to (B, H/p·W/p, D); H and W must be multiples of p."""
-
-    def __init__(self, patch_size: int, in_chans: int, embed_dim: int):
-        super().__init__()
-        self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, _, h, w = x.shape
-        if h % self.patch_size or w % self.patch_size:
-            raise ValueError(f"image size {h}×{w} is not a multiple of the patch size {self.patch_size}.")
-        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop_path: float,
-                 backend: str, norm_eps: float):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, num_heads, qkv_bias, backend)
-        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.drop_path = DropPath(drop_path)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], num_prefix: int) -> torch.Tensor:
@@ -115,8 +83,8 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + grid * grid, dim))
         rates = torch.linspace(0, config.drop_path_rate, config.depth).tolist()
         self.blocks = nn.Sequential(*[
-            Block(dim, config.num_heads, config.mlp_ratio, config.qkv_bias, rate, config.attn_backend,
-                  config.norm_eps)
+            Block(dim, Attention(dim, config.num_heads, config.qkv_bias, config.attn_backend), config.mlp_ratio,
+                  rate, config.norm_eps)
             for rate in rates
         ])
         use_fc_norm = config.global_pool == "avg"
@@ -144,26 +112,21 @@ class VisionTransformer(nn.Module):
             grid = self.config.img_size // self.config.patch_size
             state_dict[key] = resample_pos_embed(state_dict[key], (grid, grid), self.num_prefix_tokens)
 
-    def _pos_embed(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        pos = self.pos_embed
-        stored = self.config.img_size // self.config.patch_size
-        if grid != (stored, stored):  # another input size: resize the learned grid to match
-            pos = resample_pos_embed(pos, grid, self.num_prefix_tokens)
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images, H and W multiples of the patch size, to (B, prefix + N, D) normalized tokens."""
+        _, _, h, w = x.shape
+        p = self.config.patch_size
+        if h % p or w % p:
+            raise ValueError(f"image size {h}×{w} is not a multiple of the patch size {p}.")
+        x = self.patch_embed(x).flatten(1, 2)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        return x + pos
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) images to (B, prefix + N, D) normalized tokens."""
-        grid = (x.shape[-2] // self.config.patch_size, x.shape[-1] // self.config.patch_size)
-        x = self._pos_embed(self.patch_embed(x), grid)
+        # Another input size gets the learned grid resized to match; the trained size gets it as is.
+        x = x + resample_pos_embed(self.pos_embed, (h // p, w // p), self.num_prefix_tokens)
         return self.norm(run_blocks(self.blocks, x, self.grad_checkpointing and self.training))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.config.global_pool == "avg":
-            x = x[:, self.num_prefix_tokens:].mean(dim=1)
-        else:
-            x = x[:, 0]
+        x = x[:, self.num_prefix_tokens:].mean(dim=1) if self.config.global_pool == "avg" else x[:, 0]
         x = self.head_drop(self.fc_norm(x))
         return x if pre_logits else self.head(x)
 
@@ -175,20 +138,15 @@ def _named(patch: int, dim: int, depth: int, heads: int, img: int = 224, **kw) -
     return ViTConfig(img_size=img, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads, **kw)
 
 
-# timm's names and shapes (timm has no 384 variant of ViT-H/14). `vit_micro_patch4_32` is vitfast's
-# own: sized for the built-in default data (32×32 images, 10 classes) so that training it on a
-# 2-core CPU takes minutes.
+# timm's names and shapes, at 224 and 384 pixels (ViT-H/14 only at 224: timm has no 384 variant).
+# `vit_micro_patch4_32` is vitfast's own: sized for the built-in default data (32×32 images, 10 classes)
+# so that training it on a 2-core CPU takes minutes.
 VIT_CONFIGS: dict[str, ViTConfig] = {
-    "vit_tiny_patch16_224": _named(16, 192, 12, 3),
-    "vit_tiny_patch16_384": _named(16, 192, 12, 3, img=384),
-    "vit_small_patch16_224": _named(16, 384, 12, 6),
-    "vit_small_patch16_384": _named(16, 384, 12, 6, img=384),
-    "vit_base_patch16_224": _named(16, 768, 12, 12),
-    "vit_base_patch16_384": _named(16, 768, 12, 12, img=384),
-    "vit_base_patch32_224": _named(32, 768, 12, 12),
-    "vit_base_patch32_384": _named(32, 768, 12, 12, img=384),
-    "vit_large_patch16_224": _named(16, 1024, 24, 16),
-    "vit_large_patch16_384": _named(16, 1024, 24, 16, img=384),
+    **{f"vit_{size}_patch{patch}_{img}": _named(patch, dim, depth, heads, img=img)
+       for size, patch, dim, depth, heads in [("tiny", 16, 192, 12, 3), ("small", 16, 384, 12, 6),
+                                              ("base", 16, 768, 12, 12), ("base", 32, 768, 12, 12),
+                                              ("large", 16, 1024, 24, 16)]
+       for img in (224, 384)},
     "vit_huge_patch14_224": _named(14, 1280, 32, 16, num_classes=0),  # timm: in21k features, no head
     "vit_micro_patch4_32": _named(4, 128, 6, 4, img=32, num_classes=10, global_pool="avg"),
 }
