@@ -59,7 +59,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 def amp_dtype_for(name: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of ``--amp-dtype NAME`` on `device`, or None for no autocast (fp32)."""
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
+        name = default_dtype_name(device)
     if name not in DTYPES:
         raise ValueError(f"unknown --amp-dtype {name!r}; choose {', '.join(DTYPES)}.")
     if name != "fp32" and device.type != "cuda":
