@@ -419,7 +419,7 @@ def bench_model_command(
     batch_size: int | None = typer.Option(None, "--batch-size", "-b", show_default=False,
                                           help="Default: 256 on CUDA (timm's benchmark), 8 on CPU."),
     img_size: int | None = typer.Option(None, "--img-size", help="Default: the model's."),
-    amp_dtype: _Dtype = typer.Option("auto", "--amp-dtype", help="bf16, fp16, fp32; auto: bf16 on CUDA, fp32 on CPU."),
+    amp_dtype: _Dtype = _AMP_DTYPE,
     attn_backend: str = typer.Option("triton,sdpa,eager", "--attn-backend",
                                      help="Comma-separated vitfast attention backends: triton, sdpa, eager."),
     compare: str | None = typer.Option(None, "--compare", help="Also time the same architecture in timm (ViT, "
