@@ -10,17 +10,25 @@ from __future__ import annotations
 import os
 from types import SimpleNamespace
 
-import torch
-
 try:
     import triton
     import triton.language as tl
 
     TRITON_ERROR: ImportError | None = None
+    # What a kernel that cannot be built or launched on this GPU raises (too much shared memory, a
+    # compiler or ptxas failure): backend="auto" falls back on these, an explicit "triton" lets them out.
+    # Looked up by name: the classes moved between Triton 3.0 and 3.8.
+    import triton.compiler.errors
+    import triton.runtime.errors
+
+    KERNEL_ERRORS: tuple[type[Exception], ...] = tuple(
+        getattr(module, name) for module in (triton.runtime.errors, triton.compiler.errors)
+        for name in ("OutOfResources", "PTXASError", "CompilationError") if hasattr(module, name))
 except ImportError as exc:  # pragma: no cover - exercised only where Triton is absent
     TRITON_ERROR = exc
     triton = SimpleNamespace(jit=lambda fn: fn)
     tl = SimpleNamespace(constexpr=object)
+    KERNEL_ERRORS = ()
 
 
 def interpreting() -> bool:
@@ -34,11 +42,3 @@ def require_triton() -> None:
             f"backend='triton' needs the triton package, which failed to import ({TRITON_ERROR}); "
             "install it (`pip install triton`, Linux only) or use backend='sdpa' or 'eager'."
         )
-
-
-def dot_precision(dtype: torch.dtype) -> str:
-    """`tl.dot`'s input_precision: float32 follows torch's own matmul setting (TF32 only when
-    torch.backends.cuda.matmul.allow_tf32 is on), so a kernel is as exact as torch's matmul."""
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return "ieee"
-    return "tf32"

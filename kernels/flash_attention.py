@@ -5,7 +5,12 @@ Forward (FlashAttention-2 schedule): one program per (batch·head, block of BLOC
 streams key/value blocks through an online softmax in base 2 with float32 accumulators and stores the
 output and the row log-sum-exp, never the N×N matrix. Backward recomputes the probabilities from the
 log-sum-exp: one kernel per key block accumulates dK and dV, another per query block accumulates dQ.
-No program writes another's rows and nothing uses atomics, so gradients are bit-identical run to run.
+No program writes another's rows and nothing uses atomics, and tiles come from kernels/tiles.json,
+not from timing, so gradients are bit-identical run to run and rank to rank.
+
+The launchers are registered as torch.library custom ops (``vitfast::flash_attention_forward`` and
+``..._backward``, with fake implementations and the forward's autograd), so ``torch.compile`` sees one
+opaque op per call, with no graph break, and nothing in them waits on the GPU.
 
 Every tensor is addressed through its own strides (q, k and v unbound from a packed qkv need no copy);
 batch, head and block offsets are 64-bit so tensors past 2^31 elements are safe.
@@ -13,11 +18,10 @@ batch, head and block offsets are 64-bit so tensors past 2^31 elements are safe.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from ._triton import dot_precision, interpreting, require_triton, tl, triton
+from . import arch, tables
+from ._triton import require_triton, tl, triton
 
 LOG2E = 1.4426950408889634
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -307,49 +311,10 @@ def _attn_bwd_dq_kernel(
 
 
 # --------------------------------------------------------------------------------------------------
-# Launch configurations
+# Launchers
 # --------------------------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class TileConfig:
-    """Block sizes and launch options of one kernel; BLOCK_M is always a multiple of BLOCK_N."""
-
-    block_m: int
-    block_n: int
-    num_warps: int
-    num_stages: int
-
-    def as_triton(self) -> "triton.Config":
-        return triton.Config({"BLOCK_M": self.block_m, "BLOCK_N": self.block_n},
-                             num_warps=self.num_warps, num_stages=self.num_stages)
-
-
-# The autotuner's candidates on a GPU, per kernel and input width; the compile gate
-# (tests/test_flash_attention_compile.py) builds each for sm_80 and sm_90 and checks shared memory,
-# spills and tensor cores. On sm_90 a dot needs M >= 64 rows for wgmma: the M of every dot is
-# BLOCK_M in the forward and dQ kernels and BLOCK_N in the dK/dV kernel. Small tiles suit ViT
-# lengths (197-577), where a 128-row tile leaves SMs idle; large tiles suit long sequences.
-CONFIGS: dict[str, dict[str, tuple[TileConfig, ...]]] = {
-    "fwd": {
-        "16bit": (TileConfig(64, 32, 4, 3), TileConfig(64, 64, 4, 3),
-                  TileConfig(128, 64, 8, 3), TileConfig(128, 128, 8, 2)),
-        # float32 tiles take twice the registers: 8 warps keep them spill-free in TF32.
-        "fp32": (TileConfig(64, 32, 8, 2),),
-    },
-    # dK/dV kernel: BLOCK_N keys held, BLOCK_M queries streamed.
-    "dkdv": {
-        "16bit": (TileConfig(32, 64, 4, 3), TileConfig(64, 64, 8, 3), TileConfig(32, 128, 8, 2)),
-        "fp32": (TileConfig(32, 64, 8, 2),),
-    },
-    # dQ kernel: BLOCK_M queries held, BLOCK_N keys streamed.
-    "dq": {
-        "16bit": (TileConfig(64, 32, 4, 3), TileConfig(64, 64, 4, 2), TileConfig(128, 32, 8, 3)),
-        "fp32": (TileConfig(64, 32, 8, 2), TileConfig(64, 16, 4, 2)),
-    },
-}
-# The interpreter runs one program at a time in numpy and cannot autotune over several configs.
-INTERPRETER_CONFIG = TileConfig(64, 32, 1, 1)
+# The delta kernel reads O and dO once per row: its block is fixed, Triton's default warps and stages.
 DELTA_BLOCK_M = 64
 
 
@@ -357,38 +322,20 @@ def _block_d(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
-def candidate_configs(kernel: str, dtype: torch.dtype) -> tuple[TileConfig, ...]:
-    """The configs the autotuner tries for `kernel` ("fwd", "dkdv", "dq") on inputs of `dtype`."""
-    return CONFIGS[kernel]["fp32" if dtype == torch.float32 else "16bit"]
-
-
-_tuned: dict[tuple[str, torch.dtype], object] = {}
-
-
-def _kernel_for(name: str, kernel, dtype: torch.dtype, config: TileConfig | None):
-    """`kernel` with its block sizes chosen: fixed (`config`, or the interpreter's), or autotuned."""
-    if config is None and interpreting():
-        config = INTERPRETER_CONFIG
-    if config is not None:
-        return kernel, {"BLOCK_M": config.block_m, "BLOCK_N": config.block_n,
-                        "num_warps": config.num_warps, "num_stages": config.num_stages}
-    if (name, dtype) not in _tuned:
-        _tuned[name, dtype] = triton.autotune(
-            configs=[c.as_triton() for c in candidate_configs(name, dtype)],
-            # Tuned once per sequence length (and dtype, which Triton adds to the key): a training run
-            # tunes once; nothing is written in place, so re-running a config during tuning is safe.
-            key=["N", "HEAD_DIM", "CAUSAL", "PRECISION"],
-        )(kernel)
-    return _tuned[name, dtype], {}
-
-
-# --------------------------------------------------------------------------------------------------
-# Launchers
-# --------------------------------------------------------------------------------------------------
-
-
-def _grid(n_blocks_of):
-    return lambda meta: (n_blocks_of(meta),)
+@torch.compiler.assume_constant_result  # a constant of the graph under torch.compile
+def unsupported_reason(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> str | None:
+    """Why the Triton kernels cannot take q, k, v of this shape, dtype and device (None: they can)."""
+    if len(shape) != 4:
+        return f"q, k, v must be (B, H, N, D); got shape {tuple(shape)}"
+    if dtype not in SUPPORTED_DTYPES:
+        return f"the kernels take float16, bfloat16 or float32; got {dtype}"
+    head_dim = shape[-1]
+    if head_dim % 8 or not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM:
+        return (f"the kernels take head dims that are multiples of 8 from {MIN_HEAD_DIM} to {MAX_HEAD_DIM}; "
+                f"got {head_dim}")
+    return arch.unsupported_device(device) or (
+        None if tables.tile_for("attention.fwd", arch.device_family(device), dtype, head_dim, shape[2]) else
+        f"no tile of the kernels fits {arch.device_arch(device)} at {dtype}, head dim {head_dim}")
 
 
 def _check_triton_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -400,58 +347,60 @@ def _check_triton_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> N
             f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}. "
             "Use backend='sdpa' for cross-attention with different lengths."
         )
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(
-            f"backend='triton' needs q, k, v of one dtype among float16, bfloat16, float32; got "
-            f"{q.dtype}, {k.dtype}, {v.dtype}."
-        )
-    head_dim = q.shape[-1]
-    if head_dim % 8 or not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM:
-        raise ValueError(
-            f"backend='triton' supports head dims that are multiples of 8 from {MIN_HEAD_DIM} to "
-            f"{MAX_HEAD_DIM}; got {head_dim}. Use backend='sdpa' for this head dim."
-        )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"backend='triton' needs q, k, v of one dtype; got {q.dtype}, {k.dtype}, {v.dtype}.")
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v are on different devices: {q.device}, {k.device}, {v.device}.")
-    if q.device.type != "cuda" and not interpreting():
-        raise ValueError(
-            f"backend='triton' runs on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1); "
-            f"got a {q.device.type} tensor. Use backend='sdpa' or 'eager' on this device."
-        )
+    reason = unsupported_reason(tuple(q.shape), q.dtype, q.device)
+    if reason:
+        raise ValueError(f"backend='triton' cannot run here: {reason}. Use backend='sdpa' or 'eager'.")
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:
     return tuple(t.stride())  # type: ignore[return-value]
 
 
+def _launch(kernel: str, q: torch.Tensor, config: tables.TileConfig | None, run) -> None:
+    """Run `run(config)` with the given config or the tile table's (tuned under VITFAST_AUTOTUNE=1)."""
+    if config is not None:
+        run(config)
+    else:
+        B, H, N, D = q.shape
+        tables.launch(kernel, arch.device_family(q.device), q.dtype, D, N, run, tune_key=(B * H,))
+
+
 def attention_forward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
-    config: TileConfig | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float, precision: str = "ieee",
+    config: tables.TileConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the forward kernel; returns the output (B, H, N, D) and the base-2 LSE (B·H, N) in float32."""
+    """Run the forward kernel; returns the output (B, H, N, D) and the base-2 LSE (B·H, N) in float32.
+
+    precision: `tl.dot`'s input_precision for float32 inputs ("ieee" or "tf32"). config: a tile to use
+    instead of the table's (tests run every row's)."""
     B, H, N, D = q.shape
     out = torch.empty((B, H, N, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B * H, N), dtype=torch.float32, device=q.device)
-    kernel, fixed = _kernel_for("fwd", _attn_fwd_kernel, q.dtype, config)
-    kernel[_grid(lambda meta: B * H * triton.cdiv(N, meta["BLOCK_M"]))](
-        q, k, v, out, lse,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-        H, N, scale * LOG2E,
-        CAUSAL=causal, HEAD_DIM=D, BLOCK_D=_block_d(D), PRECISION=dot_precision(q.dtype),
-        **fixed,
-    )
+
+    def run(c: tables.TileConfig) -> None:
+        _attn_fwd_kernel[(B * H * triton.cdiv(N, c["BLOCK_M"]),)](
+            q, k, v, out, lse,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+            H, N, scale * LOG2E,
+            CAUSAL=causal, HEAD_DIM=D, BLOCK_D=_block_d(D), PRECISION=precision, **c.launch_kwargs(),
+        )
+
+    _launch("attention.fwd", q, config, run)
     return out, lse
 
 
 def attention_backward(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-    lse: torch.Tensor, causal: bool, scale: float,
-    dkdv_config: TileConfig | None = None, dq_config: TileConfig | None = None,
+    lse: torch.Tensor, causal: bool, scale: float, precision: str = "ieee",
+    dkdv_config: tables.TileConfig | None = None, dq_config: tables.TileConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the backward kernels; returns dQ, dK, dV with the shapes and dtype of q, k, v."""
     B, H, N, D = q.shape
     block_d = _block_d(D)
-    precision = dot_precision(q.dtype)
     delta = torch.empty_like(lse)
     _attn_bwd_delta_kernel[(B * H * triton.cdiv(N, DELTA_BLOCK_M),)](
         out, do, delta, *_strides(out), *_strides(do), H, N,
@@ -462,37 +411,67 @@ def attention_backward(
     dv = torch.empty((B, H, N, D), dtype=v.dtype, device=v.device)
     common = dict(CAUSAL=causal, HEAD_DIM=D, BLOCK_D=block_d, PRECISION=precision)
 
-    kernel, fixed = _kernel_for("dkdv", _attn_bwd_dkdv_kernel, q.dtype, dkdv_config)
-    kernel[_grid(lambda meta: B * H * triton.cdiv(N, meta["BLOCK_N"]))](
-        q, k, v, do, dk, dv, lse, delta,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
-        H, N, scale * LOG2E, scale, **common, **fixed,
-    )
-    kernel, fixed = _kernel_for("dq", _attn_bwd_dq_kernel, q.dtype, dq_config)
-    kernel[_grid(lambda meta: B * H * triton.cdiv(N, meta["BLOCK_M"]))](
-        q, k, v, do, dq, lse, delta,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq),
-        H, N, scale * LOG2E, scale, **common, **fixed,
-    )
+    def run_dkdv(c: tables.TileConfig) -> None:
+        _attn_bwd_dkdv_kernel[(B * H * triton.cdiv(N, c["BLOCK_N"]),)](
+            q, k, v, do, dk, dv, lse, delta,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
+            H, N, scale * LOG2E, scale, **common, **c.launch_kwargs(),
+        )
+
+    def run_dq(c: tables.TileConfig) -> None:
+        _attn_bwd_dq_kernel[(B * H * triton.cdiv(N, c["BLOCK_M"]),)](
+            q, k, v, do, dq, lse, delta,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq),
+            H, N, scale * LOG2E, scale, **common, **c.launch_kwargs(),
+        )
+
+    _launch("attention.dkdv", q, dkdv_config, run_dkdv)
+    _launch("attention.dq", q, dq_config, run_dq)
     return dq, dk, dv
 
 
-class FlashAttentionFunction(torch.autograd.Function):
-    """Triton flash attention; saves q, k, v, the output and the row log-sum-exp (B·H·N floats)."""
+# --------------------------------------------------------------------------------------------------
+# torch.library registration: custom ops, fake implementations, autograd
+# --------------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def forward(ctx, q, k, v, causal: bool, scale: float):
-        out, lse = attention_forward(q, k, v, causal, scale)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.causal = causal
-        ctx.scale = scale
-        return out
 
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = attention_backward(do, q, k, v, out, lse, ctx.causal, ctx.scale)
-        return dq, dk, dv, None, None
+@torch.library.custom_op("vitfast::flash_attention_forward", mutates_args=())
+def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
+                precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return attention_forward(q, k, v, causal, scale, precision)
+
+
+@_forward_op.register_fake
+def _(q, k, v, causal, scale, precision):
+    B, H, N, D = q.shape
+    return q.new_empty((B, H, N, D)), q.new_empty((B * H, N), dtype=torch.float32)
+
+
+@torch.library.custom_op("vitfast::flash_attention_backward", mutates_args=())
+def _backward_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                 lse: torch.Tensor, causal: bool, scale: float,
+                 precision: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return attention_backward(do, q, k, v, out, lse, causal, scale, precision)
+
+
+@_backward_op.register_fake
+def _(do, q, k, v, out, lse, causal, scale, precision):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, causal, scale, precision = inputs
+    ctx.save_for_backward(q, k, v, *output)
+    ctx.causal, ctx.scale, ctx.precision = causal, scale, precision
+
+
+def _backward(ctx, do, _dlse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = _backward_op(do, q, k, v, out, lse, ctx.causal, ctx.scale, ctx.precision)
+    return dq, dk, dv, None, None, None
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -500,20 +479,12 @@ class FlashAttentionFunction(torch.autograd.Function):
 # --------------------------------------------------------------------------------------------------
 
 
-def triton_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether backend='triton' accepts these inputs (what backend='auto' uses to choose)."""
-    try:
-        _check_triton_inputs(q, k, v)
-    except ValueError:
-        return False
-    return q.device.type == "cuda"
-
-
-def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
-                     scale: float) -> torch.Tensor:
-    """``attention(..., backend="triton")``: checks the inputs (ValueError naming the problem), then
-    runs the fused kernels with autograd. (B, H, N, D) in and out."""
+def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, scale: float,
+                     precision: str = "ieee") -> torch.Tensor:
+    """``attention(..., backend="triton")`` on inputs in the operand dtype the precision policy chose:
+    checks them (ValueError naming the problem), then runs the fused kernels with autograd. (B, H, N, D)
+    in and out; `precision` is `tl.dot`'s for float32 inputs."""
     _check_triton_inputs(q, k, v)
     if q.numel() == 0:
         return torch.empty_like(q)
-    return FlashAttentionFunction.apply(q, k, v, causal, float(scale))
+    return _forward_op(q, k, v, causal, float(scale), precision)[0]

@@ -1,15 +1,18 @@
-"""The public ops, `attention`, `window_attention` and `clip_loss`: each checks its inputs and runs
-the backend asked for.
+"""The public ops, `attention`, `window_attention` and `clip_loss`: each checks its inputs, applies the
+precision policy (precision.py), and runs the backend asked for; "auto" asks dispatch.py.
 
 This is the one module that imports both the optimized files (flash_attention.py, swin_attention.py,
-similarity_ce.py: one op's kernels, launcher and autograd Function each) and the eager oracles in
-reference.py, so that neither side imports the other: an optimized path cannot quietly run the
+similarity_ce.py: one op's kernels, launcher and torch.library registration each) and the eager oracles
+in reference.py, so that neither side imports the other: an optimized path cannot quietly run the
 oracle, and the oracle stays plain PyTorch that tests can trust (attention-gym's rule; Liger-Kernel's
-thin wrapper). Backend names come from vitfast.choices, as the CLI's flags do.
+thin wrapper). The self-checks that "auto" runs before trusting a kernel on a device live here too:
+they compare a Triton kernel with the fallback it would replace. Backend names come from
+vitfast.choices, as the CLI's flags do.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -17,8 +20,13 @@ import torch.nn.functional as F
 
 from vitfast.choices import ATTENTION_BACKENDS, CLIP_LOSS_BACKENDS
 
-from . import flash_attention, reference, similarity_ce, swin_attention
+from . import dispatch, flash_attention, precision as policy, reference, similarity_ce, swin_attention
 from . import window_geometry as geo
+from ._triton import KERNEL_ERRORS
+
+# How far a kernel may be from its fallback in the self-check, relative to the largest value compared
+# (random inputs of unit scale): well above rounding in each dtype (TF32 included), far below a wrong kernel.
+SELF_CHECK_TOLERANCE = {torch.float32: 1e-2, torch.float16: 2e-2, torch.bfloat16: 6e-2}
 
 
 def _check_backend(backend: str, choices: tuple[str, ...], op: str) -> None:
@@ -26,38 +34,90 @@ def _check_backend(backend: str, choices: tuple[str, ...], op: str) -> None:
         raise ValueError(f"unknown {op} backend {backend!r}; choose one of {', '.join(map(repr, choices))}.")
 
 
+def _largest_difference(got, want, dtype: torch.dtype) -> float | None:
+    """The largest relative difference between two lists of tensors, if over the dtype's tolerance."""
+    worst = 0.0
+    for g, w in zip(got, want):
+        if not torch.isfinite(g).all():
+            return math.inf
+        worst = max(worst, ((g.double() - w.double()).abs().max() / w.double().abs().max().clamp_min(1.0)).item())
+    return worst if worst > SELF_CHECK_TOLERANCE[dtype] else None
+
+
+def _forward_backward(fn, inputs: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
+    inputs = [x.detach().requires_grad_() for x in inputs]
+    out = fn(*inputs)
+    g = torch.Generator(device=out.device).manual_seed(seed)
+    grad = torch.randn(out.shape, generator=g, device=out.device, dtype=out.dtype)
+    grads = torch.autograd.grad(out, inputs, grad, allow_unused=True)
+    return [out, *(torch.zeros_like(x) if d is None else d for x, d in zip(inputs, grads))]
+
+
+def _random(shapes, device, dtype, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator(device=device).manual_seed(seed)
+    return [torch.randn(s, generator=g, device=device, dtype=torch.float32).to(dtype) for s in shapes]
+
+
+def _attention_self_check(device: torch.device, dtype: torch.dtype, head_dim: int, size: int) -> float | None:
+    n = min(size, 1024)
+    q, k, v = _random([(1, 2, n, head_dim)] * 3, device, dtype)
+    got = _forward_backward(lambda q, k, v: flash_attention.triton_attention(
+        q, k, v, causal=False, scale=head_dim ** -0.5, precision=policy.float32_dot("auto")), [q, k, v], seed=1)
+    want = _forward_backward(lambda q, k, v: F.scaled_dot_product_attention(q, k, v), [q, k, v], seed=1)
+    return _largest_difference(got, want, dtype)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
-              scale: float | None = None, backend: str = "auto") -> torch.Tensor:
+              scale: float | None = None, backend: str = "auto", precision: str = "auto") -> torch.Tensor:
     """Scaled dot-product attention over (B, H, N, D) tensors, like ``F.scaled_dot_product_attention``.
 
     Args:
         q, k, v: (B, H, N, D) tensors of one dtype; any strides (e.g. unbound from a packed qkv).
         causal: mask keys after each query (query i sees keys 0..i), for causal text towers.
         scale: multiplier of q·kᵀ; defaults to 1/sqrt(D).
-        backend: one of vitfast.choices.ATTENTION_BACKENDS: "triton" (fused kernels; CUDA, or CPU
-            under TRITON_INTERPRET=1), "sdpa" (torch's scaled_dot_product_attention), "eager" (the
-            reference in kernels/reference.py), or "auto" (Triton for supported CUDA inputs,
-            otherwise SDPA).
+        backend: one of vitfast.choices.ATTENTION_BACKENDS: "triton" (fused kernels; CUDA sm_80+, or
+            CPU under TRITON_INTERPRET=1), "sdpa" (torch's scaled_dot_product_attention), "eager" (the
+            reference in kernels/reference.py), or "auto" (Triton where the dispatch table shipped with
+            vitfast has a measured row for this GPU, dtype and size and the kernel passed its self-check;
+            otherwise SDPA: see vitfast.kernels.dispatch).
+        precision: one of vitfast.choices.KERNEL_PRECISIONS (see vitfast.kernels.precision): "auto"
+            follows autocast as SDPA does (float32 inputs run in the autocast dtype), "bf16"/"fp16" cast
+            the inputs, "tf32"/"ieee" set how the Triton kernels multiply float32.
 
     Returns:
-        (B, H, N, D) output with the dtype of q.
+        (B, H, N, D) output in the dtype the products ran in (q's dtype, or autocast's, as SDPA).
     """
     _check_backend(backend, ATTENTION_BACKENDS, "attention")
+    operand = policy.operand_dtype(precision, q.dtype, q.device.type)
+    q, k, v = policy.cast(operand, q, k, v)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    if backend == "auto":
-        backend = "triton" if flash_attention.triton_supports(q, k, v) else "sdpa"
+    auto = backend == "auto"
+    if auto:
+        reason = (flash_attention.unsupported_reason(tuple(q.shape), q.dtype, q.device)
+                  if q.shape == k.shape == v.shape else "cross-attention (q, k, v of different shapes)")
+        backend = dispatch.choose("attention", q.device, q.dtype, q.shape[-1], q.shape[-2] if q.dim() == 4 else 0,
+                                  reason, "sdpa", _attention_self_check)
     if backend == "triton":
-        return flash_attention.triton_attention(q, k, v, causal=causal, scale=scale)
+        try:
+            return flash_attention.triton_attention(q, k, v, causal=causal, scale=scale,
+                                                    precision=policy.float32_dot(precision))
+        except KERNEL_ERRORS as exc:
+            if not auto:
+                raise
+            dispatch.record_failure("attention", q.device, q.dtype, exc)
+            backend = "sdpa"
     if backend == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
-    return reference.attention(q, k, v, causal=causal, scale=scale)
+        with torch.autocast(q.device.type, enabled=False):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+    with torch.autocast(q.device.type, enabled=False):
+        return reference.attention(q, k, v, causal=causal, scale=scale)
 
 
 def window_attention(qkv: torch.Tensor, bias_table: torch.Tensor, *, num_heads: int,
                      window_size: int | tuple[int, int], shift_size: int | tuple[int, int],
                      qkv_bias: torch.Tensor | None = None, scale: float | None = None, shrink_window: bool = True,
-                     backend: str = "auto") -> torch.Tensor:
+                     backend: str = "auto", precision: str = "auto") -> torch.Tensor:
     """Shifted-window attention over a (B, H, W, 3·C) qkv map; returns (B, H, W, C), un-shifted.
 
     Args:
@@ -74,7 +134,9 @@ def window_attention(qkv: torch.Tensor, bias_table: torch.Tensor, *, num_heads: 
             backward; CUDA, or CPU under TRITON_INTERPRET=1), "sdpa" (torch's
             scaled_dot_product_attention on the partitioned windows, with the bias and shift mask as
             attn_mask: one (windows, heads, M, M) tensor, broadcast over the batch), "eager" (the
-            oracle in kernels/reference.py), or "auto" (Triton for supported CUDA inputs, otherwise SDPA).
+            oracle in kernels/reference.py), or "auto" (Triton where the dispatch table has a measured
+            row and the kernel passed its self-check, otherwise SDPA; see vitfast.kernels.dispatch).
+        precision: as for `attention`: under autocast, qkv (and qkv_bias) run in the autocast dtype.
     """
     if qkv.dim() != 4 or qkv.shape[-1] % 3 or (qkv.shape[-1] // 3) % num_heads:
         raise ValueError(f"qkv must be (B, H, W, 3·C) with C divisible by num_heads={num_heads}; "
@@ -82,16 +144,54 @@ def window_attention(qkv: torch.Tensor, bias_table: torch.Tensor, *, num_heads: 
     if bias_table.dim() != 2 or bias_table.shape[1] != num_heads:
         raise ValueError(f"bias_table must be (table rows, num_heads={num_heads}); got {tuple(bias_table.shape)}.")
     _check_backend(backend, ATTENTION_BACKENDS, "window-attention")
-    if backend == "auto":
-        backend = "triton" if swin_attention.triton_supports(qkv, bias_table, qkv_bias, num_heads) else "sdpa"
+    operand = policy.operand_dtype(precision, qkv.dtype, qkv.device.type)
+    qkv, qkv_bias = policy.cast(operand, qkv, qkv_bias)
     window = dict(num_heads=num_heads, window_size=window_size, shift_size=shift_size, qkv_bias=qkv_bias,
                   shrink_window=shrink_window)
+    auto = backend == "auto"
+    if auto:
+        g = geo.window_geometry(qkv, bias_table, window_size, shift_size, shrink_window)
+        tokens = g.window[0] * g.window[1]
+        reason = swin_attention.unsupported_reason(tuple(qkv.shape), num_heads, qkv.dtype, qkv.device, tokens)
+        backend = dispatch.choose("window_attention", qkv.device, qkv.dtype, qkv.shape[-1] // 3 // num_heads,
+                                  tokens, reason, "sdpa", _window_self_check(g.window, g.shift))
     if backend == "triton":
-        return swin_attention.triton_window_attention(qkv, bias_table, scale=scale, **window)
-    if backend == "sdpa":
-        q, k, v, bias, geometry = geo.window_partition_qkv(qkv, bias_table, **window)
-        return geo.window_merge(F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale), geometry)
-    return reference.window_attention(qkv, bias_table, scale=scale, **window)
+        try:
+            return swin_attention.triton_window_attention(qkv, bias_table, scale=scale,
+                                                          precision=policy.float32_dot(precision), **window)
+        except KERNEL_ERRORS as exc:
+            if not auto:
+                raise
+            dispatch.record_failure("window_attention", qkv.device, qkv.dtype, exc)
+            backend = "sdpa"
+    with torch.autocast(qkv.device.type, enabled=False):
+        if backend == "sdpa":
+            return _window_sdpa(qkv, bias_table, scale, window)
+        return reference.window_attention(qkv, bias_table, scale=scale, **window)
+
+
+def _window_sdpa(qkv: torch.Tensor, bias_table: torch.Tensor, scale: float | None, window: dict) -> torch.Tensor:
+    q, k, v, bias, geometry = geo.window_partition_qkv(qkv, bias_table, **window)
+    return geo.window_merge(F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale), geometry)
+
+
+@functools.lru_cache(maxsize=None)
+def _window_self_check(window: tuple[int, int], shift: tuple[int, int]):
+    """The self-check for windows of this shape: a map of 2×2 windows, the last row and column padded
+    (the qkv_bias path), shifted as the call is."""
+
+    def check(device: torch.device, dtype: torch.dtype, head_dim: int, size: int) -> float | None:
+        (wh, ww), heads = window, 2
+        qkv, table, bias = _random([(1, wh + 1, ww + 1, 3 * heads * head_dim), ((2 * wh - 1) * (2 * ww - 1), heads),
+                                    (3 * heads * head_dim,)], device, dtype)
+        args = dict(num_heads=heads, window_size=window, shift_size=shift, shrink_window=False)
+        got = _forward_backward(lambda x, t, b: swin_attention.triton_window_attention(
+            x, t, b, scale=None, precision=policy.float32_dot("auto"), **args), [qkv, table, bias], seed=1)
+        want = _forward_backward(lambda x, t, b: _window_sdpa(x, t, None, dict(qkv_bias=b, **args)),
+                                 [qkv, table, bias], seed=1)
+        return _largest_difference(got, want, dtype)
+
+    return check
 
 
 def _check_pairs(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale, logit_bias) -> None:
@@ -109,7 +209,8 @@ def _check_pairs(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale, l
 
 
 def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor | float, *,
-              logit_bias: torch.Tensor | float | None = None, backend: str = "auto", group=None) -> torch.Tensor:
+              logit_bias: torch.Tensor | float | None = None, backend: str = "auto", group=None,
+              precision: str = "auto") -> torch.Tensor:
     """CLIP's symmetric contrastive loss, equal to open_clip's ClipLoss, without the N×N logits.
 
     Args:
@@ -118,8 +219,9 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torc
         logit_bias: optional scalar added to every logit.
         backend: one of vitfast.choices.CLIP_LOSS_BACKENDS: "triton" (tiled kernels; CUDA, or CPU
             under TRITON_INTERPRET=1; D a multiple of 16), "chunked" (the same tiling in PyTorch,
-            O(N·D) memory, any device), "eager" (the full N×N oracle), or "auto" (Triton for
-            supported CUDA inputs, otherwise chunked).
+            O(N·D) memory, any device), "eager" (the full N×N oracle), or "auto" (Triton where the
+            dispatch table has a measured row and the kernel passed its self-check, otherwise chunked;
+            see vitfast.kernels.dispatch).
         group: a torch.distributed process group (``torch.distributed.group.WORLD`` for all ranks)
             to train across ranks: every rank's embeddings are gathered with gradient, and this
             rank's loss covers its own images against all texts and its own texts against all
@@ -133,6 +235,9 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torc
     """
     _check_backend(backend, CLIP_LOSS_BACKENDS, "clip-loss")
     _check_pairs(image_emb, text_emb, logit_scale, logit_bias)
+    if backend != "eager":
+        operand = policy.operand_dtype(precision, image_emb.dtype, image_emb.device.type)
+        image_emb, text_emb = policy.cast(operand, image_emb, text_emb)
     all_image = all_text = None
     offset = 0
     if group is not None:
@@ -140,7 +245,35 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torc
     if backend == "eager":
         return reference.clip_loss(image_emb, text_emb, logit_scale, logit_bias, all_image=all_image,
                                    all_text=all_text, offset=offset)
-    if backend == "auto":
-        backend = "triton" if similarity_ce.triton_supports(image_emb) else "chunked"
+    auto = backend == "auto"
+    if auto:
+        n_all = image_emb.shape[0] if all_image is None else all_image.shape[0]
+        reason = similarity_ce.unsupported_reason(tuple(image_emb.shape), image_emb.dtype, image_emb.device)
+        backend = dispatch.choose("clip_loss", image_emb.device, image_emb.dtype, image_emb.shape[1], n_all, reason,
+                                  "chunked", _clip_self_check)
+    fp32_dot = policy.float32_dot(precision)
+    if backend == "triton":
+        try:
+            return similarity_ce.tiled_clip_loss(image_emb, text_emb, logit_scale, logit_bias, all_image=all_image,
+                                                 all_text=all_text, use_triton=True, precision=fp32_dot)
+        except KERNEL_ERRORS as exc:
+            if not auto:
+                raise
+            dispatch.record_failure("clip_loss", image_emb.device, image_emb.dtype, exc)
     return similarity_ce.tiled_clip_loss(image_emb, text_emb, logit_scale, logit_bias, all_image=all_image,
-                                         all_text=all_text, use_triton=backend == "triton")
+                                         all_text=all_text, use_triton=False, precision=fp32_dot)
+
+
+def _clip_self_check(device: torch.device, dtype: torch.dtype, dim: int, size: int) -> float | None:
+    image, text = (F.normalize(x.float(), dim=-1).to(dtype) for x in _random([(min(size, 512), dim)] * 2, device,
+                                                                               torch.float32))
+    scale = torch.tensor(10.0, device=device)
+    fp32_dot = "ieee" if dtype == torch.float32 else "tf32"
+
+    def loss(use_triton: bool):
+        return lambda i, t, s: similarity_ce.tiled_clip_loss(i, t, s, None, use_triton=use_triton,
+                                                             precision=fp32_dot)
+
+    got = _forward_backward(loss(True), [image, text, scale], seed=1)
+    want = _forward_backward(loss(False), [image, text, scale], seed=1)
+    return _largest_difference(got, want, dtype)

@@ -19,13 +19,20 @@ results are deterministic. Across ranks (`group=`), each rank scores its n local
 gathered global batch: the same LSE passes on n×N, and a backward of four one-sided passes (the local
 rows' gradients and, transposed, the gathered rows'), which the gather's backward sums across ranks.
 `backend="chunked"` does the same passes in PyTorch with row chunks (for CPUs).
+
+Both backends multiply operands in the dtype the precision policy chose (kernels/precision.py: under
+autocast, 16-bit operands as open_clip's matmul) and keep log-sum-exps, probabilities' sums and
+gradient accumulators in float32. The forward and backward are torch.library custom ops
+(``vitfast::clip_loss_forward`` and ``..._backward``, fake implementations, registered autograd);
+tiles come from kernels/tiles.json.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._triton import dot_precision, interpreting, require_triton, tl, triton
+from . import arch, tables
+from ._triton import require_triton, tl, triton
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -145,16 +152,10 @@ def _clip_grad_kernel(
 # Launchers
 # --------------------------------------------------------------------------------------------------
 
-# 64×64 logit tiles reduced over D in 64-wide slices; the gradient pass keeps a 64×BLOCK_DO fp32
-# accumulator, so D > 256 splits into column blocks that each recompute the similarity tiles. The
-# compile gate (tests/test_similarity_ce_compile.py) builds every choice for sm_80 and sm_90.
-BLOCK_M, BLOCK_N, BLOCK_K = 64, 64, 64
+# Tiles (kernels/tiles.json): 64×64 logit tiles reduced over D in 64-wide slices. The gradient pass
+# keeps a 64×BLOCK_DO fp32 accumulator, so D > 256 splits into column blocks that each recompute the
+# similarity tiles.
 MAX_BLOCK_DO = 256
-
-
-def launch_options(kernel: str) -> dict[str, int]:
-    """num_warps and num_stages of the "lse" or "grad" kernel."""
-    return {"num_warps": 4, "num_stages": 2} if kernel == "lse" else {"num_warps": 8, "num_stages": 2}
 
 
 def grad_block_do(dim: int) -> int:
@@ -162,33 +163,45 @@ def grad_block_do(dim: int) -> int:
     return min(MAX_BLOCK_DO, max(16, triton.next_power_of_2(dim)))
 
 
-def _triton_lse(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _tile(kernel: str, a: torch.Tensor) -> tables.TileConfig:
+    config = tables.tile_for(kernel, arch.device_family(a.device), a.dtype, a.shape[1], a.shape[0])
+    if config is None:
+        raise ValueError(f"the tile table has no {kernel} tile for these inputs; use backend='chunked'.")
+    return config
+
+
+def _triton_lse(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+                precision: str) -> torch.Tensor:
     lse = torch.empty(a.shape[0], dtype=torch.float32, device=a.device)
-    _clip_lse_kernel[(triton.cdiv(a.shape[0], BLOCK_M),)](
+    c = _tile("clip.lse", a)
+    _clip_lse_kernel[(triton.cdiv(a.shape[0], c["BLOCK_M"]),)](
         a, b, scale, bias if bias is not None else scale, lse, a.shape[0], b.shape[0], a.shape[1],
-        *a.stride(), *b.stride(), HAS_BIAS=bias is not None, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
-        PRECISION=dot_precision(a.dtype), **launch_options("lse"),
+        *a.stride(), *b.stride(), HAS_BIAS=bias is not None, PRECISION=precision, **c.launch_kwargs(),
     )
     return lse
 
 
-def _triton_grad(a, b, scale, bias, lse_a, lse_b) -> tuple[torch.Tensor, torch.Tensor]:
+def _triton_grad(a, b, scale, bias, lse_a, lse_b, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(Σ_j P_ij·b_j in fp32, per-row [Σ_j P_ij·S_ij, Σ_j P_ij]); a None LSE drops that softmax from P."""
     n, d = a.shape
     g = torch.empty((n, d), dtype=torch.float32, device=a.device)
     row_sums = torch.empty((n, 2), dtype=torch.float32, device=a.device)
     block_do = grad_block_do(d)
-    _clip_grad_kernel[(triton.cdiv(n, BLOCK_M), triton.cdiv(d, block_do))](
+    c = _tile("clip.grad", a)
+    _clip_grad_kernel[(triton.cdiv(n, c["BLOCK_M"]), triton.cdiv(d, block_do))](
         a, b, scale, bias if bias is not None else scale, lse_a if lse_a is not None else scale,
         lse_b if lse_b is not None else scale, g, row_sums, n, b.shape[0], d, *a.stride(), *b.stride(), g.stride(0),
-        HAS_BIAS=bias is not None, ROW_TERM=lse_a is not None, COL_TERM=lse_b is not None, BLOCK_M=BLOCK_M,
-        BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, BLOCK_DO=block_do, PRECISION=dot_precision(a.dtype),
-        **launch_options("grad"),
+        HAS_BIAS=bias is not None, ROW_TERM=lse_a is not None, COL_TERM=lse_b is not None, BLOCK_DO=block_do,
+        PRECISION=precision, **c.launch_kwargs(),
     )
     return g, row_sums
 
 
 # The chunked PyTorch path: the same passes with CHUNK_ELEMENTS logits (64 MiB in fp32) at a time.
+# 16-bit operands (rounded there by the precision policy) are multiplied in float32, as the Triton
+# kernels accumulate: PyTorch's 16-bit matmul would round every logit to 16 bits (open_clip's AMP
+# loss does), an error of up to scale·2⁻⁹ ≈ 0.2 per logit in bf16. Logits, probabilities and sums are
+# float32 (float64 for float64 operands).
 CHUNK_ELEMENTS = 1 << 24
 
 
@@ -197,21 +210,27 @@ def _chunk_rows(n_cols: int) -> int:
     return max(1, CHUNK_ELEMENTS // max(1, n_cols))
 
 
+def _acc_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(t.dtype, torch.float32)
+
+
 def _logits(s: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return s * scale + bias if bias is not None else s * scale
 
 
-def _chunked_lse(a, b, scale, bias) -> torch.Tensor:
+def _chunked_lse(a, b, scale, bias, precision: str) -> torch.Tensor:
     step = _chunk_rows(b.shape[0])
+    a, b = a.to(_acc_dtype(a)), b.to(_acc_dtype(b))
     return torch.cat([torch.logsumexp(_logits(a[i:i + step] @ b.t(), scale, bias), dim=1)
                       for i in range(0, a.shape[0], step)])
 
 
-def _chunked_grad(a, b, scale, bias, lse_a, lse_b) -> tuple[torch.Tensor, torch.Tensor]:
+def _chunked_grad(a, b, scale, bias, lse_a, lse_b, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
     # Per chunk, the similarities s and one softmax p at a time: two chunks of logits live at once (the
     # row-wise and column-wise softmaxes are used one after the other, not summed first), and p·s is
     # reduced by a batched dot rather than through a third chunk-sized product.
     step = _chunk_rows(b.shape[0])
+    a, b = a.to(_acc_dtype(a)), b.to(_acc_dtype(b))
     g = a.new_zeros(a.shape)
     row_sums = a.new_zeros((a.shape[0], 2))
     for i in range(0, a.shape[0], step):
@@ -232,70 +251,118 @@ def _chunked_grad(a, b, scale, bias, lse_a, lse_b) -> tuple[torch.Tensor, torch.
 
 
 # --------------------------------------------------------------------------------------------------
-# Autograd
+# The loss's forward and backward, and their torch.library registration
 # --------------------------------------------------------------------------------------------------
 
 
-class ClipLossFunction(torch.autograd.Function):
-    """The tiled loss (Triton or chunked); saves the embeddings, the scale, the bias and 2·n LSEs.
+def loss_forward(image, text, all_image, all_text, scale, bias, use_triton: bool, precision: str):
+    """The loss and what its backward needs: (loss, row LSEs, column LSEs, the diagonal similarities).
 
     Single process (all_image is None): rows and columns of the n×n logits, two passes each way.
     Gathered (all_image, all_text: the global batch of N pairs, the local n pairs inside it): the local
     images' rows against all texts and the local texts' rows against all images, as open_clip's
     local loss; the backward's one-sided passes also give the gradients of the gathered features.
     """
-
-    @staticmethod
-    def forward(ctx, image, text, all_image, all_text, scale, bias, use_triton: bool):
-        gathered = all_image is not None
-        work = image.dtype if use_triton else torch.promote_types(image.dtype, torch.float32)
-        i, t = image.to(work), text.to(work)
-        all_i, all_t = (all_image.to(work), all_text.to(work)) if gathered else (i, t)
-        s = scale.detach().to(torch.float32 if use_triton else work).reshape(())
+    with torch.autocast(image.device.type, enabled=False):
+        acc = _acc_dtype(image)
+        all_i, all_t = (all_image, all_text) if all_image is not None else (image, text)
+        s = scale.detach().to(torch.float32 if use_triton else acc).reshape(())
         b = None if bias is None else bias.detach().to(s.dtype).reshape(())
         lse = _triton_lse if use_triton else _chunked_lse
-        row_lse, col_lse = lse(i, all_t, s, b), lse(t, all_i, s, b)
-        diag_s = (i.to(row_lse.dtype) * t.to(row_lse.dtype)).sum(1)
+        row_lse, col_lse = lse(image, all_t, s, b, precision), lse(text, all_i, s, b, precision)
+        diag_s = (image.to(acc) * text.to(acc)).sum(1)
         diag = diag_s * s + (b if b is not None else 0.0)
-        n = image.shape[0]
-        loss = (row_lse.sum() + col_lse.sum() - 2 * diag.sum()) / (2 * n)
-        ctx.save_for_backward(i, t, *((all_i, all_t) if gathered else ()), s, b, row_lse, col_lse, diag_s)
-        ctx.use_triton, ctx.gathered = use_triton, gathered
-        ctx.dtypes = (image.dtype, text.dtype, scale.dtype, None if bias is None else bias.dtype)
-        ctx.shapes = (scale.shape, None if bias is None else bias.shape)
-        return loss.to(torch.promote_types(image.dtype, torch.float32))
+        loss = (row_lse.sum() + col_lse.sum() - 2 * diag.sum()) / (2 * image.shape[0])
+        return loss.to(acc), row_lse, col_lse, diag_s
 
-    @staticmethod
-    def backward(ctx, grad):
-        if ctx.gathered:
-            i, t, all_i, all_t, s, b, row_lse, col_lse, diag_s = ctx.saved_tensors
-        else:
-            i, t, s, b, row_lse, col_lse, diag_s = ctx.saved_tensors
-        n = i.shape[0]
-        grad_fn = _triton_grad if ctx.use_triton else _chunked_grad
-        d_all_image = d_all_text = None
-        if ctx.gathered:  # each softmax on its own: rows of local×global and their transposes
-            g_i, sums_i = grad_fn(i, all_t, s, b, row_lse, None)
-            g_t, sums_t = grad_fn(t, all_i, s, b, col_lse, None)
+
+def loss_backward(grad, image, text, all_image, all_text, scale, bias, row_lse, col_lse, diag_s,
+                  use_triton: bool, precision: str, need_all: bool):
+    """Gradients of the loss for image, text, (if need_all) the gathered features, the scale and the bias,
+    in float32 (float64 for float64 inputs); the caller casts them to its tensors' dtypes."""
+    with torch.autocast(image.device.type, enabled=False):
+        n = image.shape[0]
+        s = scale.detach().to(row_lse.dtype).reshape(())
+        b = None if bias is None else bias.detach().to(s.dtype).reshape(())
+        grad_fn = _triton_grad if use_triton else _chunked_grad
+        gathered = all_image is not None
+        if gathered:  # each softmax on its own: rows of local×global and their transposes
+            g_i, sums_i = grad_fn(image, all_text, s, b, row_lse, None, precision)
+            g_t, sums_t = grad_fn(text, all_image, s, b, col_lse, None, precision)
             sums = sums_i.sum(0) + sums_t.sum(0)
         else:  # P = row softmax + column softmax of the one n×n matrix, in one pass per side
-            g_i, sums_i = grad_fn(i, t, s, b, row_lse, col_lse)
-            g_t, _ = grad_fn(t, i, s, b, col_lse, row_lse)
+            g_i, sums_i = grad_fn(image, text, s, b, row_lse, col_lse, precision)
+            g_t, _ = grad_fn(text, image, s, b, col_lse, row_lse, precision)
             sums = sums_i.sum(0)
         coef = grad.to(g_i.dtype) / (2 * n)
         step = coef * s.to(g_i.dtype)
-        d_image = (step * (g_i - 2 * t.to(g_i.dtype))).to(ctx.dtypes[0])
-        d_text = (step * (g_t - 2 * i.to(g_t.dtype))).to(ctx.dtypes[1])
-        if ctx.gathered:
-            if ctx.needs_input_grad[2]:
-                d_all_image = (step * grad_fn(all_i, t, s, b, None, col_lse)[0]).to(ctx.dtypes[0])
-            if ctx.needs_input_grad[3]:
-                d_all_text = (step * grad_fn(all_t, i, s, b, None, row_lse)[0]).to(ctx.dtypes[1])
-        d_scale = (coef * (sums[0] - 2 * diag_s.sum())).to(ctx.dtypes[2]).reshape(ctx.shapes[0])
-        d_bias = None
-        if b is not None:
-            d_bias = (coef * (sums[1] - 2 * n)).to(ctx.dtypes[3]).reshape(ctx.shapes[1])
-        return d_image, d_text, d_all_image, d_all_text, d_scale, d_bias, None
+        d_image = step * (g_i - 2 * text.to(g_i.dtype))
+        d_text = step * (g_t - 2 * image.to(g_t.dtype))
+        d_all_image, d_all_text = g_i.new_empty(0), g_i.new_empty(0)
+        if gathered and need_all:
+            d_all_image = step * grad_fn(all_image, text, s, b, None, col_lse, precision)[0]
+            d_all_text = step * grad_fn(all_text, image, s, b, None, row_lse, precision)[0]
+        d_scale = coef * (sums[0] - 2 * diag_s.sum())
+        d_bias = coef * (sums[1] - 2 * n)
+        return d_image, d_text, d_all_image, d_all_text, d_scale, d_bias
+
+
+@torch.library.custom_op("vitfast::clip_loss_forward", mutates_args=())
+def _forward_op(image: torch.Tensor, text: torch.Tensor, all_image: torch.Tensor | None,
+                all_text: torch.Tensor | None, scale: torch.Tensor, bias: torch.Tensor | None, use_triton: bool,
+                precision: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return loss_forward(image, text, all_image, all_text, scale, bias, use_triton, precision)
+
+
+@_forward_op.register_fake
+def _(image, text, all_image, all_text, scale, bias, use_triton, precision):
+    acc = _acc_dtype(image)
+    n = image.shape[0]
+    return (image.new_empty((), dtype=acc), image.new_empty((n,), dtype=acc), image.new_empty((n,), dtype=acc),
+            image.new_empty((n,), dtype=acc))
+
+
+@torch.library.custom_op("vitfast::clip_loss_backward", mutates_args=())
+def _backward_op(grad: torch.Tensor, image: torch.Tensor, text: torch.Tensor, all_image: torch.Tensor | None,
+                 all_text: torch.Tensor | None, scale: torch.Tensor, bias: torch.Tensor | None,
+                 row_lse: torch.Tensor, col_lse: torch.Tensor, diag_s: torch.Tensor, use_triton: bool,
+                 precision: str, need_all: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                          torch.Tensor, torch.Tensor]:
+    return loss_backward(grad, image, text, all_image, all_text, scale, bias, row_lse, col_lse, diag_s,
+                         use_triton, precision, need_all)
+
+
+@_backward_op.register_fake
+def _(grad, image, text, all_image, all_text, scale, bias, row_lse, col_lse, diag_s, use_triton, precision,
+      need_all):
+    acc = _acc_dtype(image)
+    gathered_shape = all_image.shape if all_image is not None and need_all else (0,)
+    return (image.new_empty(image.shape, dtype=acc), text.new_empty(text.shape, dtype=acc),
+            image.new_empty(gathered_shape, dtype=acc), text.new_empty(gathered_shape, dtype=acc),
+            image.new_empty((), dtype=acc), image.new_empty((), dtype=acc))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    image, text, all_image, all_text, scale, bias, use_triton, precision = inputs
+    _, row_lse, col_lse, diag_s = output
+    ctx.save_for_backward(image, text, all_image, all_text, scale, bias, row_lse, col_lse, diag_s)
+    ctx.use_triton, ctx.precision = use_triton, precision
+
+
+def _backward(ctx, grad, _d_row, _d_col, _d_diag):
+    image, text, all_image, all_text, scale, bias, row_lse, col_lse, diag_s = ctx.saved_tensors
+    need_all = all_image is not None and (ctx.needs_input_grad[2] or ctx.needs_input_grad[3])
+    d_image, d_text, d_all_image, d_all_text, d_scale, d_bias = _backward_op(
+        grad, image, text, all_image, all_text, scale, bias, row_lse, col_lse, diag_s, ctx.use_triton,
+        ctx.precision, need_all)
+    return (d_image.to(image.dtype), d_text.to(text.dtype),
+            d_all_image.to(all_image.dtype) if need_all else None,
+            d_all_text.to(all_text.dtype) if need_all else None,
+            d_scale.to(scale.dtype).reshape(scale.shape),
+            d_bias.to(bias.dtype).reshape(bias.shape) if bias is not None else None, None, None)
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -361,38 +428,33 @@ def gather_pairs(image_emb: torch.Tensor, text_emb: torch.Tensor, group) -> tupl
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_triton(image_emb: torch.Tensor) -> None:
-    require_triton()
-    if image_emb.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise ValueError(f"backend='triton' takes float16, bfloat16 or float32 embeddings; got {image_emb.dtype}. "
-                         "Use backend='chunked'.")
-    if image_emb.shape[1] % 16:
-        raise ValueError(f"backend='triton' needs an embedding dim that is a multiple of 16; got "
-                         f"{image_emb.shape[1]}. Use backend='chunked'.")
-    if image_emb.device.type != "cuda" and not interpreting():
-        raise ValueError("backend='triton' runs on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1); "
-                         "use backend='chunked' here.")
-
-
-def triton_supports(image_emb: torch.Tensor) -> bool:
-    """Whether backend='triton' accepts these embeddings (what backend='auto' uses to choose)."""
-    if image_emb.device.type != "cuda":
-        return False
-    try:
-        _check_triton(image_emb)
-    except ValueError:
-        return False
-    return True
+@torch.compiler.assume_constant_result  # a constant of the graph under torch.compile
+def unsupported_reason(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> str | None:
+    """Why the Triton kernels cannot take (N, D) embeddings of this dtype and device (None: they can)."""
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"the kernels take float16, bfloat16 or float32 embeddings; got {dtype}"
+    if shape[1] % 16:
+        return f"the kernels need an embedding dim that is a multiple of 16; got {shape[1]}"
+    reason = arch.unsupported_device(device)
+    if reason:
+        return reason
+    if tables.tile_for("clip.grad", arch.device_family(device), dtype, shape[1], shape[0]) is None:
+        return f"no tile of the kernels fits {arch.device_arch(device)} at {dtype}"
+    return None
 
 
 def tiled_clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor | float,
                     logit_bias: torch.Tensor | float | None, *, all_image: torch.Tensor | None = None,
-                    all_text: torch.Tensor | None = None, use_triton: bool) -> torch.Tensor:
+                    all_text: torch.Tensor | None = None, use_triton: bool, precision: str = "ieee") -> torch.Tensor:
     """``clip_loss(..., backend="triton")`` (`use_triton`) or ``backend="chunked"`` on inputs the public
-    op has checked, with the gathered global batch (`all_image`, `all_text`) if any; the Triton
-    backend first checks what its kernels need (ValueError naming the problem)."""
+    op has checked and cast to the operand dtype, with the gathered global batch (`all_image`,
+    `all_text`) if any; `precision` is `tl.dot`'s for float32 operands. The Triton backend first checks
+    what its kernels need (ValueError naming the problem)."""
     if use_triton:
-        _check_triton(image_emb)
+        require_triton()
+        reason = unsupported_reason(tuple(image_emb.shape), image_emb.dtype, image_emb.device)
+        if reason:
+            raise ValueError(f"backend='triton' cannot run here: {reason}. Use backend='chunked'.")
     scale = torch.as_tensor(logit_scale, device=image_emb.device)
     if not scale.is_floating_point():
         scale = scale.float()
@@ -400,4 +462,4 @@ def tiled_clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale
     if logit_bias is not None:
         bias = torch.as_tensor(logit_bias, device=image_emb.device)
         bias = bias if bias.is_floating_point() else bias.float()
-    return ClipLossFunction.apply(image_emb, text_emb, all_image, all_text, scale, bias, use_triton)
+    return _forward_op(image_emb, text_emb, all_image, all_text, scale, bias, use_triton, precision)[0]

@@ -13,26 +13,30 @@ tensor of size windows×M×M, exists in memory.
 - Backward: one program per (head, chunk of (image, window) items); for each item it recomputes
   the window's scores, writes dq, dk, dv into dqkv, and adds dS (the bias gradient) to a sum held
   in registers. The per-program sums (about four programs per SM, so their memory does not grow
-  with batch or map size) are added in a fixed order and gathered into the table's rows, so the
-  backward is deterministic (no atomics). Windows larger than one 64-token tile (window 12)
+  with batch or map size) are added in a fixed order and folded into the table's rows by diagonal
+  sums (tensor ops on the GPU, no index tensor, no host work), so the backward is deterministic (no
+  atomics). Windows larger than one 64-token tile (window 12)
   take the same path tile by tile, accumulating dq and the bias sum through a per-program fp32
   scratch.
 - Padded tokens (maps not a multiple of the window) are the projection's bias `qkv_bias`, as in
   timm, which pads before the projection; their dk, dv flow to `qkv_bias`'s gradient.
 
 The geometry (roll, padding, partition, which window a bias table was made for) comes from
-window_geometry.py, which the oracle shares; this file never imports the oracle.
+window_geometry.py, which the oracle shares; this file never imports the oracle. Tiles come from
+kernels/tiles.json. The launchers are torch.library custom ops (``vitfast::window_attention_forward``
+and ``..._backward``, fake implementations, the forward's autograd), so torch.compile takes each call
+as one op.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 
 from . import window_geometry as geo
-from ._triton import dot_precision, interpreting, require_triton, tl, triton
+from . import arch, tables
+from ._triton import require_triton, tl, triton
 
 LOG2E = 1.4426950408889634
 
@@ -380,44 +384,44 @@ def _window_attn_bwd_kernel(
 # Launchers
 # --------------------------------------------------------------------------------------------------
 
-# Tiles are 64 tokens square: a 7×7 window (49 tokens) is one tile, a 12×12 window (144) three. M = 64
-# keeps every dot on wgmma on sm_90. Eight warps: the backward holds the window's bias, its summed
-# gradient and five 64×64 products at once, and with four warps it spills. A one-tile forward has no
-# key loop to pipeline, so it takes one stage. The compile gate (tests/test_swin_attention_compile.py)
-# builds every choice below for sm_80 and sm_90; it is what bounds float32 to head dims ≤ 64 (wider
-# float32 tiles of the backward overflow sm_80's shared memory).
-BLOCK_M, BLOCK_N, BWD_BLOCK = 64, 64, 64
-FP32_MAX_HEAD_DIM = 64
+# Tiles (kernels/tiles.json) are 64 tokens square: a 7×7 window (49 tokens) is one tile, a 12×12 window
+# (144) three. M = 64 keeps every dot on wgmma on sm_90. Eight warps: the backward holds the window's
+# bias, its summed gradient and five 64×64 products at once, and with four warps it spills. A one-tile
+# forward has no key loop to pipeline, so it takes one stage. float32 is tabled up to head dim 64
+# (wider float32 tiles of the backward overflow sm_80's shared memory).
 # Backward programs to aim for per streaming multiprocessor (each adds an M×M partial bias gradient).
 BWD_PROGRAMS_PER_SM = 4
-
-
-def launch_options(kernel: str, window_tokens: int) -> dict[str, int]:
-    """num_warps and num_stages of the "fwd" or "bwd" kernel for windows of `window_tokens` tokens."""
-    if kernel == "fwd":
-        return {"num_warps": 8, "num_stages": 1 if window_tokens <= BLOCK_N else 2}
-    return {"num_warps": 8, "num_stages": 1}
-
 
 # Allocation of tensors the kernels must fill completely; tests swap in a NaN-filling version.
 _empty = torch.empty
 
 
-def _check_triton_inputs(qkv: torch.Tensor, bias_table: torch.Tensor, qkv_bias: torch.Tensor | None,
-                         num_heads: int) -> None:
-    head_dim = qkv.shape[-1] // 3 // num_heads
-    if qkv.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise ValueError(f"backend='triton' takes float16, bfloat16 or float32 qkv; got {qkv.dtype}. "
-                         "Use backend='eager' for other dtypes.")
+@torch.compiler.assume_constant_result  # a constant of the graph under torch.compile
+def unsupported_reason(qkv_shape: tuple[int, ...], num_heads: int, dtype: torch.dtype, device: torch.device,
+                       window_tokens: int) -> str | None:
+    """Why the fused kernels cannot take this qkv (None: they can) for windows of `window_tokens`."""
+    head_dim = qkv_shape[-1] // 3 // num_heads
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"the kernels take float16, bfloat16 or float32 qkv; got {dtype}"
     if head_dim % 8 or not 16 <= head_dim <= 128:
-        raise ValueError(f"backend='triton' supports head dims that are multiples of 8 from 16 to 128; got "
-                         f"{head_dim}. Use backend='sdpa'.")
-    if qkv.dtype == torch.float32 and head_dim > FP32_MAX_HEAD_DIM:
-        raise ValueError(f"backend='triton' takes float32 qkv up to head dim {FP32_MAX_HEAD_DIM} (got {head_dim}); "
-                         "run in float16/bfloat16 (e.g. under torch.autocast) or use backend='sdpa'.")
-    if qkv.device.type != "cuda" and not interpreting():
-        raise ValueError("backend='triton' runs on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1); "
-                         "use backend='sdpa' or 'eager' here.")
+        return f"the kernels take head dims that are multiples of 8 from 16 to 128; got {head_dim}"
+    reason = arch.unsupported_device(device)
+    if reason:
+        return reason
+    family = arch.device_family(device)
+    for kernel in ("window.fwd", "window.bwd"):
+        if tables.tile_for(kernel, family, dtype, head_dim, window_tokens) is None:
+            hint = " (float32 is tabled up to head dim 64: run in float16/bfloat16, e.g. under autocast)" \
+                if dtype == torch.float32 else ""
+            return f"no tile of {kernel} fits {arch.device_arch(device)} at {dtype}, head dim {head_dim}{hint}"
+    return None
+
+
+def _check_triton_inputs(qkv: torch.Tensor, bias_table: torch.Tensor, qkv_bias: torch.Tensor | None,
+                         num_heads: int, window_tokens: int) -> None:
+    reason = unsupported_reason(tuple(qkv.shape), num_heads, qkv.dtype, qkv.device, window_tokens)
+    if reason:
+        raise ValueError(f"backend='triton' cannot run here: {reason}. Use backend='sdpa' or 'eager'.")
     for name, t in (("bias_table", bias_table), ("qkv_bias", qkv_bias)):
         if t is not None and t.device != qkv.device:
             raise ValueError(f"{name} is on {t.device} but qkv is on {qkv.device}; move both to one device.")
@@ -431,23 +435,32 @@ def _geometry_args(g: geo.WindowGeometry) -> tuple:
     return g.windows_per_row, g.num_windows, Hp, Wp, sh, sw, th, tw
 
 
+def _tile(kernel: str, qkv: torch.Tensor, head_dim: int, window_tokens: int) -> tables.TileConfig:
+    config = tables.tile_for(kernel, arch.device_family(qkv.device), qkv.dtype, head_dim, window_tokens)
+    if config is None:
+        raise ValueError(f"the tile table has no {kernel} tile for these inputs; use backend='sdpa'.")
+    return config
+
+
 def _triton_forward(qkv: torch.Tensor, bias_table: torch.Tensor, qkv_bias: torch.Tensor | None,
-                    g: geo.WindowGeometry, num_heads: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+                    g: geo.WindowGeometry, num_heads: int, scale: float,
+                    precision: str = "ieee") -> tuple[torch.Tensor, torch.Tensor]:
     B, H, W, C3 = qkv.shape
     C = C3 // 3
     head_dim = C // num_heads
     (wh, ww), M = g.window, g.window[0] * g.window[1]
     out = _empty((B, H, W, C), dtype=qkv.dtype, device=qkv.device)
     lse = _empty((B, g.num_windows, num_heads, M), dtype=torch.float32, device=qkv.device)
-    grid = (B * g.num_windows * num_heads * triton.cdiv(M, BLOCK_M),)
+    c = _tile("window.fwd", qkv, head_dim, M)
+    block = c["BLOCK"]
     n_win_x, n_win, Hp, Wp, sh, sw, th, tw = _geometry_args(g)
-    _window_attn_fwd_kernel[grid](
+    _window_attn_fwd_kernel[(B * g.num_windows * num_heads * triton.cdiv(M, block),)](
         qkv, qkv_bias if qkv_bias is not None else qkv, bias_table, out, lse,
         *qkv.stride(), *out.stride(), *bias_table.stride(),
         H, W, C, num_heads, n_win_x, n_win, Hp, Wp, sh, sw, th, tw, scale * LOG2E,
         WH=wh, WW=ww, HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, HAS_SHIFT=bool(sh or sw), HAS_QKV_BIAS=qkv_bias is not None,
-        PRECISION=dot_precision(qkv.dtype), **launch_options("fwd", M),
+        BLOCK_M=block, BLOCK_N=block, HAS_SHIFT=bool(sh or sw), HAS_QKV_BIAS=qkv_bias is not None,
+        PRECISION=precision, num_warps=c.num_warps, num_stages=c.num_stages,
     )
     return out, lse
 
@@ -462,31 +475,43 @@ def backward_chunks(items: int, heads: int, sm_count: int | None) -> int:
     return max(1, min(items, math.ceil(BWD_PROGRAMS_PER_SM * sm_count / heads)))
 
 
-@functools.lru_cache(maxsize=32)
-def _table_pairs(wh: int, ww: int, th: int, tw: int, device: torch.device) -> torch.Tensor:
-    """(table rows, most pairs per row) indices into the flattened M×M pair grid: the pairs whose
-    relative position reads each row of the bias table, padded with M·M (a zero slot). Summing the
-    bias gradient through it gathers a table gradient without scatter atomics, hence deterministically."""
-    index = geo.relative_position_index(wh, ww, (th, tw)).flatten()
-    rows = (2 * th - 1) * (2 * tw - 1)
-    order = torch.argsort(index, stable=True)
-    counts = torch.bincount(index, minlength=rows)
-    starts = torch.cumsum(counts, 0) - counts
-    sorted_rows = index[order]
-    pairs = torch.full((rows, max(1, int(counts.max()))), index.numel(), dtype=torch.long)
-    pairs[sorted_rows, torch.arange(index.numel()) - starts[sorted_rows]] = order
-    return pairs.to(device)
+def _diagonal_sums(x: torch.Tensor) -> torch.Tensor:
+    """(..., n, n) → (..., 2n−1): entry n−1+d sums x[..., i, j] over i − j = d.
+
+    Flipping the columns turns i − j into i + j' − (n−1); the anti-diagonals i + j' are then columns of
+    the matrix padded to width 2n and re-read with rows 2n−1 long (each row shifts one place further).
+    """
+    n = x.shape[-1]
+    flat = torch.nn.functional.pad(x.flip(-1), (0, n)).flatten(-2)[..., : n * (2 * n - 1)]
+    return flat.view(*x.shape[:-2], n, 2 * n - 1).sum(-2)
+
+
+def table_gradient(per_pair: torch.Tensor, window: tuple[int, int], table_window: tuple[int, int]) -> torch.Tensor:
+    """The bias table's gradient ((2·Th−1)·(2·Tw−1), heads) from the gradient of every (query, key) pair
+    of a window, (heads, M, M): each table row sums the pairs at its relative offset. Fixed-order
+    tensor sums (deterministic) with no index tensor, so nothing is copied from the host."""
+    (wh, ww), (th, tw) = window, table_window
+    heads = per_pair.shape[0]
+    x = per_pair.view(heads, wh, ww, wh, ww).permute(0, 2, 4, 1, 3)  # heads, qx, kx, qy, ky
+    x = _diagonal_sums(x)  # heads, qx, kx, dy
+    x = _diagonal_sums(x.permute(0, 3, 1, 2))  # heads, dy, dx
+    grid = per_pair.new_zeros(heads, 2 * th - 1, 2 * tw - 1)
+    grid[:, th - wh: th + wh - 1, tw - ww: tw + ww - 1] = x
+    return grid.flatten(1).t().contiguous()
 
 
 def _triton_backward(dout: torch.Tensor, qkv: torch.Tensor, bias_table: torch.Tensor, qkv_bias: torch.Tensor | None,
                      out: torch.Tensor, lse: torch.Tensor, g: geo.WindowGeometry, num_heads: int, scale: float,
+                     precision: str = "ieee",
                      chunks: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """dqkv, d bias_table and d qkv_bias (None without qkv_bias) for the forward's output gradient."""
     B, H, W, C3 = qkv.shape
     C = C3 // 3
     head_dim = C // num_heads
     (wh, ww), M = g.window, g.window[0] * g.window[1]
-    tiles = triton.cdiv(M, BWD_BLOCK)
+    c = _tile("window.bwd", qkv, head_dim, M)
+    block = c["BLOCK"]
+    tiles = triton.cdiv(M, block)
     block_d = max(16, triton.next_power_of_2(head_dim))
     items = B * g.num_windows
     if chunks is None:
@@ -500,21 +525,18 @@ def _triton_backward(dout: torch.Tensor, qkv: torch.Tensor, bias_table: torch.Te
     dqkv = _empty((B, H, W, C3), dtype=qkv.dtype, device=qkv.device)
     dbias = torch.empty((chunks, num_heads, M, M), dtype=torch.float32, device=qkv.device)
     dpad = torch.empty((chunks, num_heads, 2, head_dim) if has_pad else (1,), dtype=torch.float32, device=qkv.device)
-    dq_acc = torch.empty((chunks * num_heads, tiles * BWD_BLOCK, block_d) if tiles > 1 else (1,),
+    dq_acc = torch.empty((chunks * num_heads, tiles * block, block_d) if tiles > 1 else (1,),
                          dtype=torch.float32, device=qkv.device)
     _window_attn_bwd_kernel[(chunks * num_heads,)](
         qkv, qkv_bias if qkv_bias is not None else qkv, bias_table, out, dout, lse, dqkv, dbias, dpad, dq_acc,
         *qkv.stride(), *out.stride(), *dout.stride(), *dqkv.stride(), *bias_table.stride(),
         items, per_chunk, H, W, C, num_heads, n_win_x, n_win, Hp, Wp, sh, sw, th, tw, scale, scale * LOG2E,
-        WH=wh, WW=ww, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK=BWD_BLOCK, TILES=tiles,
+        WH=wh, WW=ww, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK=block, TILES=tiles,
         HAS_SHIFT=bool(sh or sw), HAS_QKV_BIAS=qkv_bias is not None, HAS_PAD=has_pad,
-        PRECISION=dot_precision(qkv.dtype), **launch_options("bwd", M),
+        PRECISION=precision, num_warps=c.num_warps, num_stages=c.num_stages,
     )
-    # A fixed-order sum over chunks, then each table row gathers its pairs.
-    per_pair = dbias.sum(dim=0).view(num_heads, M * M)
-    per_pair = torch.cat([per_pair, per_pair.new_zeros(num_heads, 1)], dim=1)
-    pairs = _table_pairs(wh, ww, th, tw, qkv.device)
-    dtable = per_pair[:, pairs].sum(-1).t()
+    # A fixed-order sum over chunks, then each table row sums its pairs.
+    dtable = table_gradient(dbias.sum(dim=0), (wh, ww), (th, tw))
     dqkv_bias = None
     if qkv_bias is not None:
         dqkv_bias = torch.zeros(3, num_heads, head_dim, dtype=torch.float32, device=qkv.device)
@@ -524,22 +546,64 @@ def _triton_backward(dout: torch.Tensor, qkv: torch.Tensor, bias_table: torch.Te
     return dqkv, dtable.to(bias_table.dtype), dqkv_bias
 
 
-class WindowAttentionFunction(torch.autograd.Function):
-    """Fused window attention; saves qkv, the table, qkv_bias, the output and the row LSE."""
+# --------------------------------------------------------------------------------------------------
+# torch.library registration: custom ops, fake implementations, autograd
+# --------------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def forward(ctx, qkv, bias_table, qkv_bias, geometry: geo.WindowGeometry, num_heads: int, scale: float):
-        out, lse = _triton_forward(qkv, bias_table, qkv_bias, geometry, num_heads, scale)
-        ctx.save_for_backward(qkv, bias_table, qkv_bias, out, lse)
-        ctx.geometry, ctx.num_heads, ctx.scale = geometry, num_heads, scale
-        return out
+# A WindowGeometry travels through the ops as eleven ints.
+def _pack(g: geo.WindowGeometry) -> list[int]:
+    return [g.batch, g.height, g.width, *g.padded, *g.window, *g.shift, *g.table_window]
 
-    @staticmethod
-    def backward(ctx, dout):
-        qkv, bias_table, qkv_bias, out, lse = ctx.saved_tensors
-        dqkv, dtable, dqkv_bias = _triton_backward(dout, qkv, bias_table, qkv_bias, out, lse, ctx.geometry,
-                                                   ctx.num_heads, ctx.scale)
-        return dqkv, dtable, dqkv_bias, None, None, None
+
+def _unpack(v) -> geo.WindowGeometry:
+    v = [int(x) for x in v]
+    return geo.WindowGeometry(v[0], v[1], v[2], (v[3], v[4]), (v[5], v[6]), (v[7], v[8]), (v[9], v[10]))
+
+
+@torch.library.custom_op("vitfast::window_attention_forward", mutates_args=())
+def _forward_op(qkv: torch.Tensor, bias_table: torch.Tensor, qkv_bias: torch.Tensor | None, geometry: list[int],
+                num_heads: int, scale: float, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return _triton_forward(qkv, bias_table, qkv_bias, _unpack(geometry), num_heads, scale, precision)
+
+
+@_forward_op.register_fake
+def _(qkv, bias_table, qkv_bias, geometry, num_heads, scale, precision):
+    g = _unpack(geometry)
+    B, H, W, C3 = qkv.shape
+    return (qkv.new_empty((B, H, W, C3 // 3)),
+            qkv.new_empty((B, g.num_windows, num_heads, g.window[0] * g.window[1]), dtype=torch.float32))
+
+
+@torch.library.custom_op("vitfast::window_attention_backward", mutates_args=())
+def _backward_op(dout: torch.Tensor, qkv: torch.Tensor, bias_table: torch.Tensor, qkv_bias: torch.Tensor | None,
+                 out: torch.Tensor, lse: torch.Tensor, geometry: list[int], num_heads: int, scale: float,
+                 precision: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dqkv, dtable, dqkv_bias = _triton_backward(dout, qkv, bias_table, qkv_bias, out, lse, _unpack(geometry),
+                                               num_heads, scale, precision)
+    # A custom op returns tensors only: without qkv_bias, an empty one stands for None.
+    return dqkv, dtable, dqkv_bias if dqkv_bias is not None else qkv.new_empty(0)
+
+
+@_backward_op.register_fake
+def _(dout, qkv, bias_table, qkv_bias, out, lse, geometry, num_heads, scale, precision):
+    return (qkv.new_empty(qkv.shape), bias_table.new_empty(bias_table.shape),
+            qkv_bias.new_empty(qkv_bias.shape) if qkv_bias is not None else qkv.new_empty(0))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    qkv, bias_table, qkv_bias, geometry, num_heads, scale, precision = inputs
+    ctx.save_for_backward(qkv, bias_table, qkv_bias, *output)
+    ctx.geometry, ctx.num_heads, ctx.scale, ctx.precision = geometry, num_heads, scale, precision
+
+
+def _backward(ctx, dout, _dlse):
+    qkv, bias_table, qkv_bias, out, lse = ctx.saved_tensors
+    dqkv, dtable, dqkv_bias = _backward_op(dout, qkv, bias_table, qkv_bias, out, lse, ctx.geometry, ctx.num_heads,
+                                           ctx.scale, ctx.precision)
+    return dqkv, dtable, dqkv_bias if qkv_bias is not None else None, None, None, None, None
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -547,28 +611,16 @@ class WindowAttentionFunction(torch.autograd.Function):
 # --------------------------------------------------------------------------------------------------
 
 
-def triton_supports(qkv: torch.Tensor, bias_table: torch.Tensor, qkv_bias: torch.Tensor | None,
-                    num_heads: int) -> bool:
-    """Whether backend='triton' accepts these inputs (what backend='auto' uses to choose)."""
-    if qkv.device.type != "cuda":
-        return False
-    try:
-        require_triton()
-        _check_triton_inputs(qkv, bias_table, qkv_bias, num_heads)
-    except ValueError:
-        return False
-    return True
-
-
 def triton_window_attention(qkv: torch.Tensor, bias_table: torch.Tensor, qkv_bias: torch.Tensor | None, *,
                             num_heads: int, window_size: int | tuple[int, int], shift_size: int | tuple[int, int],
-                            scale: float | None, shrink_window: bool) -> torch.Tensor:
-    """``window_attention(..., backend="triton")`` on inputs whose shapes the public op has checked:
-    checks what the kernels need (ValueError naming the problem), then runs them with autograd."""
+                            scale: float | None, shrink_window: bool, precision: str = "ieee") -> torch.Tensor:
+    """``window_attention(..., backend="triton")`` on inputs whose shapes the public op has checked, in
+    the operand dtype the precision policy chose: checks what the kernels need (ValueError naming the
+    problem), then runs them with autograd. `precision` is `tl.dot`'s for float32 inputs."""
     require_triton()
-    _check_triton_inputs(qkv, bias_table, qkv_bias, num_heads)
     geometry = geo.window_geometry(qkv, bias_table, window_size, shift_size, shrink_window)
+    _check_triton_inputs(qkv, bias_table, qkv_bias, num_heads, geometry.window[0] * geometry.window[1])
     scale = (qkv.shape[-1] // 3 // num_heads) ** -0.5 if scale is None else float(scale)
     if qkv.numel() == 0:
         return qkv.new_empty(*qkv.shape[:3], qkv.shape[-1] // 3)
-    return WindowAttentionFunction.apply(qkv, bias_table, qkv_bias, geometry, num_heads, scale)
+    return _forward_op(qkv, bias_table, qkv_bias, _pack(geometry), num_heads, scale, precision)[0]

@@ -13,6 +13,8 @@ AUTO = "auto"
 ATTENTION_BACKENDS = ("auto", "triton", "sdpa", "eager")
 # vitfast.kernels.clip_loss.
 CLIP_LOSS_BACKENDS = ("auto", "triton", "chunked", "eager")
+# The kernels' `precision=`: how matrix products multiply (vitfast.kernels.precision).
+KERNEL_PRECISIONS = ("auto", "ieee", "tf32", "bf16", "fp16")
 
 # vitfast convert: where weights come from (--from) and what an export writes (--to).
 CONVERT_SOURCES = ("auto", "timm", "hf", "openai", "open_clip")
