@@ -1,8 +1,8 @@
 """Flash attention against the float64 oracle: forward and all three gradients.
 
-Without CUDA these run the Triton kernels in the interpreter (fp32 and fp16; the interpreter's bf16
-dot is broken, so bf16 is tested on a GPU). The tolerance is flash-attention's, shared by every
-kernel test in oracle.py.
+Without CUDA these run the Triton kernels in the interpreter (fp32 and fp16; bf16 is tested in
+test_bf16.py, which repairs the interpreter's broken bf16 dot). The tolerance is flash-attention's,
+shared by every kernel test in oracle.py.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 from vitfast.choices import ATTENTION_BACKENDS
 from vitfast.kernels import attention
 from vitfast.kernels import flash_attention as fa
+from vitfast.kernels import tables
 
 DTYPES = [torch.float32, torch.float16]
 
@@ -67,12 +68,19 @@ def test_custom_scale_and_batch_heads(causal, device):
     assert_matches_oracle(q, k, v, do, causal, scale=0.3)
 
 
-# The GPU autotuner's tile configs, run through the interpreter: block-size logic (tails, the causal
+def _table_configs(kernel: str, dtype: torch.dtype) -> list:
+    """Every distinct GPU tile of `kernel` for `dtype` in kernels/tiles.json."""
+    dclass = tables.dtype_class(dtype)
+    return list(dict.fromkeys(r.config for r in tables.tile_rows(kernel)
+                              if r.dtype in (dclass, "any") and r.families != ("interpreter",)))
+
+
+# Every GPU tile of the tile table, run through the interpreter: block-size logic (tails, the causal
 # diagonal spanning several key blocks, key blocks larger than query blocks) must hold for each. The
 # lists differ in length, so the shorter ones wrap around until every config has run.
 def _config_cases():
     for dtype in (torch.float16, torch.float32):
-        lists = [fa.candidate_configs(k, dtype) for k in ("fwd", "dkdv", "dq")]
+        lists = [_table_configs(f"attention.{k}", dtype) for k in ("fwd", "dkdv", "dq")]
         for i in range(max(map(len, lists))):
             yield pytest.param(dtype, *(c[i % len(c)] for c in lists), id=f"{str(dtype)[6:]}-{i}")
 
@@ -152,7 +160,7 @@ def test_backends_agree_on_cpu():
         (((1, 2, 8, 12),) * 3, torch.float16, "head dims"),
         (((1, 2, 8, 32), (1, 2, 9, 32), (1, 2, 9, 32)), torch.float16, "one shape"),
         (((2, 8, 32),) * 3, torch.float16, "one shape"),
-        (((1, 2, 8, 32),) * 3, torch.float64, "dtype"),
+        (((1, 2, 8, 32),) * 3, torch.float64, "float64"),
     ],
 )
 def test_unsupported_inputs_raise(shapes, dtype, match, device):
@@ -164,7 +172,7 @@ def test_unsupported_inputs_raise(shapes, dtype, match, device):
 def test_cpu_tensor_outside_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     q = torch.randn(1, 1, 4, 32)
-    with pytest.raises(ValueError, match="CUDA tensors"):
+    with pytest.raises(ValueError, match="NVIDIA GPUs"):
         attention(q, q, q, backend="triton")
 
 
