@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from vitfast.kernels import swin_attention as sa
+from vitfast.kernels import window_geometry as geo
 from vitfast.kernels import window_attention
 
 timm = pytest.importorskip("timm")
@@ -70,9 +71,10 @@ def test_window_attention_rejects_bad_input():
                          backend="triton")
 
 
-def test_auto_uses_sdpa_off_cuda():
+def test_auto_uses_sdpa_off_cuda(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
     qkv = torch.randn(1, 7, 7, 3 * 64)
-    assert not sa.triton_supports(qkv, torch.randn(169, 2), None, 2)
+    assert "NVIDIA GPUs" in sa.unsupported_reason(tuple(qkv.shape), 2, qkv.dtype, qkv.device, 49)
 
 
 # ------------------------------------------------------------------------ Triton kernels vs float64
@@ -199,12 +201,16 @@ def test_triton_backward_is_deterministic(device):
         assert torch.equal(a, b), name
 
 
-def test_table_pairs_cover_every_pair_once():
-    for window, table_window in (((7, 7), (7, 7)), ((5, 7), (7, 7)), ((12, 12), (12, 12))):
-        pairs = sa._table_pairs(*window, *table_window, torch.device("cpu"))
-        M = window[0] * window[1]
-        flat = pairs.flatten()
-        assert sorted(flat[flat < M * M].tolist()) == list(range(M * M))
+@pytest.mark.parametrize("window, table_window", [((7, 7), (7, 7)), ((5, 7), (7, 7)), ((12, 12), (12, 12)),
+                                                  ((2, 3), (2, 3)), ((1, 4), (3, 4))])
+def test_table_gradient_sums_each_pair_into_its_row(window, table_window):
+    """The diagonal sums equal a scatter of every (query, key) pair into its relative-position row."""
+    M = window[0] * window[1]
+    per_pair = torch.randn(3, M, M, dtype=torch.float64, generator=torch.Generator().manual_seed(M))
+    index = geo.relative_position_index(*window, table_window).flatten()
+    rows = (2 * table_window[0] - 1) * (2 * table_window[1] - 1)
+    want = torch.zeros(rows, 3, dtype=torch.float64).index_add_(0, index, per_pair.flatten(1).t())
+    torch.testing.assert_close(sa.table_gradient(per_pair, window, table_window), want)
 
 
 @pytest.mark.gpu
