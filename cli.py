@@ -50,7 +50,10 @@ _BENCH_REP = typer.Option(None, "--rep", show_default=False,
 _BENCH_JSON = typer.Option(None, "--json", help="Also write the results as JSON here.")
 _BENCH_PLOT = typer.Option(None, "--plot", help="Also save a PNG of time against peak memory.")
 _AMP_DTYPE = typer.Option(AUTO, "--amp-dtype", help="Autocast dtype; auto: bf16 on CUDA, fp32 (no autocast) on CPU.")
-_ATTN_BACKEND = typer.Option(AUTO, "--attn-backend", help="Attention kernels; auto: Triton where it runs, else SDPA.")
+_ATTN_BACKEND = typer.Option(AUTO, "--attn-backend",
+                             help="Attention kernels; auto: Triton where a GPU run measured it faster, else SDPA.")
+_TF32 = typer.Option(True, "--tf32/--no-tf32",
+                     help="TF32 for float32 matmuls on CUDA, as timm and open_clip; --no-tf32: exact float32.")
 
 
 def _choice(name: str, values: tuple[str, ...]) -> type[enum.Enum]:
@@ -111,6 +114,7 @@ def train_command(
     bpe_path: Path | None = typer.Option(None, "--bpe-path", help="CLIP's bpe_simple_vocab_16e6.txt.gz "
                                          "(default: the copy inside an installed open_clip)."),
     list_models: bool = typer.Option(False, "--list-models", help="Print the model names and exit."),
+    tf32: bool = _TF32,
     quiet: bool = _QUIET,
 ) -> None:
     """Train an image classifier or a CLIP; on a GPU, or on several with `torchrun --nproc_per_node N`.
@@ -137,6 +141,7 @@ def train_command(
     )
     err = _stderr()
     log = (lambda msg: None) if quiet else (lambda msg: err.print(msg, markup=False))
+    _kernel_setup(tf32, quiet)
     with _user_errors():
         metrics = train(cfg, progress_factory=None if quiet else _epoch_progress(err), log=log)
     if metrics and os.environ.get("RANK", "0") == "0":  # under torchrun, one table, from rank 0
@@ -158,6 +163,7 @@ def eval_command(
     csv_img_key: str = typer.Option("filepath", "--csv-img-key", help="CLIP: the image-path column."),
     csv_caption_key: str = typer.Option("title", "--csv-caption-key", help="CLIP: the caption column."),
     csv_separator: str = typer.Option("\t", "--csv-separator", help="CLIP: the table's separator."),
+    tf32: bool = _TF32,
 ) -> None:
     """Evaluate a saved model: a classifier's top-1, top-5, loss and images/s on the val split; a CLIP's
     zero-shot top-1/top-5 on the val split of --data-dir and image/text retrieval R@1/5/10 on --val-data
@@ -165,6 +171,7 @@ def eval_command(
     from vitfast.pairs import CsvFormat
     from vitfast.train import evaluate_folder
 
+    _kernel_setup(tf32, quiet=False)
     with _user_errors():
         metrics = evaluate_folder(model_dir, data_dir, batch_size=batch_size, workers=workers,
                                   amp_dtype=amp_dtype.value, attn_backend=attn_backend.value,
@@ -240,6 +247,23 @@ def _user_errors() -> Iterator[None]:
         raise
 
 
+def _kernel_setup(tf32: bool, quiet: bool) -> None:
+    """TF32 on or off (vitfast.runtime.set_tf32), and the kernels' one-line notes (which backend "auto"
+    runs and why, logger "vitfast.kernels") printed on stderr unless --quiet."""
+    import logging
+
+    from vitfast.runtime import set_tf32
+
+    set_tf32(tf32)
+    logger = logging.getLogger("vitfast.kernels")
+    if not logger.handlers:
+        handler = logging.Handler()
+        handler.emit = lambda record: _stderr().print(record.getMessage(), markup=False)
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
 def _epoch_progress(err):
     """A factory of per-epoch rich progress bars on stderr (silent when stderr is not a terminal)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -301,6 +325,7 @@ def bench_attention(
     rep: int | None = _BENCH_REP,
     json_path: Path | None = _BENCH_JSON,
     plot_path: Path | None = _BENCH_PLOT,
+    tf32: bool = _TF32,
     quiet: bool = _QUIET,
 ) -> None:
     """Time, TFLOP/s and peak memory of each attention backend across sequence lengths.
@@ -316,7 +341,7 @@ def bench_attention(
     _bench(lambda: plan(batch=batch_size, heads=heads, head_dim=head_dim, dtype=dtype.value,
                         seq_lens=_csv_ints(seq_lens, "--seq-lens"), backends=_csv(backends, "--backends"),
                         modes=_csv(modes, "--modes"), causal=causal, device=device, warmup=warmup, rep=rep),
-           quiet, json_path=json_path, plot_path=plot_path)
+           quiet, tf32=tf32, json_path=json_path, plot_path=plot_path)
 
 
 @bench_app.command("window")
@@ -337,6 +362,7 @@ def bench_window(
     rep: int | None = _BENCH_REP,
     json_path: Path | None = _BENCH_JSON,
     plot_path: Path | None = _BENCH_PLOT,
+    tf32: bool = _TF32,
     quiet: bool = _QUIET,
 ) -> None:
     """Time, TFLOP/s and peak memory of each window-attention backend at Swin stage shapes.
@@ -351,7 +377,7 @@ def bench_window(
     _bench(lambda: plan(batch=batch_size, stages=_csv(stages, "--stages"), window=window, shift=shift,
                         dtype=dtype.value, backends=_csv(backends, "--backends"), modes=_csv(modes, "--modes"),
                         device=device, warmup=warmup, rep=rep),
-           quiet, json_path=json_path, plot_path=plot_path)
+           quiet, tf32=tf32, json_path=json_path, plot_path=plot_path)
 
 
 @bench_app.command("clip-loss")
@@ -381,6 +407,7 @@ def bench_clip_loss(
     json_path: Path | None = _BENCH_JSON,
     csv_path: Path | None = typer.Option(None, "--csv", help="Also write the sweep's rows as CSV here."),
     plot_path: Path | None = _BENCH_PLOT,
+    tf32: bool = _TF32,
     quiet: bool = _QUIET,
 ) -> None:
     """Time, TFLOP/s and peak memory of each CLIP-loss backend across batch sizes; with --max-batch, the
@@ -409,7 +436,8 @@ def bench_clip_loss(
                         dim=dim, dtype=dtype.value, backends=_csv(backends, "--backends"),
                         modes=_modes(mode, KERNEL_MODES), device=device, warmup=warmup, rep=rep, max_batch=max_batch,
                         max_batch_cap=max_batch_cap),
-           quiet, json_path=json_path, csv_path=csv_path, plot_path=plot_path, after=search if max_batch else None)
+           quiet, tf32=tf32, json_path=json_path, csv_path=csv_path, plot_path=plot_path,
+           after=search if max_batch else None)
 
 
 @bench_app.command("model")
@@ -431,6 +459,7 @@ def bench_model_command(
     rep: int | None = _BENCH_REP,
     json_path: Path | None = _BENCH_JSON,
     plot_path: Path | None = typer.Option(None, "--plot", help="Also save a PNG of samples/s against peak memory."),
+    tf32: bool = _TF32,
     quiet: bool = _QUIET,
 ) -> None:
     """Samples/s, step time, peak memory, parameters and GFLOPs of a whole model per attention backend.
@@ -447,7 +476,7 @@ def bench_model_command(
                         batch=batch_size, img_size=img_size, amp_dtype=amp_dtype.value,
                         compare=[] if compare is None else _csv(compare, "--compare"), compile=compile,
                         retry_smaller=retry, device=device, warmup=warmup, rep=rep),
-           quiet, json_path=json_path, plot_path=plot_path)
+           quiet, tf32=tf32, json_path=json_path, plot_path=plot_path)
 
 
 @bench_app.command("all")
@@ -456,6 +485,7 @@ def bench_all_command(
     quick: bool = typer.Option(False, "--quick", help="Small shapes that finish on a CPU in a few minutes."),
     dtype: _Dtype = _BENCH_DTYPE,
     device: str = _BENCH_DEVICE,
+    tf32: bool = _TF32,
     quiet: bool = _QUIET,
 ) -> None:
     """Every sweep (attention, window attention, CLIP loss, models against timm/open_clip) with its JSON,
@@ -470,10 +500,12 @@ def bench_all_command(
     from vitfast.bench.report import summary_table
     from vitfast.runtime import resolve_device
 
+    err = _stderr()
+    _kernel_setup(tf32, quiet)
     with _bad_flags():
         dev = resolve_device(device)
         sweeps = suite.plan(dev, quick, dtype.value)
-    err, env = _stderr(), environment_info(dev)
+    env = environment_info(dev)
     with _progress(err, quiet) as progress, _write_errors():
         task = progress.add_task("bench all", total=sum(s.cases for s in sweeps))
         lines = suite.run_all(output, sweeps, env=env, quick=quick,
@@ -486,7 +518,7 @@ def bench_all_command(
     _exit_if_none_ran(line.status for line in lines)
 
 
-def _bench(plan: Callable[[], KernelSweep | ModelSweep], quiet: bool, *, json_path: Path | None,
+def _bench(plan: Callable[[], KernelSweep | ModelSweep], quiet: bool, *, tf32: bool, json_path: Path | None,
            plot_path: Path | None, csv_path: Path | None = None,
            after: Callable[[KernelSweep, Console], tuple[list[Table], dict]] | None = None) -> None:
     """Settle the sweep with `plan` (a ValueError is a bad flag), run it after a log line and under a progress bar
@@ -497,10 +529,12 @@ def _bench(plan: Callable[[], KernelSweep | ModelSweep], quiet: bool, *, json_pa
     from vitfast.bench.harness import device_label, environment_info
     from vitfast.bench.report import write_csv, write_json
 
+    err = _stderr()
+    _kernel_setup(tf32, quiet)
     with _bad_flags():
         sweep = plan()
     env = environment_info(sweep.device)
-    err, where = _stderr(), device_label(sweep.device, env)
+    where = device_label(sweep.device, env)
     if not quiet:
         err.print(sweep.log_line(where))
     with _progress(err, quiet) as progress:

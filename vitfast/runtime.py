@@ -74,6 +74,14 @@ def autocast(device: torch.device, amp: torch.dtype | None) -> ContextManager:
     return torch.autocast(device.type, dtype=amp)
 
 
+def set_tf32(enabled: bool) -> None:
+    """TF32 for float32 matmuls and convolutions on CUDA, as timm's and open_clip's trainers turn on
+    (and the Triton kernels' float32 products follow; vitfast.kernels.precision). No-op without CUDA."""
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
+
+
 @dataclass
 class Runtime:
     """This process's device and its place among torchrun's processes (rank 0 of 1 alone)."""

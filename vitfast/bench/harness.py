@@ -195,6 +195,7 @@ def environment_info(device: torch.device) -> dict[str, object]:
         info["device_name"] = props.name
         info["device_capability"] = f"{props.major}.{props.minor}"
         info["device_memory_bytes"] = props.total_memory
+        info["tf32"] = torch.backends.cuda.matmul.allow_tf32
     else:
         info["device_name"] = _cpu_name()
         info["cpu_threads"] = torch.get_num_threads()
