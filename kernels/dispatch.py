@@ -66,16 +66,16 @@ def record_failure(kernel: str, device: torch.device, dtype: torch.dtype, error:
 
 
 def _self_check(kernel: str, device: torch.device, dtype: torch.dtype, head_dim: int, size: int,
-                check: Callable[[torch.device, torch.dtype, int, int], float | None]) -> str | None:
-    """Run `check` once per (kernel, device, dtype, head dim, tile); None if it passed, else why not."""
+                check: Callable[..., float | None], extra: tuple) -> str | None:
+    """Run `check` once per (kernel, device, dtype, head dim, tile, extra); None if it passed, else why not."""
     tile = tables.tile_for(_PRIMARY[kernel], arch.device_family(device), dtype, head_dim, size)
     broad = (kernel, str(device), dtype)
     if _self_checks.get(broad):
         return _self_checks[broad]
-    key = (*broad, head_dim, str(tile))
+    key = (*broad, head_dim, str(tile), extra)
     if key not in _self_checks:
         try:
-            error = check(device, dtype, head_dim, size)
+            error = check(device, dtype, head_dim, size, *extra)
         except KERNEL_ERRORS as exc:
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         else:
@@ -94,13 +94,13 @@ _PRIMARY = {"attention": "attention.fwd", "window_attention": "window.fwd", "cli
 
 @torch.compiler.assume_constant_result
 def choose(kernel: str, device: torch.device, dtype: torch.dtype, head_dim: int, size: int,
-           unsupported: str | None, fallback: str,
-           check: Callable[[torch.device, torch.dtype, int, int], float | None]) -> str:
+           unsupported: str | None, fallback: str, check: Callable[..., float | None], extra: tuple = ()) -> str:
     """"triton" or `fallback` for one call of `kernel` (see the module docstring); logs the reason once.
 
     unsupported: why the Triton kernels cannot take these inputs (None: they can).
-    check: the self-check, run once per (kernel, device, dtype, head dim, tile): the largest
-        difference from the fallback when it is too large, else None.
+    check: the self-check, ``check(device, dtype, head_dim, size, *extra)``, run once per (kernel,
+        device, dtype, head dim, tile, extra): the largest difference from the fallback when it is too
+        large, else None. extra: plain values the check needs beyond those (a window's shape).
 
     Under torch.compile this runs once while tracing and its answer is a constant of the graph.
     """
@@ -116,7 +116,7 @@ def choose(kernel: str, device: torch.device, dtype: torch.dtype, head_dim: int,
         reason = (f"no measured row in {tables.dispatch_path().name} says the Triton kernel is faster here "
                   f"(a GPU run writes them: benchmarks/run_gpu.sh; {ENV}=1 forces Triton)")
     else:
-        failed = _self_check(kernel, device, dtype, head_dim, size, check)
+        failed = _self_check(kernel, device, dtype, head_dim, size, check, extra)
         if failed:
             reason = f"the Triton kernel failed its self-check ({failed})"
         else:

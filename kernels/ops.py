@@ -12,7 +12,6 @@ vitfast.choices, as the CLI's flags do.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -154,7 +153,7 @@ def window_attention(qkv: torch.Tensor, bias_table: torch.Tensor, *, num_heads: 
         tokens = g.window[0] * g.window[1]
         reason = swin_attention.unsupported_reason(tuple(qkv.shape), num_heads, qkv.dtype, qkv.device, tokens)
         backend = dispatch.choose("window_attention", qkv.device, qkv.dtype, qkv.shape[-1] // 3 // num_heads,
-                                  tokens, reason, "sdpa", _window_self_check(g.window, g.shift))
+                                  tokens, reason, "sdpa", _window_self_check, (g.window, g.shift))
     if backend == "triton":
         try:
             return swin_attention.triton_window_attention(qkv, bias_table, scale=scale,
@@ -175,23 +174,19 @@ def _window_sdpa(qkv: torch.Tensor, bias_table: torch.Tensor, scale: float | Non
     return geo.window_merge(F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale), geometry)
 
 
-@functools.lru_cache(maxsize=None)
-def _window_self_check(window: tuple[int, int], shift: tuple[int, int]):
+def _window_self_check(device: torch.device, dtype: torch.dtype, head_dim: int, size: int,
+                       window: tuple[int, int], shift: tuple[int, int]) -> float | None:
     """The self-check for windows of this shape: a map of 2×2 windows, the last row and column padded
     (the qkv_bias path), shifted as the call is."""
-
-    def check(device: torch.device, dtype: torch.dtype, head_dim: int, size: int) -> float | None:
-        (wh, ww), heads = window, 2
-        qkv, table, bias = _random([(1, wh + 1, ww + 1, 3 * heads * head_dim), ((2 * wh - 1) * (2 * ww - 1), heads),
-                                    (3 * heads * head_dim,)], device, dtype)
-        args = dict(num_heads=heads, window_size=window, shift_size=shift, shrink_window=False)
-        got = _forward_backward(lambda x, t, b: swin_attention.triton_window_attention(
-            x, t, b, scale=None, precision=policy.float32_dot("auto"), **args), [qkv, table, bias], seed=1)
-        want = _forward_backward(lambda x, t, b: _window_sdpa(x, t, None, dict(qkv_bias=b, **args)),
-                                 [qkv, table, bias], seed=1)
-        return _largest_difference(got, want, dtype)
-
-    return check
+    (wh, ww), heads = window, 2
+    qkv, table, bias = _random([(1, wh + 1, ww + 1, 3 * heads * head_dim), ((2 * wh - 1) * (2 * ww - 1), heads),
+                                (3 * heads * head_dim,)], device, dtype)
+    args = dict(num_heads=heads, window_size=window, shift_size=shift, shrink_window=False)
+    got = _forward_backward(lambda x, t, b: swin_attention.triton_window_attention(
+        x, t, b, scale=None, precision=policy.float32_dot("auto"), **args), [qkv, table, bias], seed=1)
+    want = _forward_backward(lambda x, t, b: _window_sdpa(x, t, None, dict(qkv_bias=b, **args)),
+                             [qkv, table, bias], seed=1)
+    return _largest_difference(got, want, dtype)
 
 
 def _check_pairs(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale, logit_bias) -> None:

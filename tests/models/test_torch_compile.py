@@ -8,11 +8,13 @@ here, the GPU there). Forward and every parameter's gradient must equal eager's.
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
 import vitfast
-from vitfast.kernels import clip_loss
+from vitfast.kernels import clip_loss, dispatch
 
 
 def _grads(model) -> list[torch.Tensor]:
@@ -38,14 +40,22 @@ def _check(model, run, backend: str) -> None:
 # Inductor's C++ code generation takes about half a minute per model on 2 cores, so one model runs
 # through it; the others through "aot_eager", which traces the same full graph (Dynamo, the fake
 # implementations, AOT autograd's joint graph) and runs it without code generation.
-@pytest.mark.parametrize("name, img_size, backend", [("vit_micro_patch4_32", 32, "inductor"),
-                                                     ("swin_micro_patch2_window4_32", 32, "aot_eager"),
-                                                     ("swin_micro_patch2_window4_32", 40, "aot_eager")])
-def test_image_models_compile_fullgraph(name, img_size, backend):
+# The Swin at 32 takes attn_backend="auto" with VITFAST_TRITON=1: the dispatch decision and its
+# self-check run while Dynamo traces, and their answer (Triton) is a constant of the graph.
+@pytest.mark.parametrize("name, img_size, backend, attn", [("vit_micro_patch4_32", 32, "inductor", "triton"),
+                                                           ("swin_micro_patch2_window4_32", 32, "aot_eager", "auto"),
+                                                           ("swin_micro_patch2_window4_32", 40, "aot_eager", "triton")])
+def test_image_models_compile_fullgraph(name, img_size, backend, attn, monkeypatch, caplog):
+    monkeypatch.setenv(dispatch.ENV, "1")
+    dispatch.reset()
     torch.manual_seed(0)
-    model = vitfast.create_model(name, attn_backend="triton", img_size=img_size).eval()
+    model = vitfast.create_model(name, attn_backend=attn, img_size=img_size).eval()
     x = torch.randn(1, 3, img_size, img_size)
-    _check(model, lambda m: m(x), backend)
+    with caplog.at_level(logging.INFO, logger="vitfast.kernels"):
+        _check(model, lambda m: m(x), backend)
+    if attn == "auto":
+        assert any(": triton (VITFAST_TRITON=1)" in r.getMessage() for r in caplog.records)
+    dispatch.reset()
 
 
 def test_clip_and_its_loss_compile_fullgraph():
