@@ -29,7 +29,6 @@ from collections.abc import Callable
 import torch
 
 from . import arch, tables
-from ._triton import KERNEL_ERRORS
 
 log = logging.getLogger("vitfast.kernels")
 ENV = "VITFAST_TRITON"
@@ -75,8 +74,11 @@ def _self_check(kernel: str, device: torch.device, dtype: torch.dtype, head_dim:
     key = (*broad, head_dim, str(tile), extra)
     if key not in _self_checks:
         try:
-            error = check(device, dtype, head_dim, size, *extra)
-        except KERNEL_ERRORS as exc:
+            # The check differentiates, whatever the caller's mode (evaluation under no_grad or
+            # inference_mode), and compares like with like, whatever autocast the caller is under.
+            with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+                error = check(device, dtype, head_dim, size, *extra)
+        except Exception as exc:  # any failure of the guard means: do not trust the kernel here
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         else:
             reason = None if error is None else f"it differs from the fallback by {error:.3g}"

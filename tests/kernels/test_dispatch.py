@@ -107,6 +107,23 @@ def test_a_row_sends_auto_to_triton_after_a_passing_self_check(kernel, tmp_path,
                in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "autocast"])
+def test_the_self_check_runs_in_any_caller_mode(mode, tmp_path, monkeypatch):
+    """Evaluation loops call the ops under no_grad or inference_mode, training under autocast: the
+    self-check still differentiates and compares like with like, and passes."""
+    _table(tmp_path, monkeypatch, "attention")
+    spy = Spy(monkeypatch, flash_attention, "triton_attention")
+    q, k, v = _qkv()
+    context = {"no_grad": torch.no_grad(), "inference_mode": torch.inference_mode(),
+               "autocast": torch.autocast("cpu", dtype=torch.bfloat16)}[mode]
+    with context, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # precision="ieee": float32 products under autocast, so the float32 row applies and the check
+        # must not let autocast turn its SDPA reference into bf16.
+        attention(q, k, v, precision="ieee")
+    assert spy.calls >= 2  # the self-check's call and the real one
+
+
 def test_a_failing_self_check_warns_once_and_falls_back(tmp_path, monkeypatch):
     _table(tmp_path, monkeypatch, "attention")
     monkeypatch.setattr(ops, "_attention_self_check", lambda *args: 0.5)
