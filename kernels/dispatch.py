@@ -91,7 +91,8 @@ def _self_check(kernel: str, device: torch.device, dtype: torch.dtype, head_dim:
 
 
 # The kernel whose tile keys a self-check (a different tile means a different compiled kernel).
-_PRIMARY = {"attention": "attention.fwd", "window_attention": "window.fwd", "clip_loss": "clip.grad"}
+_PRIMARY = {"attention": "attention.fwd", "causal_attention": "attention.fwd", "window_attention": "window.fwd",
+            "clip_loss": "clip.grad"}
 
 
 @torch.compiler.assume_constant_result

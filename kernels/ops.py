@@ -57,12 +57,14 @@ def _random(shapes, device, dtype, seed: int = 0) -> list[torch.Tensor]:
     return [torch.randn(s, generator=g, device=device, dtype=torch.float32).to(dtype) for s in shapes]
 
 
-def _attention_self_check(device: torch.device, dtype: torch.dtype, head_dim: int, size: int) -> float | None:
+def _attention_self_check(device: torch.device, dtype: torch.dtype, head_dim: int, size: int,
+                          causal: bool) -> float | None:
     n = min(size, 1024)
     q, k, v = _random([(1, 2, n, head_dim)] * 3, device, dtype)
     got = _forward_backward(lambda q, k, v: flash_attention.triton_attention(
-        q, k, v, causal=False, scale=head_dim ** -0.5, precision=policy.float32_dot("auto")), [q, k, v], seed=1)
-    want = _forward_backward(lambda q, k, v: F.scaled_dot_product_attention(q, k, v), [q, k, v], seed=1)
+        q, k, v, causal=causal, scale=head_dim ** -0.5, precision=policy.float32_dot("auto")), [q, k, v], seed=1)
+    want = _forward_backward(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal), [q, k, v],
+                             seed=1)
     return _largest_difference(got, want, dtype)
 
 
@@ -95,8 +97,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     if auto:
         reason = (flash_attention.unsupported_reason(tuple(q.shape), q.dtype, q.device)
                   if q.shape == k.shape == v.shape else "cross-attention (q, k, v of different shapes)")
-        backend = dispatch.choose("attention", q.device, q.dtype, q.shape[-1], q.shape[-2] if q.dim() == 4 else 0,
-                                  reason, "sdpa", _attention_self_check)
+        backend = dispatch.choose("causal_attention" if causal else "attention", q.device, q.dtype, q.shape[-1],
+                                  q.shape[-2] if q.dim() == 4 else 0, reason, "sdpa", _attention_self_check,
+                                  (causal,))
     if backend == "triton":
         try:
             return flash_attention.triton_attention(q, k, v, causal=causal, scale=scale,
@@ -104,7 +107,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         except KERNEL_ERRORS as exc:
             if not auto:
                 raise
-            dispatch.record_failure("attention", q.device, q.dtype, exc)
+            dispatch.record_failure("causal_attention" if causal else "attention", q.device, q.dtype, exc)
             backend = "sdpa"
     if backend == "sdpa":
         with torch.autocast(q.device.type, enabled=False):

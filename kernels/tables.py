@@ -175,7 +175,7 @@ def tuned_rows() -> Iterator[dict]:
 class DispatchRow:
     """Triton measured ahead of the fallback for `kernel` on `arch` in `dtype` over these ranges."""
 
-    kernel: str  # "attention", "window_attention", "clip_loss"
+    kernel: str  # "attention", "causal_attention", "window_attention", "clip_loss"
     arch: str  # "sm_90", ...
     dtype: str  # "bfloat16", "float16", "float32"
     head_dim: tuple[int, int]  # inclusive range

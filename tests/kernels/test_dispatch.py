@@ -124,6 +124,19 @@ def test_the_self_check_runs_in_any_caller_mode(mode, tmp_path, monkeypatch):
     assert spy.calls >= 2  # the self-check's call and the real one
 
 
+def test_causal_attention_has_rows_of_its_own(tmp_path, monkeypatch):
+    """A causal call (CLIP's text tower) is another kernel variant: a non-causal row does not cover it."""
+    spy = Spy(monkeypatch, flash_attention, "triton_attention")
+    q, k, v = _qkv()
+    _table(tmp_path, monkeypatch, "attention")
+    attention(q, k, v, causal=True)
+    assert spy.calls == 0
+    _table(tmp_path, monkeypatch, "causal_attention")
+    out = attention(q, k, v, causal=True)
+    assert spy.calls >= 2  # the causal self-check's call and the real one
+    assert torch.equal(out, attention(q, k, v, causal=True, backend="triton"))
+
+
 def test_a_failing_self_check_warns_once_and_falls_back(tmp_path, monkeypatch):
     _table(tmp_path, monkeypatch, "attention")
     monkeypatch.setattr(ops, "_attention_self_check", lambda *args: 0.5)
