@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU. Run from the repository root:
 #
-#   bash benchmarks/run_gpu.sh [kernels|tests|models|suites|maxbatch|all]   (default: kernels)
+#   bash benchmarks/run_gpu.sh [kernels|tests|models|suites|maxbatch|tune|all]   (default: kernels)
 #
 # kernels (the default) decides kernels/dispatch.json, in this order:
 #   1. benchmarks/check_tiles.py: every tile of every kernel for this GPU's family, run explicitly in bf16,
@@ -16,7 +16,9 @@
 # Then copy $OUT/dispatch.json to kernels/dispatch.json and $OUT/merged/<device>-<date>.json (every JSON of
 # the run) to benchmarks/results/, and commit both.
 # tests: the gpu-marked tests. models: `vitfast bench all` (whole models beside timm and open_clip).
-# suites: the pytest-benchmark suites. maxbatch: the CLIP loss's largest batch, up to 2^20. all: every part.
+# suites: the pytest-benchmark suites. maxbatch: the CLIP loss's largest batch, up to 2^20. tune: opt-in
+# timing of every candidate attention tile at the sweep shapes (VITFAST_AUTOTUNE), winners and times
+# → $OUT/tuned_tiles.json, to fold into kernels/tiles.json by hand. all: every part but tune.
 #
 # $OUT (default benchmarks/results/latest) keeps few files, since a device call brings back at most 8:
 # run_gpu.log (everything printed), tile_check.json, racecheck.json, dispatch.json and merged/. Each command's
@@ -50,8 +52,9 @@
 set -uo pipefail
 part=${1:-kernels}
 case $part in
-  kernels | tests | models | suites | maxbatch | all) ;;
-  *) echo "usage: bash benchmarks/run_gpu.sh [kernels|tests|models|suites|maxbatch|all] (got '$part')" >&2; exit 2 ;;
+  kernels | tests | models | suites | maxbatch | tune | all) ;;
+  *) echo "usage: bash benchmarks/run_gpu.sh [kernels|tests|models|suites|maxbatch|tune|all] (got '$part')" >&2
+     exit 2 ;;
 esac
 out=${OUT:-benchmarks/results/latest}
 mkdir -p "$out" || exit 1
@@ -165,6 +168,15 @@ print(p.name, f'sm_{p.major}{p.minor}', 'torch', torch.__version__, 'triton', tr
     vitfast bench clip-loss --dim 512 --dtype bf16 --batch-sizes 4096 --mode fwd+bwd --backends "$clip_backends" \
       --warmup 3 --rep 10 --max-batch --max-batch-cap 1048576 --json "$work/clip_loss_max_batch_bf16.json" \
       || failures+=("the max-batch search")
+  fi
+  if [[ $part == tune ]]; then
+    # Each (kernel, family, dtype, head dim, N, B·H) is timed over the family's candidate tiles once, then
+    # runs its winner; the sweep's own times are of the winners.
+    for dt in bf16 fp16; do
+      VITFAST_AUTOTUNE="$out/tuned_tiles.json" vitfast bench attention -b 64 --heads 12 --head-dim 64 --dtype $dt \
+        --seq-lens 197,257,577,1025 --backends triton --modes fwd+bwd --warmup 3 --rep 10 \
+        --json "$work/tune_attention_d64_$dt.json" || failures+=("tuning attention $dt")
+    done
   fi
   if ((${#failures[@]})); then
     printf 'FAILED: %s\n' "${failures[@]}"

@@ -361,7 +361,7 @@ def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:
 
 
 def _launch(kernel: str, q: torch.Tensor, config: tables.TileConfig | None, run) -> None:
-    """Run `run(config)` with the given config or the tile table's (tuned under VITFAST_AUTOTUNE=1)."""
+    """Run `run(config)` with the given config or the tile table's (tuned under VITFAST_AUTOTUNE)."""
     if config is not None:
         run(config)
     else:

@@ -3,8 +3,9 @@
 - tiles.json: each kernel's launch configuration (block sizes, warps, stages) per tile family
   (kernels/arch.py), dtype class, head dim and size. A table, not a timing race, so every run and every
   rank launches the same tiles and gets bit-identical results, and the first step compiles one
-  configuration, not ten. `VITFAST_AUTOTUNE=1` turns on timing-based tuning among a family's rows for
-  the GPU run, which records the winners (:func:`tuned_rows`) to fold back into the table.
+  configuration, not ten. `VITFAST_AUTOTUNE=FILE.json` turns on timing-based tuning among a family's
+  rows (for the GPU run: ``bash benchmarks/run_gpu.sh tune``) and writes each winner, with every
+  candidate's time, to FILE.json as it is found, for a developer to fold back into the table.
 - dispatch.json: where ``backend="auto"`` takes a Triton kernel (kernels/dispatch.py), rows written
   from a recorded GPU run.
 
@@ -130,20 +131,37 @@ class _Tuned:
 _TUNED = _Tuned()
 
 
-def autotuning() -> bool:
-    return os.environ.get(AUTOTUNE_ENV, "0") == "1"
+def autotuning() -> Path | None:
+    """Where opt-in tuning records its winners (VITFAST_AUTOTUNE), or None when it is off."""
+    value = os.environ.get(AUTOTUNE_ENV, "").strip()
+    return Path(value) if value and value != "0" else None
+
+
+def _record_winners(path: Path) -> None:
+    """Merge this process's winners into `path` (several processes of one run share the file)."""
+    try:
+        known = json.loads(path.read_text())["winners"] if path.is_file() else []
+    except (OSError, json.JSONDecodeError, KeyError):
+        known = []
+    mine = list(tuned_rows())
+    keys = {(r["kernel"], r["families"][0], r["dtype"], r["head_dim"], r["size"], tuple(r["extra_key"])) for r in mine}
+    kept = [r for r in known
+            if (r["kernel"], r["families"][0], r["dtype"], r["head_dim"], r["size"], tuple(r["extra_key"])) not in keys]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"winners": kept + mine}, indent=1) + "\n")
 
 
 def launch(kernel: str, family: str | None, dtype: torch.dtype, head_dim: int, size: int,
            run: Callable[[TileConfig], None], tune_key: tuple = ()) -> TileConfig:
-    """Run `run` with `kernel`'s tile from the table (or, under VITFAST_AUTOTUNE=1 on a GPU, the
-    fastest candidate for this key); returns the configuration used. Raises ValueError when the
-    table has no tile for these inputs."""
+    """Run `run` with `kernel`'s tile from the table (or, under VITFAST_AUTOTUNE on a GPU, the
+    fastest candidate for this key, recorded in that file); returns the configuration used. Raises
+    ValueError when the table has no tile for these inputs."""
     config = tile_for(kernel, family, dtype, head_dim, size)
     if config is None:
         raise ValueError(f"the tile table has no configuration of {kernel} for {family or 'this device'}, "
                          f"{dtype}, head dim {head_dim}, size {size}; use another backend for these inputs.")
-    if autotuning() and family not in (None, "interpreter"):
+    record = autotuning()
+    if record is not None and family not in (None, "interpreter"):
         key = (kernel, family, dtype_class(dtype), head_dim, size, *tune_key)
         if key not in _TUNED.winners:
             from triton.testing import do_bench
@@ -152,6 +170,7 @@ def launch(kernel: str, family: str | None, dtype: torch.dtype, head_dim: int, s
                                                                                             head_dim)}
             _TUNED.winners[key] = min(times, key=times.get)
             _TUNED.times[key] = {str(c): t for c, t in times.items()}
+            _record_winners(record)
         config = _TUNED.winners[key]
     run(config)
     return config

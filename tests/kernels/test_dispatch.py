@@ -267,3 +267,35 @@ def test_every_tile_row_is_well_formed():
         # Every family can run the kernel in every dtype at the head dims the op accepts, or says why not.
         for family in (*arch.FAMILIES, "interpreter"):
             assert tables.tile_for(kernel, family, torch.bfloat16, 64, 197) is not None, (kernel, family)
+
+
+def test_opt_in_tuning_times_each_candidate_once_and_records_the_winner(tmp_path, monkeypatch):
+    """VITFAST_AUTOTUNE=FILE: on a GPU family the launcher times every candidate tile of the family once
+    per key, runs the fastest from then on, and writes winner and times to FILE (merged across processes)."""
+    import triton.testing
+
+    record = tmp_path / "tuned.json"
+    monkeypatch.setenv(tables.AUTOTUNE_ENV, str(record))
+    ran: list = []
+
+    def fake_bench(fn, warmup, rep):  # a tile's "time" is its BLOCK_M: the smallest wins
+        fn()
+        return float(ran[-1]["BLOCK_M"])
+
+    monkeypatch.setattr(triton.testing, "do_bench", fake_bench)
+    monkeypatch.setattr(tables, "_TUNED", tables._Tuned())
+    candidates = tables.candidates("attention.fwd", "sm_90", torch.bfloat16, 64)
+    assert len(candidates) > 1
+    used = tables.launch("attention.fwd", "sm_90", torch.bfloat16, 64, 197, ran.append, tune_key=(24,))
+    assert used == min(candidates, key=lambda c: c["BLOCK_M"])
+    assert ran[:len(candidates)] == candidates and ran[-1] == used
+    ran.clear()
+    tables.launch("attention.fwd", "sm_90", torch.bfloat16, 64, 197, ran.append, tune_key=(24,))
+    assert ran == [used]  # decided: no second timing
+    written = json.loads(record.read_text())["winners"]
+    assert len(written) == 1 and written[0]["config"] == dict(used.params) and written[0]["size"] == 197
+    assert set(written[0]["times_ms"]) == {str(c) for c in candidates}
+    monkeypatch.delenv(tables.AUTOTUNE_ENV)
+    ran.clear()
+    assert tables.launch("attention.fwd", "sm_90", torch.bfloat16, 64, 197, ran.append) == \
+        tables.tile_for("attention.fwd", "sm_90", torch.bfloat16, 64, 197)  # off: the table's tile
