@@ -7,10 +7,13 @@ bf16 runs on a GPU). Tolerance as for flash attention, in oracle.py.
 
 from __future__ import annotations
 
+import json
+
 import oracle
 import pytest
 import torch
 
+from vitfast.kernels import arch, dispatch, tables
 from vitfast.kernels import swin_attention as sa
 from vitfast.kernels import window_geometry as geo
 from vitfast.kernels import window_attention
@@ -148,6 +151,33 @@ def _random_geometries(n: int, seed: int = 2024):
         shrink = bool(torch.randint(0, 2, (1,), generator=g))
         cases.append((h, w, (wh, ww), (sh, sw), shrink))
     return cases
+
+
+def _gpu_window_blocks() -> list[int]:
+    """Every block size a GPU row of tiles.json gives the window kernels."""
+    return sorted({r.config["BLOCK"] for kernel in ("window.fwd", "window.bwd") for r in tables.tile_rows(kernel)
+                   if r.families != ("interpreter",)})
+
+
+@pytest.mark.parametrize("block", _gpu_window_blocks())
+def test_every_gpu_block_size(block, tmp_path, monkeypatch, device):
+    """Each block size the GPU tiles use, run here through a table holding only it: a 7×7 window is one
+    64-token tile but two 32-token ones (the multi-tile backward), a 12×12 window three or five."""
+    doc = json.loads(tables.tiles_path().read_text())
+    for kernel in ("window.fwd", "window.bwd"):
+        doc["tiles"][kernel] = [{"families": [*arch.FAMILIES, "interpreter"], "dtype": "any", "max_head_dim": None,
+                                 "max_size": None, "config": {"BLOCK": block}, "num_warps": 4, "num_stages": 1}]
+    path = tmp_path / "tiles.json"
+    path.write_text(json.dumps(doc))
+    monkeypatch.setenv(tables.TILES_ENV, str(path))
+    dispatch.reset()
+    try:
+        for height, width, window, shift in ((9, 11, 7, 3), (13, 13, 12, 6)):
+            qkv, table, bias, dout = _case(1, height, width, 2, 32, window, torch.float32, device, height + block)
+            assert_matches_oracle(qkv, table, bias, dout, num_heads=2, window_size=window, shift_size=shift)
+    finally:
+        monkeypatch.delenv(tables.TILES_ENV)
+        dispatch.reset()
 
 
 @pytest.mark.parametrize("height, width, window, shift, shrink", _random_geometries(8))
