@@ -384,11 +384,12 @@ def _window_attn_bwd_kernel(
 # Launchers
 # --------------------------------------------------------------------------------------------------
 
-# Tiles (kernels/tiles.json) are 64 tokens square: a 7×7 window (49 tokens) is one tile, a 12×12 window
-# (144) three. M = 64 keeps every dot on wgmma on sm_90. Eight warps: the backward holds the window's
-# bias, its summed gradient and five 64×64 products at once, and with four warps it spills. A one-tile
-# forward has no key loop to pipeline, so it takes one stage. float32 is tabled up to head dim 64
-# (wider float32 tiles of the backward overflow sm_80's shared memory).
+# Tiles (kernels/tiles.json) are mostly 64 tokens square: a 7×7 window (49 tokens) is one tile, a 12×12
+# window (144) three. M = 64 keeps every dot on wgmma on sm_90. Eight warps: the backward holds the
+# window's bias, its summed gradient and five 64×64 products at once, and with four warps it spills. A
+# one-tile forward has no key loop to pipeline, so it takes one stage. float32 is tabled up to head dim
+# 64 (wider float32 tiles of the backward overflow sm_80's shared memory); on the 99 KiB family, float32
+# above head dim 32 takes 32-token tiles (the multi-tile path) to fit.
 # Backward programs to aim for per streaming multiprocessor (each adds an M×M partial bias gradient).
 BWD_PROGRAMS_PER_SM = 4
 

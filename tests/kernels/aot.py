@@ -1,28 +1,46 @@
 """Ahead-of-time compilation of Triton kernels for GPUs this machine need not have.
 
-A kernel's compile gate builds every launch configuration for sm_80 and sm_90 with
-``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` and reads the cubin back with
-the tools the Triton wheel ships (``triton/backends/nvidia/bin``): registers and stack from
-``cuobjdump --dump-resource-usage``; spill (STL/LDL) and tensor-core (HMMA/HGMMA) instructions from
-the SASS that ``nvdisasm`` prints. Shared memory comes from Triton's metadata: Triton kernels use
-dynamic shared memory only, which cuobjdump does not see.
+A kernel's compile gate builds every launch configuration of kernels/tiles.json (:func:`row_uses`: each
+row where the launcher takes it, first match wins) for every architecture of the row's tile families
+(:data:`FAMILY_ARCHS`: sm_80; sm_86, sm_89, sm_120; sm_90, sm_100, as far as the installed Triton can
+target them, see :func:`targetable`: Triton 3.4 and later build all six, 3.2 not sm_100 or sm_120) with
+``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` and reads the cubin back with the
+tools the Triton wheel ships (``triton/backends/nvidia/bin``): registers, stack and static shared
+memory from ``cuobjdump --dump-resource-usage``; spill (STL/LDL) and tensor-core (HMMA, HGMMA, UTCHMMA,
+...) instructions from the SASS that ``nvdisasm`` prints. Dynamic shared memory and tensor memory come
+from Triton's metadata: Triton kernels use dynamic shared memory, which cuobjdump does not see (from
+sm_90 on, ptxas adds 1 KiB of static shared memory, which it does see).
+
+Each build is then held against its architecture's limits (:data:`SM_LIMITS`; per-block shared memory
+from vitfast.kernels.arch, the one source of those numbers): shared memory (dynamic + static) within
+the per-block opt-in limit, and :func:`ctas_per_sm`, the blocks one SM holds at once by registers,
+threads, shared memory, tensor memory and the block limit. sm_89 runs sm_86's build (:data:`SAME_BUILD`:
+Triton emits the same PTX for both, and ptxas the same resources), checked against sm_89's limits.
+
+Checked with Triton 3.8 (this environment) and 3.6 (the GPU machines'): the three gates pass with both.
+Triton 3.4 builds everything within the limits but spills on sm_90 where 3.6 does not; Triton 3.2
+(torch 2.6) crashes compiling some kernels for sm_90 (``_ast_source`` is its only API difference here).
 
 Builds run in separate Python processes that import Triton with ``TRITON_INTERPRET=0``. Under the
 interpreter (conftest.py turns it on where there is no CUDA) ``@triton.jit`` returns interpreter
 objects, Triton's own library functions included, and nothing in such a process can be compiled.
 A worker imports the kernel's module itself, so a kernel must live at the top level of a module.
+Workers inherit the environment and get the parent's ``sys.path`` as PYTHONPATH, so
+``PYTHONPATH=/some/triton-3.6 pytest ...`` compiles with that Triton.
 
     sig, consts, div = launch_signature({"X": torch.float16, "stride": 64, "n": 197})
     sig["BLOCK"], consts["BLOCK"] = "constexpr", 128
     result = compile_for(my_kernel, sig, consts, arch=90, num_warps=4, num_stages=3, divisible_by_16=div)
-    result.registers, result.spills, result.shared_bytes, result.tensor_cores
+    result.registers, result.spills, result.shared_total, result.ctas_per_sm, result.tensor_cores
 
-`compile_all` builds many requests on all cores and returns each one's result or exception.
+`compile_all` builds many requests on all cores and returns each one's result or exception;
+`build_all` builds a gate's variants, each distinct build once, and prints the table (`print_table`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import json
 import os
@@ -32,16 +50,85 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-# Shared memory one block may opt in to (CUDA programming guide, "Technical Specifications per
-# Compute Capability"): 163 KiB on compute capability 8.0 (A100), 227 KiB on 9.0 (H100).
-MAX_SHARED_BYTES = {80: 163 * 1024, 90: 227 * 1024}
+from vitfast.kernels import arch as gpu_arch
+from vitfast.kernels import tables
+
+# Shared memory one block may opt in to, per compute capability: kernels/arch.py holds the numbers.
+MAX_SHARED_BYTES = gpu_arch.SHARED_MEMORY_PER_BLOCK
+# CUDA reserves 1 KiB of shared memory per resident block on compute capability 8.0 and later; an
+# SM's shared memory is its largest per-block opt-in plus that reserve (164, 100 and 228 KiB).
+RESERVED_SHARED_PER_BLOCK = 1024
+# Shared memory is allocated to a block in units of 128 bytes (cuda_occupancy.h, 7.x and later).
+SHARED_ALLOCATION_UNIT = 128
+REGISTERS_PER_SM = 65536  # 64K 32-bit registers per SM (and at most 64K per block) on every arch here
+# Registers are allocated per warp, in units of 256, within each of an SM's four sub-partitions (each
+# holds a quarter of the register file and a quarter of the warps).
+REGISTER_ALLOCATION_UNIT = 256
+SM_SUBPARTITIONS = 4
+# Tensor memory (sm_100): 512 columns per SM, shared by its resident blocks (Triton's own check).
+TENSOR_MEMORY_COLUMNS = 512
+
+
+@dataclass(frozen=True)
+class SmLimits:
+    threads: int  # resident threads per SM
+    blocks: int  # resident blocks per SM
+
+
+# CUDA C++ Programming Guide (12.8 / 13.0), "Technical Specifications per Compute Capability": maximum
+# resident threads (warps × 32) and resident blocks per SM.
+SM_LIMITS = {
+    80: SmLimits(threads=2048, blocks=32),
+    86: SmLimits(threads=1536, blocks=16),
+    89: SmLimits(threads=1536, blocks=24),
+    90: SmLimits(threads=2048, blocks=32),
+    100: SmLimits(threads=2048, blocks=32),
+    120: SmLimits(threads=1536, blocks=32),
+}
+
+# The architectures each tile family (kernels/arch.py) is built for: the GPUs users have.
+FAMILY_ARCHS = {"sm_80": (80,), "sm_86": (86, 89, 120), "sm_90": (90, 100)}
+# sm_89 runs sm_86's build: Triton emits the same PTX for both (the .target line apart) and ptxas gives
+# the same registers, stack and shared memory (measured on every kernel; test_aot.py rechecks a few).
+SAME_BUILD = {89: 86}
+# The SASS opcode of the tensor-core matmul a 16-bit or TF32 dot should use on each architecture:
+# mma.sync (HMMA) on sm_8x and sm_120, wgmma (HGMMA) on sm_90, tcgen05.mma (UTCHMMA) on sm_100.
+TENSOR_CORE_OPS = {80: "HMMA", 86: "HMMA", 89: "HMMA", 90: "HGMMA", 100: "UTCHMMA", 120: "HMMA"}
 
 # What Triton's JIT attaches to a pointer, or to an integer divisible by 16, when it specializes a launch.
 _DIVISIBILITY = [["tt.divisibility", 16]]
+
+
+def ctas_per_sm(arch: int, registers: int, num_warps: int, shared_bytes: int, tensor_memory: int = 0) -> dict[str, int]:
+    """How many blocks of a kernel one SM of compute capability `arch` holds at once, by each limit:
+    {"registers", "threads", "shared", "tmem", "blocks"}; the least of them is the answer.
+
+    `registers` per thread (as ptxas reports them), `shared_bytes` per block (dynamic + static),
+    `tensor_memory` in columns. A block whose registers exceed the per-block limit gets 0.
+    """
+    limits = SM_LIMITS[arch]
+    warps_needed = -(-num_warps // SM_SUBPARTITIONS) * SM_SUBPARTITIONS  # the hardware's per-block check
+    per_warp = -(-registers * 32 // REGISTER_ALLOCATION_UNIT) * REGISTER_ALLOCATION_UNIT
+    if per_warp == 0:
+        by_registers = limits.blocks
+    elif per_warp * warps_needed > REGISTERS_PER_SM:
+        by_registers = 0
+    else:
+        warps = REGISTERS_PER_SM // SM_SUBPARTITIONS // per_warp * SM_SUBPARTITIONS
+        by_registers = warps // num_warps
+    shared = -(-shared_bytes // SHARED_ALLOCATION_UNIT) * SHARED_ALLOCATION_UNIT + RESERVED_SHARED_PER_BLOCK
+    return {
+        "registers": by_registers,
+        "threads": limits.threads // (num_warps * 32),
+        "shared": (MAX_SHARED_BYTES[arch] + RESERVED_SHARED_PER_BLOCK) // shared,
+        "tmem": TENSOR_MEMORY_COLUMNS // tensor_memory if tensor_memory else limits.blocks,
+        "blocks": limits.blocks,
+    }
 
 
 @dataclass(frozen=True)
@@ -86,32 +173,135 @@ class AotRequest:
 
 @dataclass(frozen=True)
 class AotResult:
-    """What one build needs on the GPU, read from its cubin."""
+    """What one build needs on the GPU, read from its cubin, and how it fares on `arch`."""
 
     name: str
-    arch: int
+    arch: int  # the architecture whose limits apply (the build's target, or see `on`)
     num_warps: int
     num_stages: int
     registers: int  # per thread
     stack_bytes: int  # per-thread stack frame: where spilled registers go
     spill_stores: int  # STL (store to local memory) instructions in the SASS
     spill_loads: int  # LDL instructions
-    shared_bytes: int  # dynamic shared memory per block
-    mma_ops: dict[str, int]  # tensor-core opcode (e.g. "HGMMA.64x64x16.F32") -> instructions in the SASS
+    shared_bytes: int  # dynamic shared memory per block (Triton's)
+    static_shared_bytes: int  # static shared memory per block (the cubin's: 1 KiB from sm_90 on)
+    tensor_memory: int  # tensor-memory columns per block (sm_100's tcgen05), 0 where none
+    mma_ops: dict[str, int]  # matrix opcode (e.g. "HGMMA.64x64x16.F32") -> instructions in the SASS
+    seconds: float = 0.0  # how long the build took (near 0 from Triton's cache)
+    built_for: int | None = None  # set by `on`: the architecture the cubin was built for
 
     @property
     def spills(self) -> bool:
         return bool(self.stack_bytes or self.spill_stores or self.spill_loads)
 
     @property
-    def tensor_cores(self) -> bool:
-        """Whether the SASS has the arch's tensor-core matmul: HGMMA (wgmma) on sm_90, HMMA before."""
-        native = "HGMMA" if self.arch >= 90 else "HMMA"
-        return any(op.split(".")[0] == native for op in self.mma_ops)
+    def shared_total(self) -> int:
+        """Shared memory one block takes: what the launch must be allowed (dynamic + static)."""
+        return self.shared_bytes + self.static_shared_bytes
 
     @property
     def fits_shared_memory(self) -> bool:
-        return self.shared_bytes <= MAX_SHARED_BYTES[self.arch]
+        return self.shared_total <= MAX_SHARED_BYTES[self.arch]
+
+    @property
+    def fits_tensor_memory(self) -> bool:
+        return self.tensor_memory <= TENSOR_MEMORY_COLUMNS
+
+    @property
+    def mma_families(self) -> dict[str, int]:
+        """Matrix instructions by opcode without modifiers: {"HGMMA": 24, "HMMA": 8}."""
+        families: Counter[str] = Counter()
+        for op, n in self.mma_ops.items():
+            families[op.split(".")[0]] += n
+        return dict(families)
+
+    @property
+    def tensor_cores(self) -> bool:
+        """Whether the SASS has the arch's tensor-core matmul (TENSOR_CORE_OPS)."""
+        return TENSOR_CORE_OPS[self.arch] in self.mma_families
+
+    @property
+    def occupancy(self) -> dict[str, int]:
+        """CTAs per SM by each limit (see :func:`ctas_per_sm`)."""
+        return ctas_per_sm(self.arch, self.registers, self.num_warps, self.shared_total, self.tensor_memory)
+
+    @property
+    def ctas_per_sm(self) -> int:
+        return min(self.occupancy.values())
+
+    @property
+    def occupancy_limiter(self) -> str:
+        """The limit that sets CTAs per SM ("registers", "threads", "shared", "tmem" or "blocks")."""
+        occ = self.occupancy
+        return min(occ, key=occ.get)
+
+    def on(self, arch: int) -> AotResult:
+        """This build judged by another architecture's limits: for sm_89, which runs sm_86's build."""
+        return dataclasses.replace(self, arch=arch, built_for=self.built_for or self.arch)
+
+
+def targetable(arch: int) -> bool:
+    """Whether the installed Triton can build for sm_`arch` (probed once with a tiny kernel)."""
+    return arch in _targetable_archs()
+
+
+@functools.lru_cache(maxsize=None)
+def _targetable_archs() -> frozenset[int]:
+    import aot_probe
+
+    archs = sorted({a for family in FAMILY_ARCHS.values() for a in family})
+    results = compile_all([AotRequest.of(aot_probe.probe_dot, {"X": "*fp16", "Y": "*fp32", "BLOCK": "constexpr"},
+                                         {"BLOCK": 64}, arch=a, num_warps=4, divisible_by_16=("X", "Y"))
+                           for a in archs])
+    return frozenset(a for a, r in zip(archs, results) if not isinstance(r, Exception))
+
+
+def family_archs(families: Iterable[str]) -> tuple[int, ...]:
+    """The architectures a row for these tile families runs on, that the installed Triton can target."""
+    return tuple(sorted({a for f in families for a in FAMILY_ARCHS.get(f, ()) if targetable(a)}))
+
+
+def build_arch(arch: int) -> int:
+    """The architecture whose build runs on sm_`arch` (sm_89 runs sm_86's)."""
+    return SAME_BUILD.get(arch, arch)
+
+
+DTYPE_CLASSES = ("16bit", "fp32")
+# What the compile gate builds for each dtype class: (element type, tl.dot input_precision). The
+# launchers pass "tf32" or "ieee" for float32 (kernels/precision.py); 16-bit dots ignore it.
+CLASS_NUMERICS = {"16bit": (("fp16", "tf32"), ("bf16", "tf32")), "fp32": (("fp32", "tf32"), ("fp32", "ieee"))}
+
+
+@dataclass(frozen=True)
+class RowUse:
+    """Where the launcher takes one row of tiles.json: the first row matching (family, dtype class,
+    head dim, size) is the one launched, so a row is reached only where no earlier row matches."""
+
+    index: int  # the row's position among the kernel's rows
+    row: tables.TileRow
+    family: str
+    dtype_class: str
+    head_dims: tuple[int, ...]  # those reached among the candidates, ascending
+    sizes: tuple[int, ...]
+
+
+def row_uses(kernel: str, head_dims: Iterable[int], sizes: Iterable[int]) -> list[RowUse]:
+    """For every GPU row of `kernel` in the tile table, each (family, dtype class) it is launched for,
+    with the candidate head dims and sizes at which it is the first match."""
+    rows = tables.tile_rows(kernel)
+    head_dims, sizes = sorted(set(head_dims)), sorted(set(sizes))
+    reached: dict[tuple[int, str, str], tuple[set[int], set[int]]] = {}
+    for family in gpu_arch.FAMILIES:
+        for dclass in DTYPE_CLASSES:
+            for d in head_dims:
+                for n in sizes:
+                    i = next((i for i, r in enumerate(rows) if r.matches(family, dclass, d, n)), None)
+                    if i is not None:
+                        dims, ns = reached.setdefault((i, family, dclass), (set(), set()))
+                        dims.add(d)
+                        ns.add(n)
+    return [RowUse(i, rows[i], family, dclass, tuple(sorted(dims)), tuple(sorted(ns)))
+            for (i, family, dclass), (dims, ns) in sorted(reached.items())]
 
 
 def launch_signature(args: Mapping[str, object]) -> tuple[dict[str, str], dict[str, object], set[str]]:
@@ -160,43 +350,63 @@ def launch_request(kernel, args: Mapping[str, object], meta: Mapping[str, object
                          num_stages=num_stages, maxnreg=maxnreg, divisible_by_16=divisible)
 
 
-def print_results(title: str, results: Mapping[str, AotResult | Exception]) -> None:
-    """One line per build: registers, stack bytes, shared memory and tensor-core ops (or why it failed)."""
-    width = max(map(len, results), default=0) + 2
-    print(f"\n{title}: registers, stack bytes, shared memory, tensor-core ops")
-    for name, r in results.items():
-        print(f"{name:{width}s}" + (f"FAILED: {r}" if isinstance(r, Exception) else
-                                    f"{r.registers:4d} {r.stack_bytes:5d} {r.shared_bytes:7d} {dict(r.mma_ops)}"))
-
-
-def compile_variants(title: str, variants: Iterable[tuple], name, request) -> dict[str, AotResult | Exception]:
-    """Build ``request(*variant)`` for each variant, keyed by ``name(variant)``; print the results under `title`."""
-    variants = list(variants)
-    results = dict(zip(map(name, variants), compile_all(request(*v) for v in variants)))
-    print_results(title, results)
+def build_all(title: str, builds: Mapping[str, tuple[int, AotRequest]]) -> dict[str, AotResult | Exception]:
+    """Compile `builds` (name -> (arch, request for build_arch(arch))), each distinct request once, and
+    print the table; returns each name's result judged by its own arch's limits."""
+    start = time.perf_counter()
+    unique = list(dict.fromkeys(req for _, req in builds.values()))
+    compiled = dict(zip(unique, compile_all(unique)))
+    results = {name: r if isinstance(r := compiled[req], Exception) or r.arch == a else r.on(a)
+               for name, (a, req) in builds.items()}
+    print(f"\n{title}: {len(unique)} builds for {len(builds)} variants in {time.perf_counter() - start:.0f} s")
+    print_table(results)
     return results
 
 
+def print_table(results: Mapping[str, AotResult | Exception]) -> None:
+    """One line per build: per thread registers, stack bytes and spill instructions; per block shared
+    memory (dynamic + static) against the arch's limit; CTAs per SM and what limits them; matrix ops;
+    seconds the build took (near 0 from Triton's cache)."""
+    width = max(map(len, results), default=0) + 2
+    print(f"{'variant':{width}s}{'regs':>4} {'stack':>5} {'STL/LDL':<9} {'smem':>6} {'limit':>6} "
+          f"{'CTAs/SM':<14} {'matrix ops':<22} {'s':>5} flags")
+    for name, r in results.items():
+        if isinstance(r, Exception):
+            print(f"{name:{width}s}FAILED: {str(r).splitlines()[-1] if str(r) else type(r).__name__}")
+            continue
+        mma = "+".join(f"{op}:{n}" for op, n in sorted(r.mma_families.items())) or "-"
+        flags = " ".join(f for f, bad in (("!spill", r.spills), ("!smem", not r.fits_shared_memory),
+                                          ("!tmem", not r.fits_tensor_memory)) if bad)
+        built = f" (sm_{r.built_for} build)" if r.built_for else ""
+        print(f"{name:{width}s}{r.registers:4d} {r.stack_bytes:5d} {r.spill_stores:>4}/{r.spill_loads:<4} "
+              f"{r.shared_total:6d} {MAX_SHARED_BYTES[r.arch]:6d} {r.ctas_per_sm:2d} {r.occupancy_limiter:<11} "
+              f"{mma:<22} {r.seconds:5.1f} {flags}{built}")
+
+
 def check_build(result: AotResult | Exception, name: str, *, precision: str | None, no_spills: bool) -> None:
-    """A compile gate's assertions for one build: it compiled and fits shared memory; with a matmul
-    precision, "ieee" stays off tensor cores and anything else runs on them (HGMMA on sm_90, HMMA
-    before); with `no_spills`, nothing spills on sm_90 and later."""
+    """A compile gate's assertions for one build: it compiled and fits shared (and tensor) memory; with
+    a matmul precision, "ieee" stays off tensor cores and anything else runs on the arch's
+    (TENSOR_CORE_OPS); with `no_spills`, nothing spills on sm_90, the architecture the tiles are
+    tuned for (spills elsewhere are printed, not asserted)."""
     if isinstance(result, Exception):
         raise result
     arch = result.arch
     assert result.fits_shared_memory, (
-        f"{name} needs {result.shared_bytes} bytes of shared memory; sm_{arch} allows {MAX_SHARED_BYTES[arch]} "
-        "per block. Use smaller tiles or fewer stages.")
+        f"{name} needs {result.shared_total} bytes of shared memory ({result.shared_bytes} dynamic + "
+        f"{result.static_shared_bytes} static); sm_{arch} allows {MAX_SHARED_BYTES[arch]} per block. "
+        "Change its row in kernels/tiles.json: smaller tiles or fewer stages.")
+    assert result.fits_tensor_memory, (
+        f"{name} needs {result.tensor_memory} columns of tensor memory; sm_{arch} has {TENSOR_MEMORY_COLUMNS}.")
     if precision is None:
         return
     if precision == "ieee":
         assert not result.mma_ops, f"{name} runs 'ieee' float32 matmuls on tensor cores: {result.mma_ops}"
         return
-    native = "HGMMA" if arch >= 90 else "HMMA"
+    native = TENSOR_CORE_OPS[arch]
     assert result.tensor_cores, (
-        f"{name} has no {native} instruction (tensor-core ops: {result.mma_ops or 'none'}). "
+        f"{name} has no {native} instruction (matrix ops: {result.mma_ops or 'none'}). "
         "On sm_90 Triton uses wgmma (HGMMA) only when a dot's M dimension fills a 64-row warp group.")
-    if no_spills and arch >= 90:
+    if no_spills and arch == 90:
         assert not result.spills, (
             f"{name} spills on sm_{arch}: {result.stack_bytes} stack bytes, {result.spill_stores} STL / "
             f"{result.spill_loads} LDL. Use more warps or smaller tiles.")
@@ -314,30 +524,46 @@ def _build(req: AotRequest) -> AotResult:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    start = time.perf_counter()
     fn = getattr(importlib.import_module(req.module), req.name)
     if not isinstance(fn, triton.runtime.JITFunction):
         raise TypeError(f"{req.module}.{req.name} is a {type(fn).__name__}, not a triton.JITFunction.")
     signature = dict(req.signature)
     if list(signature) != fn.arg_names:
         raise ValueError(f"the signature lists {list(signature)} but the kernel takes {fn.arg_names}.")
-    index = {a: i for i, a in enumerate(fn.arg_names)}
-    source = ASTSource(fn, signature, constexprs={(index[a],): v for a, v in req.constexprs},
-                       attrs={(index[a],): _DIVISIBILITY for a in req.divisible_by_16})
+    source = _ast_source(ASTSource, fn, req)
     options = {k: v for k, v in (("num_warps", req.num_warps), ("num_stages", req.num_stages),
                                  ("maxnreg", req.maxnreg)) if v is not None}
     compiled = triton.compile(source, target=GPUTarget("cuda", req.arch, 32), options=options)
+    meta = compiled.metadata
+    return AotResult(name=req.name, arch=req.arch, num_warps=meta.num_warps, num_stages=meta.num_stages,
+                     shared_bytes=meta.shared, tensor_memory=getattr(meta, "tmem_size", None) or 0,
+                     **_cubin_facts(compiled), seconds=round(time.perf_counter() - start, 2))
 
-    return AotResult(name=req.name, arch=req.arch, num_warps=compiled.metadata.num_warps,
-                     num_stages=compiled.metadata.num_stages, shared_bytes=compiled.metadata.shared,
-                     **_cubin_facts(compiled))
+
+def _ast_source(ast_source, fn, req: AotRequest):
+    """``ASTSource`` as this Triton takes it: from 3.3 on, every argument is in the signature (constexprs
+    typed "constexpr") and constexprs and attributes are keyed by argument-index tuples; Triton 3.2 names
+    only runtime arguments in the signature, keys constants by name and takes an AttrsDescriptor."""
+    index = {a: i for i, a in enumerate(fn.arg_names)}
+    if "constexprs" in inspect.signature(ast_source).parameters:
+        return ast_source(fn, dict(req.signature), constexprs={(index[a],): v for a, v in req.constexprs},
+                          attrs={(index[a],): _DIVISIBILITY for a in req.divisible_by_16})
+    from triton.backends.compiler import AttrsDescriptor
+
+    declared = {p.name for p in fn.params if p.is_constexpr}  # the rest of req's constexprs are ints equal to 1
+    signature = {a: "i32" if ty == "constexpr" else ty for a, ty in req.signature if a not in declared}
+    hints = {index[a]: 16 for a in req.divisible_by_16} | {index[a]: 1 for a, _ in req.constexprs if a not in declared}
+    return ast_source(fn, signature, dict(req.constexprs), AttrsDescriptor.from_hints(hints))
 
 
 def _cubin_facts(compiled) -> dict:
-    """Registers, stack, spill and tensor-core instructions of a build, kept next to it in Triton's cache."""
+    """Registers, stack, static shared memory, spill and matrix instructions of a build, kept next to
+    it in Triton's cache."""
     from triton.runtime.cache import get_cache_manager
 
     cache = get_cache_manager(compiled.hash)
-    cached = cache.get_file("aot_cubin_facts.json")
+    cached = cache.get_file("aot_cubin_facts_v2.json")
     if cached is not None:
         with open(cached) as f:
             return json.load(f)
@@ -348,15 +574,16 @@ def _cubin_facts(compiled) -> dict:
     def count(prefix: str) -> int:
         return sum(n for op, n in opcodes.items() if op.split(".")[0] == prefix)
 
+    # Matrix instructions: HMMA (mma.sync), HGMMA (wgmma), UTCHMMA/UTCQMMA/... (tcgen05.mma), IMMA, DMMA.
     facts = dict(registers=_usage(usage, "REG"), stack_bytes=_usage(usage, "STACK"),
-                 spill_stores=count("STL"), spill_loads=count("LDL"),
-                 mma_ops={op: n for op, n in opcodes.items() if op.split(".")[0] in ("HMMA", "HGMMA")})
-    cache.put(json.dumps(facts), "aot_cubin_facts.json", binary=False)
+                 static_shared_bytes=_usage(usage, "SHARED"), spill_stores=count("STL"), spill_loads=count("LDL"),
+                 mma_ops={op: n for op, n in opcodes.items() if op.split(".")[0].endswith("MMA")})
+    cache.put(json.dumps(facts), "aot_cubin_facts_v2.json", binary=False)
     return facts
 
 
 def _usage(report: str, key: str) -> int:
-    match = re.search(rf"\b{key}:(\d+)", report)
+    match = re.search(rf"\b{key}:(\d+)", report.split("Function", 1)[-1])
     if match is None:
         raise ValueError(f"cuobjdump reported no {key}:\n{report}")
     return int(match.group(1))

@@ -1,57 +1,47 @@
-"""Compile gate for flash attention: every configuration the launcher can pick builds for sm_80 and sm_90.
+"""Compile gate for flash attention: every tile of kernels/tiles.json builds for every GPU it runs on.
 
-No GPU needed: tests/aot.py compiles ahead of time. Every tile config the launcher may choose
-(``candidate_configs(kernel, dtype)``; DELTA_BLOCK_M for the delta kernel) is built for sm_80 and
-sm_90, specialized the way a launch on contiguous (B, H, N, D) tensors with N = 197 specializes it
-(unit strides constant, 16-divisible pointers and strides marked). About 4 minutes on 2 cores with a
-cold Triton cache, seconds with a warm one:
+No GPU needed: tests/kernels/aot.py compiles ahead of time. For each GPU row of "attention.fwd",
+"attention.dkdv" and "attention.dq", its configuration is built for every architecture of the row's
+tile families (sm_80: 80; sm_86: 86, 89, 120; sm_90: 90, 100; sm_89 runs sm_86's build, judged by
+sm_89's limits; aot.FAMILY_ARCHS), in every numerics of its dtype class (16bit: float16 and bfloat16;
+fp32: "tf32" and "ieee"), at the largest head dim the launcher sends to the row (BLOCK_D, the next
+power of two, sets the shared memory and most registers). Causal builds (the mask changes registers
+a little, nothing else) are made in bfloat16 and TF32; bfloat16 (the default autocast dtype) is also
+built at head dim 64 (ViT-B/L, CLIP), causal and not, where the row takes it besides a larger one.
+The delta kernel (fixed DELTA_BLOCK_M, Triton's default warps and stages) builds per dtype and arch
+at head dim 128. Specialized like a launch on contiguous (B, H, N, D) tensors with N = 197 (unit
+strides constant, 16-divisible pointers and strides marked). 237 builds (279 variants): about 2 of
+the three gates' 4.5 minutes on 2 cores with a cold Triton cache; the three take 25 s with a warm one.
 
-- float16 and bfloat16: head dims 64 (BLOCK_D 64) and 80 (uneven: BLOCK_D 128 with a masked tail),
-  causal and not. Head dim 128 builds the same BLOCK_D 128 tiles as 80 (measured: the same shared
-  memory for every config, registers within a few).
-- float32 with "tf32" (torch.backends.cuda.matmul.allow_tf32): head dim 128, the most shared memory
-  and registers; causal and not.
-- float32 with "ieee" (torch's default): head dims 64 and 128, not causal only (the slowest builds:
-  matmuls on FMA units).
-
-Asserted per build: it compiles; its shared memory fits the arch's per-block limit; its matmuls run
-on tensor cores (HGMMA on sm_90, HMMA on sm_80), or for "ieee" on none; on sm_90, the target, no
-16-bit or TF32 build spills. Spills on sm_80 and in "ieee" builds (the exact-float32 path, not a
-speed path) are printed and flagged in the table, not asserted. The table (registers, spills, shared
-memory, tensor-core instructions per build) prints with ``-s`` or ``-rA``.
+Asserted per build: it compiles; its shared memory (dynamic + static) fits the arch's per-block
+limit, and its tensor memory sm_100's; its matmuls run on the arch's tensor cores (HMMA on sm_8x and
+sm_120, HGMMA on sm_90, UTCHMMA on sm_100), or for "ieee" on none; on sm_90, the target, no 16-bit or
+TF32 build spills. Spills elsewhere and in "ieee" builds (the exact-float32 path, not a speed path)
+are printed and flagged, not asserted. The table (registers, spills, shared memory and its limit,
+CTAs per SM and what limits them, matrix instructions, build seconds) prints with ``-s`` or ``-rA``.
 """
 
 from __future__ import annotations
 
-import time
-from collections import Counter
 from dataclasses import dataclass
 
 import pytest
-import torch
 
 pytest.importorskip("triton")
 
-from aot import AotRequest, AotResult, check_build, compile_all, launch_request  # noqa: E402
+from aot import (CLASS_NUMERICS, AotRequest, build_all, build_arch, check_build, family_archs,  # noqa: E402
+                 launch_request, row_uses)
 from vitfast.kernels import flash_attention as fa  # noqa: E402
+from vitfast.kernels import tables  # noqa: E402
 
-ARCHS = (80, 90)
 B, H, N = 2, 12, 197  # a ViT-B/16 sequence: N is no multiple of 16, as at most ViT lengths
+# What the launcher takes: head dims that are multiples of 8 from 16 to 128, any sequence length.
+HEAD_DIMS = range(fa.MIN_HEAD_DIM, fa.MAX_HEAD_DIM + 1, 8)
+COMMON_HEAD_DIM = 64  # ViT-B/L, CLIP: built wherever a row takes it, besides the row's largest
 
-_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-# (dtype, precision, head dims, causal settings); the launcher passes "tf32" for 16-bit inputs, where
-# it has no effect. The slow "ieee" builds come first so the pool does not end on them.
-_GRID = (
-    ("fp32", "ieee", (64, 128), (False,)),
-    ("fp16", "tf32", (64, 80), (False, True)),
-    ("bf16", "tf32", (64, 80), (False, True)),
-    ("fp32", "tf32", (128,), (False, True)),
-)
-_KERNELS = {
-    "fwd": fa._attn_fwd_kernel,
-    "dkdv": fa._attn_bwd_dkdv_kernel,
-    "dq": fa._attn_bwd_dq_kernel,
-}
+_KERNELS = {"attention.fwd": "fwd", "attention.dkdv": "dkdv", "attention.dq": "dq"}
+_JIT = {"fwd": fa._attn_fwd_kernel, "delta": fa._attn_bwd_delta_kernel, "dkdv": fa._attn_bwd_dkdv_kernel,
+        "dq": fa._attn_bwd_dq_kernel}
 # The tensors each kernel takes, in order, and their element type ("io" is q's dtype).
 _TENSORS = {
     "fwd": (("Q", "io"), ("K", "io"), ("V", "io"), ("O", "io"), ("LSE", "fp32")),
@@ -65,24 +55,19 @@ _TENSORS = {
 @dataclass(frozen=True)
 class Variant:
     kernel: str  # "fwd", "delta", "dkdv", "dq"
-    config: fa.TileConfig | None  # None for the delta kernel: DELTA_BLOCK_M, Triton's default warps and stages
+    config: tables.TileConfig | None  # None for the delta kernel
     dtype: str
     precision: str
     head_dim: int
     causal: bool
-    arch: int
-
-    @property
-    def row(self) -> str:
-        """The name of its table row: everything but the arch."""
-        c = self.config
-        tile = f"m{c.block_m}n{c.block_n}w{c.num_warps}s{c.num_stages}" if c else f"m{fa.DELTA_BLOCK_M}"
-        numerics = f"{self.dtype}-{self.precision}" if self.dtype == "fp32" else self.dtype
-        return f"{self.kernel}-{tile}-{numerics}-d{self.head_dim}{'-causal' if self.causal else ''}"
+    arch: int  # whose limits apply; the build is for build_arch(arch)
 
     @property
     def id(self) -> str:
-        return f"{self.row}-sm{self.arch}"
+        tile = str(self.config).replace(" ", "-").replace(",", "") if self.config else f"M={fa.DELTA_BLOCK_M}"
+        numerics = f"{self.dtype}-{self.precision}" if self.dtype == "fp32" else self.dtype
+        return (f"{self.kernel}-{tile}-{numerics}-d{self.head_dim}{'-causal' if self.causal else ''}"
+                f"-sm{self.arch}")
 
     def request(self) -> AotRequest:
         D = self.head_dim
@@ -99,65 +84,53 @@ class Variant:
         if self.kernel in ("dkdv", "dq"):
             args["sm_scale"] = D ** -0.5
         if self.config is None:
-            kernel, warps, stages = fa._attn_bwd_delta_kernel, None, None
-            meta = dict(HEAD_DIM=D, BLOCK_D=fa._block_d(D), BLOCK_M=fa.DELTA_BLOCK_M)
+            meta, launch = dict(HEAD_DIM=D, BLOCK_D=fa._block_d(D), BLOCK_M=fa.DELTA_BLOCK_M), {}
         else:
-            kernel, warps, stages = _KERNELS[self.kernel], self.config.num_warps, self.config.num_stages
-            meta = dict(CAUSAL=self.causal, HEAD_DIM=D, BLOCK_D=fa._block_d(D), BLOCK_M=self.config.block_m,
-                        BLOCK_N=self.config.block_n, PRECISION=self.precision)
-        return launch_request(kernel, args, meta, arch=self.arch, num_warps=warps, num_stages=stages)
+            meta = dict(CAUSAL=self.causal, HEAD_DIM=D, BLOCK_D=fa._block_d(D), PRECISION=self.precision,
+                        **dict(self.config.params))
+            launch = dict(num_warps=self.config.num_warps, num_stages=self.config.num_stages)
+        return launch_request(_JIT[self.kernel], args, meta, arch=build_arch(self.arch), **launch)
+
+
+def _shapes(dtype: str, precision: str, head_dims: tuple[int, ...]) -> list[tuple[int, bool]]:
+    """(head dim, causal) pairs to build a row at, given the head dims the launcher sends to it.
+
+    The largest head dim takes the most shared memory and registers, so every numerics is built there.
+    The causal mask changes neither shared memory nor tensor-core use, only registers a little: it is
+    built in bfloat16 (the default autocast dtype; float16 shares every layout with it) and TF32, not in
+    float16 or "ieee" (exact float32, not a speed path). Head dim 64 (ViT-B/L, CLIP) is built in
+    bfloat16, causal (CLIP's text tower) and not, where the row takes it besides a larger one."""
+    masks = (False, True) if dtype == "bf16" or (dtype, precision) == ("fp32", "tf32") else (False,)
+    shapes = [(head_dims[-1], causal) for causal in masks]
+    if dtype == "bf16" and COMMON_HEAD_DIM in head_dims[:-1]:
+        shapes += [(COMMON_HEAD_DIM, causal) for causal in masks]
+    return shapes
 
 
 def _variants() -> list[Variant]:
-    out = []
-    for dtype, precision, head_dims, causals in _GRID:
-        for D in head_dims:
-            for arch in ARCHS:
-                if precision == "tf32":  # the delta kernel has no matmul: one build per dtype and head dim
-                    out.append(Variant("delta", None, dtype, precision, D, False, arch))
-                for kernel in _KERNELS:
-                    for cfg in fa.candidate_configs(kernel, _DTYPES[dtype]):
-                        for causal in causals:
-                            out.append(Variant(kernel, cfg, dtype, precision, D, causal, arch))
-    return out
+    out: dict[str, Variant] = {}
+    sizes = {r.max_size for k in _KERNELS for r in tables.tile_rows(k) if r.max_size} | {1 << 30}
+    for name, kernel in _KERNELS.items():
+        for use in row_uses(name, HEAD_DIMS, sizes):
+            for arch in family_archs([use.family]):
+                for dtype, precision in CLASS_NUMERICS[use.dtype_class]:
+                    for D, causal in _shapes(dtype, precision, use.head_dims):
+                        v = Variant(kernel, use.row.config, dtype, precision, D, causal, arch)
+                        out.setdefault(v.id, v)
+    # The delta kernel has no matmul and one tile: per dtype and arch, at the widest head dim.
+    for arch in family_archs(("sm_80", "sm_86", "sm_90")):
+        for dtype in ("fp16", "bf16", "fp32"):
+            v = Variant("delta", None, dtype, "tf32", fa.MAX_HEAD_DIM, False, arch)
+            out[v.id] = v
+    return list(out.values())
 
 
 VARIANTS = _variants()
 
 
-def _cell(result: AotResult | Exception) -> str:
-    if isinstance(result, Exception):
-        return f"{'FAILED TO COMPILE':<49}"
-    families: Counter[str] = Counter()
-    for op, n in result.mma_ops.items():
-        families[op.split(".")[0]] += n
-    mma = "+".join(f"{op}:{n}" for op, n in sorted(families.items()))
-    flags = ("!spill" if result.spills else "") + ("!smem" if not result.fits_shared_memory else "")
-    return (f"{result.registers:>4} {result.stack_bytes:>5} {result.spill_stores:>5}/{result.spill_loads:<5} "
-            f"{result.shared_bytes:>6} {mma or '-':<10} {flags:<11}")
-
-
-def _table(results: dict[str, AotResult | Exception]) -> str:
-    """One row per variant, one column group per arch, rows grouped by kernel."""
-    rows: dict[str, dict[int, AotResult | Exception]] = {}
-    order = {k: i for i, k in enumerate(("fwd", "delta", "dkdv", "dq"))}
-    for v in sorted(VARIANTS, key=lambda v: order[v.kernel]):
-        rows.setdefault(v.row, {})[v.arch] = results[v.id]
-    head = f"{'regs':>4} {'stack':>5} {'STL/LDL':<11} {'smem':>6} {'mma':<10} {'':<11}"
-    lines = [f"{'':<40} " + " | ".join(f"sm_{a:<{len(head) - 3}}" for a in ARCHS),
-             f"{'variant':<40} " + " | ".join(head for _ in ARCHS)]
-    lines += [f"{row:<40} " + " | ".join(_cell(cells[a]) for a in ARCHS) for row, cells in rows.items()]
-    return "\n".join(lines)
-
-
 @pytest.fixture(scope="module")
-def builds() -> dict[str, AotResult | Exception]:
-    start = time.perf_counter()
-    results = dict(zip((v.id for v in VARIANTS), compile_all(v.request() for v in VARIANTS)))
-    print(f"\nflash-attention compile gate: {len(VARIANTS)} builds in {time.perf_counter() - start:.0f} s. "
-          "Per thread: registers, stack bytes, spill store/load instructions; per block: shared memory bytes; "
-          "tensor-core instructions.\n" + _table(results))
-    return results
+def builds():
+    return build_all("flash-attention compile gate", {v.id: (v.arch, v.request()) for v in VARIANTS})
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.id)

@@ -1,58 +1,103 @@
-"""Compile gate for the CLIP-loss kernels (kernels/similarity_ce.py): the log-sum-exp pass and the
-gradient pass, with the launcher's block sizes and launch options, build for sm_80 and sm_90 (no GPU
-needed; see tests/aot.py).
+"""Compile gate for the CLIP-loss kernels (kernels/similarity_ce.py): every tile of kernels/tiles.json
+("clip.lse", the log-sum-exp pass, and "clip.grad", the gradient pass) builds for every GPU it runs on
+(no GPU needed; see tests/kernels/aot.py).
 
-Specialized like a launch at N=32768 for embedding dims 64, 80 (a tail in the D loop) and 512 (the
-gradient's 256-wide output blocks), in float16, bfloat16 and float32 (TF32 and "ieee"); the gradient
-pass with both softmaxes (single process) and with one (the gathered multi-GPU passes). Asserted: it
-compiles, fits shared memory, uses tensor cores (none for "ieee"), and does not spill on sm_90.
-The table prints with ``-s``.
+Each GPU row's configuration is built for every architecture of its tile families (sm_80: 80; sm_86:
+86, 89, 120; sm_90: 90, 100; sm_89 runs sm_86's build, judged by sm_89's limits; aot.FAMILY_ARCHS), in
+every numerics of the dtype classes the launcher sends to it (16bit: float16 and bfloat16; fp32:
+"tf32" and "ieee"), specialized like a launch at N=32768. The gradient pass with both softmaxes
+(single process) at embedding dims 64, 80 (a tail in the D loop) and 512 (256-wide output blocks),
+and with one (the gathered multi-GPU passes) at 512; "ieee" (exact float32, not a speed path) at
+512 with both. The LSE pass takes D at run time: one build per numerics and arch. 100 builds (120
+variants): under one of the three gates' 4.5 minutes on 2 cores with a cold Triton cache.
+
+Asserted: it compiles, fits shared (and tensor) memory, uses the arch's tensor cores (none for
+"ieee"), and does not spill on sm_90. The table (registers, spills, shared memory and its limit,
+CTAs per SM and what limits them) prints with ``-s``.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pytest
 
 pytest.importorskip("triton")
 
-from aot import AotRequest, check_build, compile_variants, launch_request  # noqa: E402
+from aot import (CLASS_NUMERICS, AotRequest, build_all, build_arch, check_build, family_archs,  # noqa: E402
+                 launch_request, row_uses)
 from vitfast.kernels import similarity_ce as sce  # noqa: E402
+from vitfast.kernels import tables  # noqa: E402
 
 N = 32768
-NUMERICS = (("fp16", "tf32"), ("bf16", "tf32"), ("fp32", "tf32"), ("fp32", "ieee"))
+DIMS = (64, 80, 512)
 # The gradient pass's softmax terms: "both" (single process), "row" or "col" (gathered, multi-GPU).
 TERMS = {"lse": ("",), "grad": ("both", "row", "col")}
-VARIANTS = [(kernel, terms, dtype, precision, dim, arch) for kernel in ("lse", "grad") for terms in TERMS[kernel]
-            for dtype, precision in NUMERICS for dim in (64, 80, 512) for arch in (80, 90)
-            if terms in ("", "both") or dim != 64]
 
 
-def _request(kernel: str, terms: str, dtype: str, precision: str, dim: int, arch: int) -> AotRequest:
-    args = {"A": "*" + dtype, "B": "*" + dtype, "SCALE": "*fp32", "BIAS": "*fp32"}
-    if kernel == "lse":
-        fn = sce._clip_lse_kernel
-        args |= {"LSE": "*fp32", "n_a": N, "n_b": N, "D": dim, "stride_a": dim, "stride_ak": 1, "stride_b": dim,
-                 "stride_bk": 1}
-        meta = {}
-    else:
-        fn = sce._clip_grad_kernel
-        args |= {"LSE_A": "*fp32", "LSE_B": "*fp32", "G": "*fp32", "ROW_SUMS": "*fp32", "n_a": N, "n_b": N,
-                 "D": dim, "stride_a": dim, "stride_ak": 1, "stride_b": dim, "stride_bk": 1, "stride_g": dim}
-        meta = {"BLOCK_DO": sce.grad_block_do(dim), "ROW_TERM": terms != "col", "COL_TERM": terms != "row"}
-    meta |= dict(HAS_BIAS=True, BLOCK_M=sce.BLOCK_M, BLOCK_N=sce.BLOCK_N, BLOCK_K=sce.BLOCK_K, PRECISION=precision)
-    return launch_request(fn, args, meta, arch=arch, **sce.launch_options(kernel))
+@dataclass(frozen=True)
+class Variant:
+    kernel: str  # "lse" or "grad"
+    terms: str
+    config: tables.TileConfig
+    dtype: str
+    precision: str
+    dim: int
+    arch: int  # whose limits apply; the build is for build_arch(arch)
+
+    @property
+    def id(self) -> str:
+        numerics = f"{self.dtype}-{self.precision}" if self.dtype == "fp32" else self.dtype
+        tile = str(self.config).replace(" ", "-").replace(",", "")
+        return f"{self.kernel}{'-' + self.terms if self.terms else ''}-{tile}-{numerics}-d{self.dim}-sm{self.arch}"
+
+    def request(self) -> AotRequest:
+        dim = self.dim
+        args = {"A": "*" + self.dtype, "B": "*" + self.dtype, "SCALE": "*fp32", "BIAS": "*fp32"}
+        if self.kernel == "lse":
+            fn = sce._clip_lse_kernel
+            args |= {"LSE": "*fp32", "n_a": N, "n_b": N, "D": dim, "stride_a": dim, "stride_ak": 1,
+                     "stride_b": dim, "stride_bk": 1}
+            meta = {}
+        else:
+            fn = sce._clip_grad_kernel
+            args |= {"LSE_A": "*fp32", "LSE_B": "*fp32", "G": "*fp32", "ROW_SUMS": "*fp32", "n_a": N, "n_b": N,
+                     "D": dim, "stride_a": dim, "stride_ak": 1, "stride_b": dim, "stride_bk": 1, "stride_g": dim}
+            meta = {"BLOCK_DO": sce.grad_block_do(dim), "ROW_TERM": self.terms != "col",
+                    "COL_TERM": self.terms != "row"}
+        meta |= dict(HAS_BIAS=True, PRECISION=self.precision, **dict(self.config.params))
+        return launch_request(fn, args, meta, arch=build_arch(self.arch), num_warps=self.config.num_warps,
+                              num_stages=self.config.num_stages)
 
 
-def _id(v) -> str:
-    kernel, terms, dtype, precision, dim, arch = v
-    return f"{kernel}{'-' + terms if terms else ''}-{dtype}{'-' + precision if dtype == 'fp32' else ''}-d{dim}-sm{arch}"
+def _variants() -> list[Variant]:
+    out: dict[str, Variant] = {}
+    for kernel, terms in TERMS.items():
+        for use in row_uses(f"clip.{kernel}", DIMS, [N]):
+            for arch in family_archs([use.family]):
+                for dtype, precision in CLASS_NUMERICS[use.dtype_class]:
+                    # The one-sided passes differ from "both" only in which softmax they add, and "ieee"
+                    # (exact float32, not a speed path) only in its dot: built at the widest dim (the most
+                    # shared memory and registers). The LSE pass takes D as a runtime argument, so one
+                    # build serves every dim (all multiples of 16).
+                    for term in terms if precision != "ieee" else terms[:1]:
+                        for dim in use.head_dims if term == "both" and precision != "ieee" else use.head_dims[-1:]:
+                            v = Variant(kernel, term, use.row.config, dtype, precision, dim, arch)
+                            out.setdefault(v.id, v)
+    return list(out.values())
+
+
+VARIANTS = _variants()
 
 
 @pytest.fixture(scope="module")
 def builds():
-    return compile_variants("clip-loss compile gate", VARIANTS, _id, _request)
+    return build_all("clip-loss compile gate", {v.id: (v.arch, v.request()) for v in VARIANTS})
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=_id)
-def test_compiles(builds, variant):
-    check_build(builds[_id(variant)], _id(variant), precision=variant[3], no_spills=True)
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.id)
+def test_compiles(builds, variant: Variant) -> None:
+    result = builds[variant.id]
+    if not isinstance(result, Exception):
+        assert (result.num_warps, result.num_stages) == (variant.config.num_warps, variant.config.num_stages)
+    check_build(result, variant.id, precision=variant.precision, no_spills=True)

@@ -1,82 +1,125 @@
-"""Compile gate for the fused window-attention kernels: the forward and the backward, with the
-launch options the launcher uses (launch_options), build for sm_80 and sm_90 (no GPU needed; see
-tests/aot.py).
+"""Compile gate for the fused window-attention kernels: every tile of kernels/tiles.json ("window.fwd",
+"window.bwd") builds for every GPU it runs on (no GPU needed; see tests/kernels/aot.py).
 
-Specialized like a launch at the Swin-T stage-1 shape (B=64, 56×56 map, 3 heads), with window 7
-(one tile) and 12 (three tiles), shift on and off at head dim 32 (every Swin), shift on at head dims
-64 and 128 (float32: up to FP32_MAX_HEAD_DIM, the launcher's limit), for float16, bfloat16 and
-float32 (TF32 and "ieee"). Asserted: it compiles, fits shared memory, runs its matmuls on tensor
-cores (HGMMA on sm_90, HMMA on sm_80; none for "ieee"). On sm_90 the forward never spills, and the
-backward does not spill at head dim 32 in 16-bit; wider or float32 backward tiles do spill some
-registers, which the table (printed with ``-s``) shows.
+Each GPU row's configuration is built for every architecture of its tile families (sm_80: 80; sm_86:
+86, 89, 120; sm_90: 90, 100; sm_89 runs sm_86's build, judged by sm_89's limits; aot.FAMILY_ARCHS), in
+every numerics of the dtype classes the launcher sends to it (16bit: float16 and bfloat16; fp32:
+"tf32" and "ieee"), for the Swin windows it takes among 7 (49 tokens: one 64-token tile) and 12 (144
+tokens: several tiles), specialized like a launch at the Swin-T stage-1 shape (B=64, 56×56 map, 3
+heads): shifted at the largest head dim the launcher sends to the row (the most shared memory and
+registers), and in bfloat16 also unshifted at head dim 32 (every Swin). 108 builds (132 variants):
+about 1.5 of the three gates' 4.5 minutes on 2 cores with a cold Triton cache.
+
+Asserted: it compiles, fits shared (and tensor) memory, runs its matmuls on the arch's tensor cores
+(HMMA on sm_8x and sm_120, HGMMA on sm_90, UTCHMMA on sm_100; none for "ieee"). On sm_90 the forward
+never spills, and the backward does not spill at head dim 32 in 16-bit; wider or float32 backward
+tiles do spill some registers, which the table (printed with ``-s``: registers, spills, shared
+memory and its limit, CTAs per SM and what limits them) shows.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pytest
 
 pytest.importorskip("triton")
 
-from aot import AotRequest, check_build, compile_variants, launch_request  # noqa: E402
+from aot import (CLASS_NUMERICS, AotRequest, build_all, build_arch, check_build, family_archs,  # noqa: E402
+                 launch_request, row_uses)
 from vitfast.kernels import swin_attention as sa  # noqa: E402
+from vitfast.kernels import tables  # noqa: E402
 
 B, H, W, HEADS = 64, 56, 56, 3
-NUMERICS = (("fp16", "tf32"), ("bf16", "tf32"), ("fp32", "tf32"), ("fp32", "ieee"))
-VARIANTS = [(kernel, dtype, precision, window, shifted, head_dim, arch)
-            for kernel in ("fwd", "bwd") for dtype, precision in NUMERICS for window in (7, 12)
-            for shifted, head_dim in ((False, 32), (True, 32), (True, 64), (True, 128))
-            if dtype != "fp32" or head_dim <= sa.FP32_MAX_HEAD_DIM
-            for arch in (80, 90)]
+WINDOWS = (7, 12)
+HEAD_DIMS = range(16, 129, 8)  # what the launcher takes: multiples of 8 from 16 to 128
+SWIN_HEAD_DIM = 32
 
 
-def _request(kernel: str, dtype: str, precision: str, window: int, shifted: bool, head_dim: int,
-             arch: int) -> AotRequest:
-    C = HEADS * head_dim
-    hp, wp = -(-H // window) * window, -(-W // window) * window
-    shift = window // 2 if shifted else 0
-    n_win = (hp // window) * (wp // window)
-    map_strides = {"stride_b": H * W * 3 * C, "stride_h": W * 3 * C, "stride_w": 3 * C, "stride_c": 1}
-    out_strides = {"stride_b": H * W * C, "stride_h": W * C, "stride_w": C, "stride_c": 1}
-    geometry = {"H": H, "W": W, "C": C, "heads": HEADS, "n_win_x": wp // window, "n_win": n_win,
-                "Hp": hp, "Wp": wp, "sh": shift, "sw": shift, "TH": window, "TW": window}
-    pointers = ["QKV", "QKV_BIAS", "TABLE", "OUT"]
-    block_d = max(16, 1 << (head_dim - 1).bit_length())
-    meta = dict(WH=window, WW=window, HEAD_DIM=head_dim, BLOCK_D=block_d, HAS_SHIFT=shifted, HAS_QKV_BIAS=True,
-                PRECISION=precision)
-    if kernel == "fwd":
-        args = {p: "*" + dtype for p in pointers} | {"LSE": "*fp32"}
-        args |= map_strides | {k.replace("stride_", "stride_o"): v for k, v in out_strides.items()}
-        args |= {"stride_t_row": HEADS, "stride_t_head": 1} | geometry | {"scale_log2": head_dim**-0.5 * sa.LOG2E}
-        meta |= dict(BLOCK_M=sa.BLOCK_M, BLOCK_N=sa.BLOCK_N)
-    else:
-        args = {p: "*" + dtype for p in pointers + ["DOUT"]} | {"LSE": "*fp32", "DQKV": "*" + dtype}
-        args |= {name: "*fp32" for name in ("DBIAS", "DPAD", "DQ_ACC")}
-        args |= map_strides
-        for prefix, strides in (("o", out_strides), ("d", out_strides), ("g", map_strides)):
-            args |= {k.replace("stride_", "stride_" + prefix): v for k, v in strides.items()}
-        chunks = sa.backward_chunks(B * n_win, HEADS, sm_count=132)  # an H100
-        args |= {"stride_t_row": HEADS, "stride_t_head": 1, "items": B * n_win,
-                 "items_per_chunk": -(-B * n_win // chunks)}
-        args |= geometry | {"scale": head_dim**-0.5, "scale_log2": head_dim**-0.5 * sa.LOG2E}
-        tiles = -(-window * window // sa.BWD_BLOCK)
-        meta |= dict(BLOCK=sa.BWD_BLOCK, TILES=tiles, HAS_PAD=hp != H)
-    fn = sa._window_attn_fwd_kernel if kernel == "fwd" else sa._window_attn_bwd_kernel
-    return launch_request(fn, args, meta, arch=arch, **sa.launch_options(kernel, window * window))
+@dataclass(frozen=True)
+class Variant:
+    kernel: str  # "fwd" or "bwd"
+    config: tables.TileConfig
+    dtype: str
+    precision: str
+    window: int
+    shifted: bool
+    head_dim: int
+    arch: int  # whose limits apply; the build is for build_arch(arch)
+
+    @property
+    def id(self) -> str:
+        numerics = f"{self.dtype}-{self.precision}" if self.dtype == "fp32" else self.dtype
+        tile = str(self.config).replace(" ", "-").replace(",", "")
+        return (f"{self.kernel}-{tile}-{numerics}-w{self.window}{'-shift' if self.shifted else ''}"
+                f"-d{self.head_dim}-sm{self.arch}")
+
+    def request(self) -> AotRequest:
+        window, head_dim, block = self.window, self.head_dim, self.config["BLOCK"]
+        C = HEADS * head_dim
+        hp, wp = -(-H // window) * window, -(-W // window) * window
+        shift = window // 2 if self.shifted else 0
+        n_win = (hp // window) * (wp // window)
+        map_strides = {"stride_b": H * W * 3 * C, "stride_h": W * 3 * C, "stride_w": 3 * C, "stride_c": 1}
+        out_strides = {"stride_b": H * W * C, "stride_h": W * C, "stride_w": C, "stride_c": 1}
+        geometry = {"H": H, "W": W, "C": C, "heads": HEADS, "n_win_x": wp // window, "n_win": n_win,
+                    "Hp": hp, "Wp": wp, "sh": shift, "sw": shift, "TH": window, "TW": window}
+        pointers = ["QKV", "QKV_BIAS", "TABLE", "OUT"]
+        meta = dict(WH=window, WW=window, HEAD_DIM=head_dim, BLOCK_D=max(16, 1 << (head_dim - 1).bit_length()),
+                    HAS_SHIFT=self.shifted, HAS_QKV_BIAS=True, PRECISION=self.precision)
+        if self.kernel == "fwd":
+            args = {p: "*" + self.dtype for p in pointers} | {"LSE": "*fp32"}
+            args |= map_strides | {k.replace("stride_", "stride_o"): v for k, v in out_strides.items()}
+            args |= {"stride_t_row": HEADS, "stride_t_head": 1} | geometry
+            args |= {"scale_log2": head_dim**-0.5 * sa.LOG2E}
+            meta |= dict(BLOCK_M=block, BLOCK_N=block)
+        else:
+            args = {p: "*" + self.dtype for p in pointers + ["DOUT"]} | {"LSE": "*fp32", "DQKV": "*" + self.dtype}
+            args |= {name: "*fp32" for name in ("DBIAS", "DPAD", "DQ_ACC")}
+            args |= map_strides
+            for prefix, strides in (("o", out_strides), ("d", out_strides), ("g", map_strides)):
+                args |= {k.replace("stride_", "stride_" + prefix): v for k, v in strides.items()}
+            chunks = sa.backward_chunks(B * n_win, HEADS, sm_count=132)  # an H100
+            args |= {"stride_t_row": HEADS, "stride_t_head": 1, "items": B * n_win,
+                     "items_per_chunk": -(-B * n_win // chunks)}
+            args |= geometry | {"scale": head_dim**-0.5, "scale_log2": head_dim**-0.5 * sa.LOG2E}
+            meta |= dict(BLOCK=block, TILES=-(-window * window // block), HAS_PAD=hp != H)
+        fn = sa._window_attn_fwd_kernel if self.kernel == "fwd" else sa._window_attn_bwd_kernel
+        return launch_request(fn, args, meta, arch=build_arch(self.arch), num_warps=self.config.num_warps,
+                              num_stages=self.config.num_stages)
 
 
-def _id(v) -> str:
-    kernel, dtype, precision, window, shifted, head_dim, arch = v
-    return (f"{kernel}-{dtype}{'-' + precision if dtype == 'fp32' else ''}-w{window}{'-shift' if shifted else ''}"
-            f"-d{head_dim}-sm{arch}")
+def _variants() -> list[Variant]:
+    out: dict[str, Variant] = {}
+    for kernel in ("fwd", "bwd"):
+        for use in row_uses(f"window.{kernel}", HEAD_DIMS, [w * w for w in WINDOWS]):
+            for arch in family_archs([use.family]):
+                for dtype, precision in CLASS_NUMERICS[use.dtype_class]:
+                    # Shifted at the widest head dim the row takes (the most shared memory and registers);
+                    # in bfloat16 (the default autocast dtype; float16 shares its layouts) also unshifted
+                    # at Swin's own head dim, where the row takes it.
+                    shapes = {(True, use.head_dims[-1])}
+                    if dtype == "bf16" and SWIN_HEAD_DIM in use.head_dims:
+                        shapes.add((False, SWIN_HEAD_DIM))
+                    for window in (w for w in WINDOWS if w * w in use.sizes):
+                        for shifted, head_dim in sorted(shapes):
+                            v = Variant(kernel, use.row.config, dtype, precision, window, shifted, head_dim, arch)
+                            out.setdefault(v.id, v)
+    return list(out.values())
+
+
+VARIANTS = _variants()
 
 
 @pytest.fixture(scope="module")
 def builds():
-    return compile_variants("window-attention compile gate", VARIANTS, _id, _request)
+    return build_all("window-attention compile gate", {v.id: (v.arch, v.request()) for v in VARIANTS})
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=_id)
-def test_compiles(builds, variant):
-    kernel, dtype, precision, _, _, head_dim, _ = variant
-    check_build(builds[_id(variant)], _id(variant), precision=precision,
-                no_spills=kernel == "fwd" or (head_dim == 32 and dtype != "fp32"))
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.id)
+def test_compiles(builds, variant: Variant) -> None:
+    result = builds[variant.id]
+    if not isinstance(result, Exception):
+        assert (result.num_warps, result.num_stages) == (variant.config.num_warps, variant.config.num_stages)
+    check_build(result, variant.id, precision=variant.precision,
+                no_spills=variant.kernel == "fwd" or (variant.head_dim == SWIN_HEAD_DIM and variant.dtype != "fp32"))
