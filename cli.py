@@ -256,11 +256,10 @@ def _kernel_setup(tf32: bool, quiet: bool) -> None:
 
     set_tf32(tf32)
     logger = logging.getLogger("vitfast.kernels")
-    if not logger.handlers:
+    if not logger.handlers:  # the records still propagate, to whatever logging the caller set up
         handler = logging.Handler()
         handler.emit = lambda record: _stderr().print(record.getMessage(), markup=False)
         logger.addHandler(handler)
-        logger.propagate = False
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 

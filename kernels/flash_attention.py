@@ -323,18 +323,18 @@ def _block_d(head_dim: int) -> int:
 
 
 @torch.compiler.assume_constant_result  # a constant of the graph under torch.compile
-def unsupported_reason(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> str | None:
-    """Why the Triton kernels cannot take q, k, v of this shape, dtype and device (None: they can)."""
-    if len(shape) != 4:
-        return f"q, k, v must be (B, H, N, D); got shape {tuple(shape)}"
+def unsupported_reason(ndim: int, head_dim: int, dtype: torch.dtype, device: torch.device) -> str | None:
+    """Why the Triton kernels cannot take q, k, v of this rank, head dim, dtype and device (None: they
+    can). Only values that stay fixed when torch.compile makes batch or length dynamic."""
+    if ndim != 4:
+        return f"q, k, v must be (B, H, N, D); got {ndim} dimensions"
     if dtype not in SUPPORTED_DTYPES:
         return f"the kernels take float16, bfloat16 or float32; got {dtype}"
-    head_dim = shape[-1]
     if head_dim % 8 or not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM:
         return (f"the kernels take head dims that are multiples of 8 from {MIN_HEAD_DIM} to {MAX_HEAD_DIM}; "
                 f"got {head_dim}")
     return arch.unsupported_device(device) or (
-        None if tables.tile_for("attention.fwd", arch.device_family(device), dtype, head_dim, shape[2]) else
+        None if tables.tile_for("attention.fwd", arch.device_family(device), dtype, head_dim, 0) else
         f"no tile of the kernels fits {arch.device_arch(device)} at {dtype}, head dim {head_dim}")
 
 
@@ -351,7 +351,7 @@ def _check_triton_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> N
         raise ValueError(f"backend='triton' needs q, k, v of one dtype; got {q.dtype}, {k.dtype}, {v.dtype}.")
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v are on different devices: {q.device}, {k.device}, {v.device}.")
-    reason = unsupported_reason(tuple(q.shape), q.dtype, q.device)
+    reason = unsupported_reason(q.dim(), q.shape[-1], q.dtype, q.device)
     if reason:
         raise ValueError(f"backend='triton' cannot run here: {reason}. Use backend='sdpa' or 'eager'.")
 

@@ -95,10 +95,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         scale = 1.0 / math.sqrt(q.shape[-1])
     auto = backend == "auto"
     if auto:
-        reason = (flash_attention.unsupported_reason(tuple(q.shape), q.dtype, q.device)
+        reason = (flash_attention.unsupported_reason(q.dim(), q.shape[-1], q.dtype, q.device)
                   if q.shape == k.shape == v.shape else "cross-attention (q, k, v of different shapes)")
+        # The size is a plain int (torch.compile specializes a dynamic length here): the decision depends on it.
         backend = dispatch.choose("causal_attention" if causal else "attention", q.device, q.dtype, q.shape[-1],
-                                  q.shape[-2] if q.dim() == 4 else 0, reason, "sdpa", _attention_self_check,
+                                  int(q.shape[-2]) if q.dim() == 4 else 0, reason, "sdpa", _attention_self_check,
                                   (causal,))
     if backend == "triton":
         try:
@@ -154,7 +155,7 @@ def window_attention(qkv: torch.Tensor, bias_table: torch.Tensor, *, num_heads: 
     if auto:
         g = geo.window_geometry(qkv, bias_table, window_size, shift_size, shrink_window)
         tokens = g.window[0] * g.window[1]
-        reason = swin_attention.unsupported_reason(tuple(qkv.shape), num_heads, qkv.dtype, qkv.device, tokens)
+        reason = swin_attention.unsupported_reason(qkv.shape[-1] // 3 // num_heads, qkv.dtype, qkv.device, tokens)
         backend = dispatch.choose("window_attention", qkv.device, qkv.dtype, qkv.shape[-1] // 3 // num_heads,
                                   tokens, reason, "sdpa", _window_self_check, (g.window, g.shift))
     if backend == "triton":
@@ -246,9 +247,9 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torc
     auto = backend == "auto"
     if auto:
         n_all = image_emb.shape[0] if all_image is None else all_image.shape[0]
-        reason = similarity_ce.unsupported_reason(tuple(image_emb.shape), image_emb.dtype, image_emb.device)
-        backend = dispatch.choose("clip_loss", image_emb.device, image_emb.dtype, image_emb.shape[1], n_all, reason,
-                                  "chunked", _clip_self_check)
+        reason = similarity_ce.unsupported_reason(image_emb.shape[1], image_emb.dtype, image_emb.device)
+        backend = dispatch.choose("clip_loss", image_emb.device, image_emb.dtype, image_emb.shape[1], int(n_all),
+                                  reason, "chunked", _clip_self_check)
     fp32_dot = policy.float32_dot(precision)
     if backend == "triton":
         try:

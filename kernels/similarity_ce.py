@@ -429,16 +429,16 @@ def gather_pairs(image_emb: torch.Tensor, text_emb: torch.Tensor, group) -> tupl
 
 
 @torch.compiler.assume_constant_result  # a constant of the graph under torch.compile
-def unsupported_reason(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> str | None:
-    """Why the Triton kernels cannot take (N, D) embeddings of this dtype and device (None: they can)."""
+def unsupported_reason(dim: int, dtype: torch.dtype, device: torch.device) -> str | None:
+    """Why the Triton kernels cannot take (N, dim) embeddings of this dtype and device (None: they can)."""
     if dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return f"the kernels take float16, bfloat16 or float32 embeddings; got {dtype}"
-    if shape[1] % 16:
-        return f"the kernels need an embedding dim that is a multiple of 16; got {shape[1]}"
+    if dim % 16:
+        return f"the kernels need an embedding dim that is a multiple of 16; got {dim}"
     reason = arch.unsupported_device(device)
     if reason:
         return reason
-    if tables.tile_for("clip.grad", arch.device_family(device), dtype, shape[1], shape[0]) is None:
+    if tables.tile_for("clip.grad", arch.device_family(device), dtype, dim, 0) is None:
         return f"no tile of the kernels fits {arch.device_arch(device)} at {dtype}"
     return None
 
@@ -452,7 +452,7 @@ def tiled_clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale
     what its kernels need (ValueError naming the problem)."""
     if use_triton:
         require_triton()
-        reason = unsupported_reason(tuple(image_emb.shape), image_emb.dtype, image_emb.device)
+        reason = unsupported_reason(image_emb.shape[1], image_emb.dtype, image_emb.device)
         if reason:
             raise ValueError(f"backend='triton' cannot run here: {reason}. Use backend='chunked'.")
     scale = torch.as_tensor(logit_scale, device=image_emb.device)

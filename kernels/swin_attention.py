@@ -398,10 +398,9 @@ _empty = torch.empty
 
 
 @torch.compiler.assume_constant_result  # a constant of the graph under torch.compile
-def unsupported_reason(qkv_shape: tuple[int, ...], num_heads: int, dtype: torch.dtype, device: torch.device,
-                       window_tokens: int) -> str | None:
-    """Why the fused kernels cannot take this qkv (None: they can) for windows of `window_tokens`."""
-    head_dim = qkv_shape[-1] // 3 // num_heads
+def unsupported_reason(head_dim: int, dtype: torch.dtype, device: torch.device, window_tokens: int) -> str | None:
+    """Why the fused kernels cannot take qkv of this head dim, dtype and device (None: they can) for
+    windows of `window_tokens`."""
     if dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return f"the kernels take float16, bfloat16 or float32 qkv; got {dtype}"
     if head_dim % 8 or not 16 <= head_dim <= 128:
@@ -420,7 +419,7 @@ def unsupported_reason(qkv_shape: tuple[int, ...], num_heads: int, dtype: torch.
 
 def _check_triton_inputs(qkv: torch.Tensor, bias_table: torch.Tensor, qkv_bias: torch.Tensor | None,
                          num_heads: int, window_tokens: int) -> None:
-    reason = unsupported_reason(tuple(qkv.shape), num_heads, qkv.dtype, qkv.device, window_tokens)
+    reason = unsupported_reason(qkv.shape[-1] // 3 // num_heads, qkv.dtype, qkv.device, window_tokens)
     if reason:
         raise ValueError(f"backend='triton' cannot run here: {reason}. Use backend='sdpa' or 'eager'.")
     for name, t in (("bias_table", bias_table), ("qkv_bias", qkv_bias)):

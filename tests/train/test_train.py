@@ -132,6 +132,18 @@ def test_eval_reproduces_the_training_accuracy(tiny_image_folder, tmp_path):
     assert evaluated["images"] == 32
 
 
+def test_eval_says_which_attention_backend_auto_runs_and_why(tiny_image_folder, tmp_path):
+    from vitfast.kernels import dispatch
+
+    out = tmp_path / "run"
+    _train(tiny_image_folder, out, epochs=1)
+    dispatch.reset()  # decisions are logged once per process
+    args = ["eval", "--model-dir", str(out), "--data-dir", str(tiny_image_folder), "--workers", "0"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "vitfast: attention on " in result.stderr and ": sdpa (" in result.stderr
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
