@@ -64,3 +64,14 @@ def test_cli_help_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_the_checkout_root_on_sys_path_does_not_register_the_kernels_twice():
+    """Run from the repository root (``python -m ...``), kernels/ is also a top-level "kernels", a name
+    transformers imports while probing for the Hub's package. That import must not run the kernel files
+    again: their torch.library ops would be registered a second time, over vitfast.kernels' own."""
+    code = ("import sys, importlib; sys.path.insert(0, sys.argv[1]); import vitfast.kernels as vk; "
+            "top = importlib.import_module('kernels'); "
+            "print(top is not vk, top.__all__, sorted(m for m in sys.modules if m.startswith('kernels.')))")
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "[]", "[]"]
