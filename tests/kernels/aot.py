@@ -269,6 +269,12 @@ def build_arch(arch: int) -> int:
 DTYPE_CLASSES = ("16bit", "fp32")
 # What the compile gate builds for each dtype class: (element type, tl.dot input_precision). The
 # launchers pass "tf32" or "ieee" for float32 (kernels/precision.py); 16-bit dots ignore it.
+def build_label(config, dtype: str, precision: str) -> str:
+    """A build's tile and numerics as test ids write them: "M=64-N=64-w4-s3-bf16", "...-fp32-ieee"."""
+    tile = str(config).replace(" ", "-").replace(",", "")
+    return f"{tile}-{dtype}-{precision}" if dtype == "fp32" else f"{tile}-{dtype}"
+
+
 CLASS_NUMERICS = {"16bit": (("fp16", "tf32"), ("bf16", "tf32")), "fp32": (("fp32", "tf32"), ("fp32", "ieee"))}
 
 

@@ -29,8 +29,8 @@ import pytest
 
 pytest.importorskip("triton")
 
-from aot import (CLASS_NUMERICS, AotRequest, build_all, build_arch, check_build, family_archs,  # noqa: E402
-                 launch_request, row_uses)
+from aot import (CLASS_NUMERICS, AotRequest, build_all, build_arch, build_label, check_build,  # noqa: E402
+                 family_archs, launch_request, row_uses)
 from vitfast.kernels import flash_attention as fa  # noqa: E402
 from vitfast.kernels import tables  # noqa: E402
 
@@ -64,10 +64,8 @@ class Variant:
 
     @property
     def id(self) -> str:
-        tile = str(self.config).replace(" ", "-").replace(",", "") if self.config else f"M={fa.DELTA_BLOCK_M}"
-        numerics = f"{self.dtype}-{self.precision}" if self.dtype == "fp32" else self.dtype
-        return (f"{self.kernel}-{tile}-{numerics}-d{self.head_dim}{'-causal' if self.causal else ''}"
-                f"-sm{self.arch}")
+        label = build_label(self.config if self.config else f"M={fa.DELTA_BLOCK_M}", self.dtype, self.precision)
+        return f"{self.kernel}-{label}-d{self.head_dim}{'-causal' if self.causal else ''}-sm{self.arch}"
 
     def request(self) -> AotRequest:
         D = self.head_dim

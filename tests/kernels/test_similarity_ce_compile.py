@@ -24,8 +24,8 @@ import pytest
 
 pytest.importorskip("triton")
 
-from aot import (CLASS_NUMERICS, AotRequest, build_all, build_arch, check_build, family_archs,  # noqa: E402
-                 launch_request, row_uses)
+from aot import (CLASS_NUMERICS, AotRequest, build_all, build_arch, build_label, check_build,  # noqa: E402
+                 family_archs, launch_request, row_uses)
 from vitfast.kernels import similarity_ce as sce  # noqa: E402
 from vitfast.kernels import tables  # noqa: E402
 
@@ -47,9 +47,8 @@ class Variant:
 
     @property
     def id(self) -> str:
-        numerics = f"{self.dtype}-{self.precision}" if self.dtype == "fp32" else self.dtype
-        tile = str(self.config).replace(" ", "-").replace(",", "")
-        return f"{self.kernel}{'-' + self.terms if self.terms else ''}-{tile}-{numerics}-d{self.dim}-sm{self.arch}"
+        label = build_label(self.config, self.dtype, self.precision)
+        return f"{self.kernel}{'-' + self.terms if self.terms else ''}-{label}-d{self.dim}-sm{self.arch}"
 
     def request(self) -> AotRequest:
         dim = self.dim

@@ -25,8 +25,8 @@ import pytest
 
 pytest.importorskip("triton")
 
-from aot import (CLASS_NUMERICS, AotRequest, build_all, build_arch, check_build, family_archs,  # noqa: E402
-                 launch_request, row_uses)
+from aot import (CLASS_NUMERICS, AotRequest, build_all, build_arch, build_label, check_build,  # noqa: E402
+                 family_archs, launch_request, row_uses)
 from vitfast.kernels import swin_attention as sa  # noqa: E402
 from vitfast.kernels import tables  # noqa: E402
 
@@ -49,10 +49,8 @@ class Variant:
 
     @property
     def id(self) -> str:
-        numerics = f"{self.dtype}-{self.precision}" if self.dtype == "fp32" else self.dtype
-        tile = str(self.config).replace(" ", "-").replace(",", "")
-        return (f"{self.kernel}-{tile}-{numerics}-w{self.window}{'-shift' if self.shifted else ''}"
-                f"-d{self.head_dim}-sm{self.arch}")
+        label = build_label(self.config, self.dtype, self.precision)
+        return f"{self.kernel}-{label}-w{self.window}{'-shift' if self.shifted else ''}-d{self.head_dim}-sm{self.arch}"
 
     def request(self) -> AotRequest:
         window, head_dim, block = self.window, self.head_dim, self.config["BLOCK"]
