@@ -1,8 +1,12 @@
-"""What the bench tests share: running one `vitfast bench` command to its JSON."""
+"""What the bench tests share: running one `vitfast bench` command to its JSON, and importing a script
+of benchmarks/ by path."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -21,3 +25,25 @@ def bench_json(tmp_path):
         return json.loads(out.read_text())
 
     return run
+
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="session")
+def bench_script():
+    """``bench_script(name)``: benchmarks/NAME.py imported by path (once per session), for its functions."""
+    loaded: dict = {}
+
+    def load(name: str):
+        if name not in loaded:
+            spec = importlib.util.spec_from_file_location(f"vitfast_bench_script_{name}", BENCHMARKS / f"{name}.py")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module  # dataclasses look their module up there
+            spec.loader.exec_module(module)
+            loaded[name] = module
+        return loaded[name]
+
+    yield load
+    for module in loaded.values():
+        del sys.modules[module.__name__]

@@ -4,7 +4,6 @@ kernel that fails to launch, fails it; the racecheck step's verdicts from comput
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -24,14 +23,9 @@ ROW_FIELDS = {"op", "kernel", "config", "dtype", "case", "head_dim", "size", "ou
               "status"}
 
 
-@pytest.fixture(scope="module")
-def check_tiles():
-    spec = importlib.util.spec_from_file_location("vitfast_check_tiles", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+@pytest.fixture
+def check_tiles(bench_script):
+    return bench_script("check_tiles")
 
 
 def test_smoke_run_passes_and_writes_its_json(tmp_path):

@@ -5,10 +5,7 @@ failed tile check or a CPU run gives no row, and the table written is the one ba
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,19 +14,13 @@ from typer.testing import CliRunner
 from vitfast.cli import app
 from vitfast.kernels import dispatch, tables
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "dispatch_table.py"
 H100 = {"device": "cuda:0", "device_name": "NVIDIA H100 80GB HBM3", "device_capability": "9.0"}
 SOURCE = "benchmarks/results/test.json"
 
 
-@pytest.fixture(scope="module")
-def dispatch_table():
-    spec = importlib.util.spec_from_file_location("vitfast_dispatch_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+@pytest.fixture
+def dispatch_table(bench_script):
+    return bench_script("dispatch_table")
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,10 @@
 typed choices, types), and every `python3 benchmarks/<script>.py` command with that script's own
 argument parser, checked without running anything, since the script's shapes need a GPU."""
 
-import importlib.util
 import json
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -48,14 +46,6 @@ def _commands() -> list[tuple[str, list[str]]]:
     return commands
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"vitfast_bench_script_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_script_has_commands_for_every_step():
     commands = _commands()
     vitfast = {tuple(args[:2]) for program, args in commands if program == "vitfast"}
@@ -65,9 +55,9 @@ def test_the_script_has_commands_for_every_step():
 
 
 @pytest.mark.parametrize("program, args", _commands(), ids=lambda x: x if isinstance(x, str) else " ".join(x[:2]))
-def test_each_command_parses(program, args):
+def test_each_command_parses(program, args, bench_script):
     if program != "vitfast":  # argparse exits with status 2 on an unknown flag or a bad value
-        assert _load(program).build_parser().parse_args(args)
+        assert bench_script(program).build_parser().parse_args(args)
         return
     command, (name, *rest) = typer.main.get_command(app), ["vitfast", *args]
     while hasattr(command, "get_command"):  # a group: down to the leaf command
@@ -86,8 +76,8 @@ def test_an_unknown_part_is_refused(tmp_path):
     assert result.returncode == 2 and "usage" in result.stderr and not any(tmp_path.iterdir())
 
 
-def test_the_merge_holds_every_folder_and_earlier_parts(tmp_path):
-    collect = _load("collect")
+def test_the_merge_holds_every_folder_and_earlier_parts(tmp_path, bench_script):
+    collect = bench_script("collect")
     env = {"device_name": "NVIDIA H100 80GB HBM3", "torch": "2.11.0", "triton": "3.6.0", "cuda": "13.0",
            "date": "2026-12-01T10:00:00+00:00"}
     out, work, later = tmp_path / "out", tmp_path / "work", tmp_path / "later"
