@@ -110,12 +110,13 @@ def choose(kernel: str, device: torch.device, dtype: torch.dtype, head_dim: int,
     name = arch.device_arch(device)
     where = f"{kernel} on {name}, {str(dtype).removeprefix('torch.')}, head dim {head_dim}, size {size}"
     forced = override()
+    row = tables.dispatch_row(kernel, name, dtype, head_dim, size)
     backend, reason = fallback, None
     if unsupported:
         reason = unsupported
     elif forced == "0":
         reason = f"{ENV}=0"
-    elif forced != "1" and tables.dispatch_row(kernel, name, dtype, head_dim, size) is None:
+    elif forced != "1" and row is None:
         reason = (f"no measured row in {tables.dispatch_path().name} says the Triton kernel is faster here "
                   f"(a GPU run writes them: benchmarks/run_gpu.sh; {ENV}=1 forces Triton)")
     else:
@@ -124,7 +125,6 @@ def choose(kernel: str, device: torch.device, dtype: torch.dtype, head_dim: int,
             reason = f"the Triton kernel failed its self-check ({failed})"
         else:
             backend = "triton"
-            row = tables.dispatch_row(kernel, name, dtype, head_dim, size)
             reason = f"{ENV}=1" if forced == "1" else f"measured {row.speedup:.2f}× faster ({row.source})"
     _say((kernel, name, dtype, backend, reason.split("(")[0]), f"vitfast: {where}: {backend} ({reason})")
     return backend

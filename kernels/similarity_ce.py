@@ -164,10 +164,7 @@ def grad_block_do(dim: int) -> int:
 
 
 def _tile(kernel: str, a: torch.Tensor) -> tables.TileConfig:
-    config = tables.tile_for(kernel, arch.device_family(a.device), a.dtype, a.shape[1], a.shape[0])
-    if config is None:
-        raise ValueError(f"the tile table has no {kernel} tile for these inputs; use backend='chunked'.")
-    return config
+    return tables.required_tile(kernel, arch.device_family(a.device), a.dtype, a.shape[1], a.shape[0])
 
 
 def _triton_lse(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,

@@ -436,10 +436,7 @@ def _geometry_args(g: geo.WindowGeometry) -> tuple:
 
 
 def _tile(kernel: str, qkv: torch.Tensor, head_dim: int, window_tokens: int) -> tables.TileConfig:
-    config = tables.tile_for(kernel, arch.device_family(qkv.device), qkv.dtype, head_dim, window_tokens)
-    if config is None:
-        raise ValueError(f"the tile table has no {kernel} tile for these inputs; use backend='sdpa'.")
-    return config
+    return tables.required_tile(kernel, arch.device_family(qkv.device), qkv.dtype, head_dim, window_tokens)
 
 
 def _triton_forward(qkv: torch.Tensor, bias_table: torch.Tensor, qkv_bias: torch.Tensor | None,

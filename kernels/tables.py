@@ -106,6 +106,15 @@ def tile_for(kernel: str, family: str | None, dtype: torch.dtype, head_dim: int,
     return next((r.config for r in tile_rows(kernel) if r.matches(family, dclass, head_dim, size)), None)
 
 
+def required_tile(kernel: str, family: str | None, dtype: torch.dtype, head_dim: int, size: int) -> TileConfig:
+    """tile_for's configuration, or a ValueError naming what the table lacks (the launchers' check)."""
+    config = tile_for(kernel, family, dtype, head_dim, size)
+    if config is None:
+        raise ValueError(f"the tile table has no configuration of {kernel} for {family or 'this device'}, "
+                         f"{dtype}, head dim {head_dim}, size {size}; use another backend for these inputs.")
+    return config
+
+
 def candidates(kernel: str, family: str, dtype: torch.dtype, head_dim: int) -> list[TileConfig]:
     """The distinct configurations of `kernel`'s rows that may run for this family, dtype and head dim:
     what opt-in tuning times."""
@@ -156,10 +165,7 @@ def launch(kernel: str, family: str | None, dtype: torch.dtype, head_dim: int, s
     """Run `run` with `kernel`'s tile from the table (or, under VITFAST_AUTOTUNE on a GPU, the
     fastest candidate for this key, recorded in that file); returns the configuration used. Raises
     ValueError when the table has no tile for these inputs."""
-    config = tile_for(kernel, family, dtype, head_dim, size)
-    if config is None:
-        raise ValueError(f"the tile table has no configuration of {kernel} for {family or 'this device'}, "
-                         f"{dtype}, head dim {head_dim}, size {size}; use another backend for these inputs.")
+    config = required_tile(kernel, family, dtype, head_dim, size)
     record = autotuning()
     if record is not None and family not in (None, "interpreter"):
         key = (kernel, family, dtype_class(dtype), head_dim, size, *tune_key)
