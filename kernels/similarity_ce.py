@@ -12,13 +12,31 @@ and, with P_ij = exp(L_ij − r_i) + exp(L_ij − c_j) (row softmax plus column 
     d image_i = s/(2N) · (Σ_j P_ij·text_j − 2·text_i)      d text_j: the same with the roles swapped
     d s = (Σ_ij P_ij·S_ij − 2·Σ_i S_ii) / (2N)             d b = (Σ_ij P_ij − 2N) / (2N)  (zero in exact arithmetic)
 
-Every pass recomputes S tile by tile, so memory is O(N·D): the forward is two online-LSE passes (rows
-of image against all of text, then rows of text against all of image, one kernel with the operands
-swapped); the backward is two gradient passes, each a tiled P·B product. Nothing is atomic, so the
-results are deterministic. Across ranks (`group=`), each rank scores its n local pairs against the
-gathered global batch: the same LSE passes on n×N, and a backward of four one-sided passes (the local
-rows' gradients and, transposed, the gathered rows'), which the gather's backward sums across ranks.
-`backend="chunked"` does the same passes in PyTorch with row chunks (for CPUs).
+Every pass computes S tile by tile and keeps only O(N·D) (the scratch below is O(N) for the forward
+and O(D) for the backward), so no N×N matrix is ever stored. Single process, five N²D products:
+
+- forward (1 product): one kernel computes each tile of S once and updates both its rows' and its
+  columns' log-sum-exps. Its grid is row groups × column splits (`lse_grid`, about 2×132 programs
+  when there are that many tiles): a program walks its row blocks, each against its split's columns,
+  keeping the row statistics in registers and merging the column statistics into its own row of a
+  (groups × N) scratch; the (splits × N) partial row LSEs and the (groups × N) partial column LSEs
+  are merged by torch.logsumexp, as flash-decoding merges its splits.
+- backward (4 products): per side, one gradient pass (the text side is the same kernel with the
+  operands and LSEs swapped). A program, (row block, column split), holds a D-wide fp32 accumulator
+  and computes each tile of S once (1 product) for P·B (1 product), with the row sums of P·S and P
+  for the scale and bias gradients. Splits come only while there are fewer row blocks than
+  WAVE_PROGRAMS; their fp32 partials (splits × n × D, fewer than 3·WAVE_PROGRAMS·BLOCK_M·D floats)
+  are summed by torch.
+
+Across ranks (`group=`), each rank scores its n local pairs against the gathered global batch of N,
+two n×N matrices (the local images' rows of the global S and the local texts' columns), in units of
+n·N·D: a forward of two one-sided LSE passes (2 products) and a backward of four one-sided gradient
+passes (8: the local rows' gradients and, transposed, the gathered rows', which the gather's
+backward sums across ranks; 4 when the gathered features need no gradient). `backend="chunked"`
+does the same math in PyTorch with row chunks (for CPUs): the forward's one pass merges the chunks'
+column LSEs as it goes; its backward computes each softmax's product on its own (two chunks of
+logits live at once, not three). Nothing is atomic and every split is summed in a fixed order, so
+results are deterministic.
 
 Both backends multiply operands in the dtype the precision policy chose (kernels/precision.py: under
 autocast, 16-bit operands as open_clip's matmul) and keep log-sum-exps, probabilities' sums and
@@ -28,6 +46,8 @@ tiles come from kernels/tiles.json.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -64,30 +84,56 @@ def _similarity_tile(A, B, rows, cols, n_a, n_b, D, stride_a, stride_ak, stride_
 @triton.jit
 def _clip_lse_kernel(
     A,  # (N_A, D) embeddings whose rows get a log-sum-exp, any strides
-    B,  # (N_B, D) the other side's embeddings, any strides
+    B,  # (N_B, D) the other side's embeddings (the columns), any strides
     SCALE,  # () fp32 logit scale
     BIAS,  # () fp32 logit bias, or a dummy pointer when HAS_BIAS is False
-    LSE,  # (N_A,) fp32 out: LSE_j (s·A_i·B_j + b), natural log
+    ROW_PART,  # (splits, N_A) fp32 out: per column split, log2 Σ_j 2^(log2e·L_ij) over its columns
+    COL_PART,  # (groups, N_B) fp32 in/out when COLUMNS: per row group, the same over its rows; −inf on entry
     n_a, n_b, D, stride_a, stride_ak, stride_b, stride_bk,
-    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PRECISION: tl.constexpr,
+    groups,  # row groups: program g takes row blocks g, g + groups, ...
+    blocks_per_split,  # column blocks of one split: program c takes [c·blocks_per_split, +blocks_per_split)
+    HAS_BIAS: tl.constexpr, COLUMNS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    """Each similarity tile once, for the row statistics and (COLUMNS) the column statistics.
+
+    Row statistics stay in registers over the split's columns; column statistics go through this
+    program's own row of COL_PART (no other program touches it, so no atomics and a fixed order)."""
+    pid_g = tl.program_id(0)
+    pid_c = tl.program_id(1)
     scale_log2 = tl.load(SCALE).to(tl.float32) * 1.4426950408889634
     bias_log2 = 0.0
     if HAS_BIAS:
         bias_log2 = tl.load(BIAS).to(tl.float32) * 1.4426950408889634
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for n0 in range(0, n_b, BLOCK_N):
-        cols = n0 + tl.arange(0, BLOCK_N)
-        s = _similarity_tile(A, B, rows, cols, n_a, n_b, D, stride_a, stride_ak, stride_b, stride_bk,
-                             BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
-        s = tl.where((cols < n_b)[None, :], s * scale_log2 + bias_log2, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        l_i = l_i * tl.math.exp2(m_i - m_new) + tl.sum(tl.math.exp2(s - m_new[:, None]), 1)
-        m_i = m_new
-    tl.store(LSE + rows, (m_i + tl.math.log2(l_i)) * 0.6931471805599453, mask=rows < n_a)
+    col_begin = pid_c * blocks_per_split * BLOCK_N
+    col_end = tl.minimum(col_begin + blocks_per_split * BLOCK_N, n_b)
+    for m0 in range(pid_g * BLOCK_M, n_a, groups * BLOCK_M):
+        rows = m0 + tl.arange(0, BLOCK_M)
+        row_ok = rows < n_a
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for n0 in range(col_begin, col_end, BLOCK_N):
+            cols = n0 + tl.arange(0, BLOCK_N)
+            col_ok = cols < n_b
+            s = _similarity_tile(A, B, rows, cols, n_a, n_b, D, stride_a, stride_ak, stride_b, stride_bk,
+                                 BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
+            # −1e30 outside the matrix: it vanishes from real rows' and columns' sums (each block holds
+            # a real entry), and padding rows and columns, never stored, get finite maxima (no NaN).
+            s = tl.where(row_ok[:, None] & col_ok[None, :], s * scale_log2 + bias_log2, -1.0e30)
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            l_i = l_i * tl.math.exp2(m_i - m_new) + tl.sum(tl.math.exp2(s - m_new[:, None]), 1)
+            m_i = m_new
+            if COLUMNS:
+                m_c = tl.max(s, 0)
+                l_c = tl.sum(tl.math.exp2(s - m_c[None, :]), 0)
+                col_ptrs = COL_PART + pid_g * n_b + cols
+                old = tl.load(col_ptrs, mask=col_ok, other=float("-inf"))
+                top = tl.maximum(old, m_c)
+                tl.store(col_ptrs, top + tl.math.log2(tl.math.exp2(old - top) + l_c * tl.math.exp2(m_c - top)),
+                         mask=col_ok)
+                # The next row block reads these columns back, maybe in other threads.
+                tl.debug_barrier()
+        tl.store(ROW_PART + pid_c * n_a + rows, m_i + tl.math.log2(l_i), mask=row_ok)
 
 
 @triton.jit
@@ -98,20 +144,24 @@ def _clip_grad_kernel(
     BIAS,  # () fp32 logit bias, or a dummy pointer when HAS_BIAS is False
     LSE_A,  # (N_A,) fp32 log-sum-exps over A's rows (natural log); read when ROW_TERM
     LSE_B,  # (N_B,) fp32 log-sum-exps over B's rows; read when COL_TERM
-    G,  # (N_A, D) fp32 out: Σ_j P_ij·B_j, for columns [pid_d·BLOCK_DO, +BLOCK_DO)
-    ROW_SUMS,  # (N_A, 2) fp32 out: Σ_j P_ij·S_ij and Σ_j P_ij (written by the first column block)
-    n_a, n_b, D, stride_a, stride_ak, stride_b, stride_bk, stride_g,
+    G,  # (splits, N_A, D) fp32 out, contiguous: Σ_j P_ij·B_j over column split c's columns j
+    ROW_SUMS,  # (splits, N_A, 2) fp32 out, contiguous: Σ_j P_ij·S_ij and Σ_j P_ij over the same columns
+    n_a, n_b, D, stride_a, stride_ak, stride_b, stride_bk,
+    blocks_per_split,  # column blocks of one split: program (i, c) takes [c·blocks_per_split, +blocks_per_split)
     HAS_BIAS: tl.constexpr, ROW_TERM: tl.constexpr, COL_TERM: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_DO: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """P_ij = [ROW_TERM] exp(L_ij − LSE_A_i) + [COL_TERM] exp(L_ij − LSE_B_j): the row softmax, the
-    column softmax, or both (the single-process symmetric loss needs both in one pass)."""
+    column softmax, or both (the single-process symmetric loss needs both in one pass).
+
+    The accumulator spans all of D (BLOCK_D), so each similarity tile is computed once (over D in
+    BLOCK_K slices, which keeps shared memory to one D-wide B block) and serves every output column."""
     pid_m = tl.program_id(0)
-    pid_d = tl.program_id(1)
+    pid_c = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n_a
-    offs_do = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
-    do_ok = offs_do < D
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
     scale_log2 = tl.load(SCALE).to(tl.float32) * 1.4426950408889634
     bias_log2 = 0.0
     if HAS_BIAS:
@@ -119,10 +169,12 @@ def _clip_grad_kernel(
     if ROW_TERM:
         lse_a = tl.load(LSE_A + rows, mask=row_ok, other=0.0) * 1.4426950408889634
 
-    acc = tl.zeros([BLOCK_M, BLOCK_DO], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     ps = tl.zeros([BLOCK_M], dtype=tl.float32)
     p_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for n0 in range(0, n_b, BLOCK_N):
+    col_begin = pid_c * blocks_per_split * BLOCK_N
+    col_end = tl.minimum(col_begin + blocks_per_split * BLOCK_N, n_b)
+    for n0 in range(col_begin, col_end, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         col_ok = cols < n_b
         s = _similarity_tile(A, B, rows, cols, n_a, n_b, D, stride_a, stride_ak, stride_b, stride_bk,
@@ -137,61 +189,86 @@ def _clip_grad_kernel(
         p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
         ps += tl.sum(p * s, 1)
         p_sum += tl.sum(p, 1)
-        b_out = tl.load(B + tl.cast(cols, tl.int64)[:, None] * stride_b + offs_do[None, :] * stride_bk,
-                        mask=col_ok[:, None] & do_ok[None, :], other=0.0)
-        acc = tl.dot(p.to(b_out.dtype), b_out, acc, input_precision=PRECISION)
+        b = tl.load(B + tl.cast(cols, tl.int64)[:, None] * stride_b + offs_d[None, :] * stride_bk,
+                    mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+        acc = tl.dot(p.to(b.dtype), b, acc, input_precision=PRECISION)
 
-    tl.store(G + tl.cast(rows, tl.int64)[:, None] * stride_g + offs_do[None, :], acc,
-             mask=row_ok[:, None] & do_ok[None, :])
-    if pid_d == 0:
-        tl.store(ROW_SUMS + rows * 2, ps, mask=row_ok)
-        tl.store(ROW_SUMS + rows * 2 + 1, p_sum, mask=row_ok)
+    out_rows = pid_c * n_a + tl.cast(rows, tl.int64)
+    tl.store(G + out_rows[:, None] * D + offs_d[None, :], acc, mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(ROW_SUMS + out_rows * 2, ps, mask=row_ok)
+    tl.store(ROW_SUMS + out_rows * 2 + 1, p_sum, mask=row_ok)
 
 
 # --------------------------------------------------------------------------------------------------
 # Launchers
 # --------------------------------------------------------------------------------------------------
 
-# Tiles (kernels/tiles.json): 64×64 logit tiles reduced over D in 64-wide slices. The gradient pass
-# keeps a 64×BLOCK_DO fp32 accumulator, so D > 256 splits into column blocks that each recompute the
-# similarity tiles.
-MAX_BLOCK_DO = 256
+# Grids aim at two waves of an H100/H200 (132 SMs) wherever the matrix has that many tiles: a fixed
+# number, not the device's SM count, so every GPU and rank splits the sums alike (bit-identical runs).
+WAVE_PROGRAMS = 2 * 132
 
 
-def grad_block_do(dim: int) -> int:
-    """Width of the gradient pass's output column block for embeddings of `dim` features."""
-    return min(MAX_BLOCK_DO, max(16, triton.next_power_of_2(dim)))
+def grad_block_d(dim: int) -> int:
+    """Width of the gradient pass's accumulator (all of D, as one power-of-two tensor dimension)."""
+    return max(16, triton.next_power_of_2(dim))
+
+
+def _splits(blocks: int, others: int) -> tuple[int, int]:
+    """(blocks per split, splits): `blocks` column blocks cut into at least WAVE_PROGRAMS / `others`
+    contiguous splits (as many as there are blocks at most), for a grid of `others` × splits."""
+    wanted = min(blocks, max(1, triton.cdiv(WAVE_PROGRAMS, others)))
+    per = blocks // wanted
+    return per, triton.cdiv(blocks, per)
+
+
+def lse_grid(n_a: int, n_b: int, block_m: int, block_n: int, columns: bool) -> tuple[int, int, int]:
+    """(row groups, blocks per column split, column splits) of the LSE pass. One-sided, a program per row
+    block; with the column statistics, about √WAVE_PROGRAMS row groups, so that their partial column
+    LSEs (groups × N_B floats) stay O(N)."""
+    row_blocks = triton.cdiv(n_a, block_m)
+    groups = min(row_blocks, math.isqrt(WAVE_PROGRAMS - 1) + 1) if columns else row_blocks
+    return (groups, *_splits(triton.cdiv(n_b, block_n), groups))
 
 
 def _tile(kernel: str, a: torch.Tensor) -> tables.TileConfig:
     return tables.required_tile(kernel, arch.device_family(a.device), a.dtype, a.shape[1], a.shape[0])
 
 
-def _triton_lse(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-                precision: str) -> torch.Tensor:
-    lse = torch.empty(a.shape[0], dtype=torch.float32, device=a.device)
+def _merge_lse(part: torch.Tensor) -> torch.Tensor:
+    """Natural-log LSE over the first dimension of base-2 partial LSEs (torch's fixed reduction order)."""
+    return torch.logsumexp(part.mul_(LN2), dim=0)
+
+
+def _triton_lse(a, b, scale, bias, columns: bool, precision: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Row LSEs of L = s·a·bᵀ + bias and, with `columns`, its column LSEs, from one pass over S."""
+    n_a, n_b = a.shape[0], b.shape[0]
     c = _tile("clip.lse", a)
-    _clip_lse_kernel[(triton.cdiv(a.shape[0], c["BLOCK_M"]),)](
-        a, b, scale, bias if bias is not None else scale, lse, a.shape[0], b.shape[0], a.shape[1],
-        *a.stride(), *b.stride(), HAS_BIAS=bias is not None, PRECISION=precision, **c.launch_kwargs(),
+    groups, per_split, splits = lse_grid(n_a, n_b, c["BLOCK_M"], c["BLOCK_N"], columns)
+    row_part = torch.empty((splits, n_a), dtype=torch.float32, device=a.device)
+    col_part = torch.full((groups if columns else 0, n_b), float("-inf"), dtype=torch.float32, device=a.device)
+    _clip_lse_kernel[(groups, splits)](
+        a, b, scale, bias if bias is not None else scale, row_part, col_part, n_a, n_b, a.shape[1],
+        *a.stride(), *b.stride(), groups, per_split, HAS_BIAS=bias is not None, COLUMNS=columns,
+        PRECISION=precision, **c.launch_kwargs(),
     )
-    return lse
+    return _merge_lse(row_part), _merge_lse(col_part) if columns else None
 
 
 def _triton_grad(a, b, scale, bias, lse_a, lse_b, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(Σ_j P_ij·b_j in fp32, per-row [Σ_j P_ij·S_ij, Σ_j P_ij]); a None LSE drops that softmax from P."""
     n, d = a.shape
-    g = torch.empty((n, d), dtype=torch.float32, device=a.device)
-    row_sums = torch.empty((n, 2), dtype=torch.float32, device=a.device)
-    block_do = grad_block_do(d)
     c = _tile("clip.grad", a)
-    _clip_grad_kernel[(triton.cdiv(n, c["BLOCK_M"]), triton.cdiv(d, block_do))](
+    per_split, splits = _splits(triton.cdiv(b.shape[0], c["BLOCK_N"]), triton.cdiv(n, c["BLOCK_M"]))
+    g = torch.empty((splits, n, d), dtype=torch.float32, device=a.device)
+    row_sums = torch.empty((splits, n, 2), dtype=torch.float32, device=a.device)
+    _clip_grad_kernel[(triton.cdiv(n, c["BLOCK_M"]), splits)](
         a, b, scale, bias if bias is not None else scale, lse_a if lse_a is not None else scale,
-        lse_b if lse_b is not None else scale, g, row_sums, n, b.shape[0], d, *a.stride(), *b.stride(), g.stride(0),
-        HAS_BIAS=bias is not None, ROW_TERM=lse_a is not None, COL_TERM=lse_b is not None, BLOCK_DO=block_do,
+        lse_b if lse_b is not None else scale, g, row_sums, n, b.shape[0], d, *a.stride(), *b.stride(), per_split,
+        HAS_BIAS=bias is not None, ROW_TERM=lse_a is not None, COL_TERM=lse_b is not None, BLOCK_D=grad_block_d(d),
         PRECISION=precision, **c.launch_kwargs(),
     )
-    return g, row_sums
+    # The splits' partial sums, added in a fixed order.
+    return (g[0], row_sums[0]) if splits == 1 else (g.sum(0), row_sums.sum(0))
 
 
 # The chunked PyTorch path: the same passes with CHUNK_ELEMENTS logits (64 MiB in fp32) at a time.
@@ -215,11 +292,19 @@ def _logits(s: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> 
     return s * scale + bias if bias is not None else s * scale
 
 
-def _chunked_lse(a, b, scale, bias, precision: str) -> torch.Tensor:
+def _chunked_lse(a, b, scale, bias, columns: bool, precision: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """_triton_lse's results, a chunk of rows at a time; the column LSEs merge chunk by chunk."""
     step = _chunk_rows(b.shape[0])
     a, b = a.to(_acc_dtype(a)), b.to(_acc_dtype(b))
-    return torch.cat([torch.logsumexp(_logits(a[i:i + step] @ b.t(), scale, bias), dim=1)
-                      for i in range(0, a.shape[0], step)])
+    rows, col_lse = [], None
+    for i in range(0, a.shape[0], step):
+        logits = _logits(a[i:i + step] @ b.t(), scale, bias)
+        rows.append(torch.logsumexp(logits, dim=1))
+        if columns:
+            chunk = torch.logsumexp(logits, dim=0)
+            col_lse = chunk if col_lse is None else torch.logaddexp(col_lse, chunk)
+        del logits  # before the next chunk's product: one chunk of logits at a time
+    return torch.cat(rows), col_lse
 
 
 def _chunked_grad(a, b, scale, bias, lse_a, lse_b, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -255,18 +340,21 @@ def _chunked_grad(a, b, scale, bias, lse_a, lse_b, precision: str) -> tuple[torc
 def loss_forward(image, text, all_image, all_text, scale, bias, use_triton: bool, precision: str):
     """The loss and what its backward needs: (loss, row LSEs, column LSEs, the diagonal similarities).
 
-    Single process (all_image is None): rows and columns of the n×n logits, two passes each way.
+    Single process (all_image is None): rows and columns of the n×n logits from one pass.
     Gathered (all_image, all_text: the global batch of N pairs, the local n pairs inside it): the local
     images' rows against all texts and the local texts' rows against all images, as open_clip's
     local loss; the backward's one-sided passes also give the gradients of the gathered features.
     """
     with torch.autocast(image.device.type, enabled=False):
         acc = _acc_dtype(image)
-        all_i, all_t = (all_image, all_text) if all_image is not None else (image, text)
         s = scale.detach().to(torch.float32 if use_triton else acc).reshape(())
         b = None if bias is None else bias.detach().to(s.dtype).reshape(())
         lse = _triton_lse if use_triton else _chunked_lse
-        row_lse, col_lse = lse(image, all_t, s, b, precision), lse(text, all_i, s, b, precision)
+        if all_image is None:  # one pass: each tile of S feeds its rows' and its columns' statistics
+            row_lse, col_lse = lse(image, text, s, b, True, precision)
+        else:  # two matrices: the local images' rows of the global S and the local texts' columns
+            row_lse = lse(image, all_text, s, b, False, precision)[0]
+            col_lse = lse(text, all_image, s, b, False, precision)[0]
         diag_s = (image.to(acc) * text.to(acc)).sum(1)
         diag = diag_s * s + (b if b is not None else 0.0)
         loss = (row_lse.sum() + col_lse.sum() - 2 * diag.sum()) / (2 * image.shape[0])
@@ -436,7 +524,7 @@ def unsupported_reason(dim: int, dtype: torch.dtype, device: torch.device) -> st
     if reason:
         return reason
     if tables.tile_for("clip.grad", arch.device_family(device), dtype, dim, 0) is None:
-        return f"no tile of the kernels fits {arch.device_arch(device)} at {dtype}"
+        return f"no tile of the kernels fits {arch.device_arch(device)} at {dtype} and embedding dim {dim}"
     return None
 
 

@@ -86,8 +86,64 @@ def test_matches_open_clip(n, d, bias):
     torch.testing.assert_close(clip_loss(image, text, scale, logit_bias=b, backend="eager"), expected)
 
 
-def test_grad_column_blocks():
-    assert [sce.grad_block_do(d) for d in (16, 48, 64, 256, 512, 1024)] == [16, 64, 64, 256, 256, 256]
+def test_grad_accumulator_spans_d():
+    assert [sce.grad_block_d(d) for d in (16, 48, 64, 256, 512, 768, 1024)] == [16, 64, 64, 256, 512, 1024, 1024]
+
+
+@pytest.mark.parametrize("wave", [4, sce.WAVE_PROGRAMS])
+def test_split_grids_merge_deterministically(wave, monkeypatch, device):
+    """Several row groups and column splits: the forward's partial row and column LSEs and the gradient
+    passes' partial sums are merged, and a rerun is bit-identical. On the interpreter's 64×64 tiles
+    (4 row and 4 column blocks), with 4 programs to aim at, the forward runs 2 row groups of 2 row
+    blocks × 2 column splits of 2 blocks; at the real target, a program per tile, and the gradient
+    passes 4 column splits."""
+    monkeypatch.setattr(sce, "WAVE_PROGRAMS", wave)
+    if device.type == "cpu":
+        assert sce.lse_grid(200, 200, 64, 64, True) == ((2, 2, 2) if wave == 4 else (4, 1, 4))
+        assert sce._splits(4, 4) == ((4, 1) if wave == 4 else (1, 4))
+    image, text = _pairs(200, 64, torch.float32, device, 11)
+    scale, bias = torch.tensor(30.0, device=device), torch.tensor(-2.0, device=device)
+    assert_matches_oracle("triton", image, text, scale, bias)
+    first = _loss_and_grads("triton", image, text, scale, bias)
+    again = _loss_and_grads("triton", image, text, scale, bias)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+def test_grids_fill_two_waves():
+    """The grids of the closing note: two waves of 132 SMs for n ≥ 1024 per rank against a global 8192,
+    and a single GPU's 32768 (forward on 64×64 tiles; backward at D=512 on sm_90's 64×32)."""
+    fwd = {n: sce.lse_grid(n, 8192, 64, 64, False) for n in (1024, 4096)}
+    assert fwd == {1024: (16, 7, 19), 4096: (64, 25, 6)}
+    assert sce.lse_grid(32768, 32768, 64, 64, True) == (17, 32, 16)
+    assert all(g * s >= 2 * 132 for g, _, s in (*fwd.values(), sce.lse_grid(32768, 32768, 64, 64, True)))
+    assert sce._splits(8192 // 32, 1024 // 64) == (15, 18)  # 16 local row blocks × 18 splits of all texts
+    assert sce._splits(1024 // 32, 8192 // 64) == (10, 4)  # 128 gathered row blocks × 4 splits of the local pairs
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="counts the interpreter's dots")
+@pytest.mark.parametrize("gathered, need_all, products", [(False, False, 5), (True, True, 10), (True, False, 6)])
+def test_n2d_products(gathered, need_all, products, monkeypatch):
+    """Forward plus backward multiply-adds, in units of n·N·D (N²D single process): every tl.dot the
+    interpreter runs is counted, at sizes that are multiples of every tile (no padding)."""
+    from triton.runtime.interpreter import InterpreterBuilder
+
+    macs = []
+    real_dot = InterpreterBuilder.create_dot
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        macs.append(a.data.shape[-2] * a.data.shape[-1] * b.data.shape[-1])
+        return real_dot(self, a, b, d, input_precision, max_num_imprecise_acc)
+
+    monkeypatch.setattr(InterpreterBuilder, "create_dot", create_dot)
+    n, d = 64, 64
+    all_image, all_text = _pairs(2 * n, d, torch.float32, "cpu", 3)
+    image, text = (all_image[n:], all_text[n:]) if gathered else (all_image[:n], all_text[:n])
+    everything = (all_image, all_text) if gathered else (None, None)
+    scale, bias = torch.tensor(10.0), torch.tensor(-1.0)
+    _, row, col, diag = sce.loss_forward(image, text, *everything, scale, bias, True, "ieee")
+    sce.loss_backward(torch.tensor(1.0), image, text, *everything, scale, bias, row, col, diag, True, "ieee",
+                      need_all)
+    assert sum(macs) == products * n * (2 * n if gathered else n) * d
 
 
 def test_rejects_bad_input():
