@@ -56,14 +56,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ORACLE_PATH = HERE.parent / "tests" / "kernels" / "oracle.py"
 DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-KERNEL_GROUPS = {"attention": ("attention.fwd", "attention.dkdv", "attention.dq"),
+KERNEL_GROUPS = {"attention": ("attention.fwd", "attention.bwd", "attention.dkdv", "attention.dq"),
                  "window": ("window.fwd", "window.bwd"),
                  "clip": ("clip.lse", "clip.grad")}
 # The op each tile kernel belongs to, as the dispatch table names it.
 OP_OF_GROUP = {"attention": "attention", "window": "window_attention", "clip": "clip_loss"}
 # Which kernel produces each output.
-OUTPUT_KERNEL = {"attention": {"out": "attention.fwd", "dq": "attention.dq", "dk": "attention.dkdv",
-                               "dv": "attention.dkdv"},
+# Attention's gradients twice: the one-launch backward (short sequences), then the split kernels.
+OUTPUT_KERNEL = {"attention": {"out": "attention.fwd", "dq": "attention.bwd", "dk": "attention.bwd",
+                               "dv": "attention.bwd", "dq (split)": "attention.dq", "dk (split)": "attention.dkdv",
+                               "dv (split)": "attention.dkdv"},
                  "window": {"out": "window.fwd", "dqkv": "window.bwd", "dtable": "window.bwd",
                             "dqkv_bias": "window.bwd"},
                  "clip": {"loss": "clip.lse", "d_image": "clip.grad", "d_text": "clip.grad", "d_scale": "clip.grad",
@@ -312,17 +314,20 @@ def _attention_case(item: Item, n: int, device, oracle):
     def eager(cast=None):
         leaves = [(x if cast is None else x.to(cast)).detach().requires_grad_() for x in (q, k, v)]
         out = attention(*leaves, causal=causal, scale=scale, backend="eager")
-        return [out, *_grads(out, leaves, do if cast is None else do.to(cast))]
+        grads = _grads(out, leaves, do if cast is None else do.to(cast))
+        return [out, *grads, *grads]
 
     def kernels():
         c = item.configs
         with poisoned():
             out, lse = fa.attention_forward(q, k, v, causal, scale, _precision(dtype), config=c["attention.fwd"])
-            grads = fa.attention_backward(do, q, k, v, out, lse, causal, scale, _precision(dtype),
+            fused = fa.attention_backward(do, q, k, v, out, lse, causal, scale, _precision(dtype),
+                                          bwd_config=c["attention.bwd"])
+            split = fa.attention_backward(do, q, k, v, out, lse, causal, scale, _precision(dtype),
                                           dkdv_config=c["attention.dkdv"], dq_config=c["attention.dq"])
-        return [out, *grads]
+        return [out, *fused, *split]
 
-    return kernels, eager, (q, q, k, v), {}
+    return kernels, eager, (q, q, k, v, q, k, v), {}
 
 
 def _window_case(item: Item, tokens: int, device, oracle):

@@ -10,9 +10,9 @@ only the ``"triton"`` backends require it.
 """
 
 if __name__ == "vitfast.kernels":
-    from .ops import attention, clip_loss, window_attention
+    from .ops import attention, clip_loss, packed_attention, window_attention
 
-    __all__ = ["attention", "clip_loss", "window_attention"]
+    __all__ = ["attention", "clip_loss", "packed_attention", "window_attention"]
 else:
     # With a checkout's root on sys.path (``python -m ...`` run there), this folder is also importable
     # as a top-level "kernels", a name other libraries probe (transformers imports it looking for the

@@ -1,19 +1,30 @@
-"""Flash attention: Triton forward and backward, the launcher, the autograd Function and the Triton
-backend's entry point (the public op `vitfast.kernels.attention`, which picks a backend, is in ops.py).
+"""Flash attention: Triton forward and backward, the launchers, the torch.library ops with their
+autograd, and the Triton backend's entry points (the public ops `vitfast.kernels.attention` and
+`packed_attention`, which pick a backend, are in ops.py).
 
 Forward (FlashAttention-2 schedule): one program per (batch·head, block of BLOCK_M query rows); it
 streams key/value blocks through an online softmax in base 2 with float32 accumulators and stores the
 output and the row log-sum-exp, never the N×N matrix. Backward recomputes the probabilities from the
-log-sum-exp: one kernel per key block accumulates dK and dV, another per query block accumulates dQ.
+log-sum-exp, in one of two schedules chosen by the tile table:
+- short sequences ("attention.bwd" rows: ViT, CLIP): one launch, one program per (batch, head). It
+  computes delta = rowsum(O ∘ dO) first, then walks the key blocks, each against the query blocks
+  that see it: five products per tile (S, dP, dV, dK, dQ). dK and dV stay in registers; dQ is summed
+  over key blocks in the program's own float32 scratch rows, in key order.
+- longer ones: a delta kernel, one kernel per key block for dK and dV, one per query block for dQ
+  (which recomputes S and dP: seven products), so the grid has enough programs.
 No program writes another's rows and nothing uses atomics, and tiles come from kernels/tiles.json,
 not from timing, so gradients are bit-identical run to run and rank to rank.
 
-The launchers are registered as torch.library custom ops (``vitfast::flash_attention_forward`` and
-``..._backward``, with fake implementations and the forward's autograd), so ``torch.compile`` sees one
-opaque op per call, with no graph break, and nothing in them waits on the GPU.
+Every tensor is addressed through its own strides, batch, head and block offsets in 64-bit. So the
+packed entry point needs no copy: it reads q, k and v where the qkv projection (B, N, 3·C) put them,
+writes the output straight in (B, N, C) (heads concatenated, what the output projection takes; a
+(B, H, N, D) output would need a transpose copy), and the backward writes dQ, dK and dV into one
+(B, N, 3·C) dqkv (three tensors would need autograd to stack them, a copy, then another to lay them
+out as the projection's gradient).
 
-Every tensor is addressed through its own strides (q, k and v unbound from a packed qkv need no copy);
-batch, head and block offsets are 64-bit so tensors past 2^31 elements are safe.
+The launchers are registered as torch.library custom ops (``vitfast::flash_attention_forward``,
+``..._backward`` and their ``packed`` pair, with fake implementations and the forward's autograd), so
+``torch.compile`` sees one opaque op per call, with no graph break, and nothing in them waits on the GPU.
 """
 
 from __future__ import annotations
@@ -310,6 +321,108 @@ def _attn_bwd_dq_kernel(
              dq.to(DQ.dtype.element_ty), mask=q_mask)
 
 
+@triton.jit
+def _attn_bwd_fused_kernel(
+    Q, K, V, O, DO,  # (B, H, N, D), any strides  # noqa: E741
+    DQ, DK, DV,  # (B, H, N, D), any strides (views of one packed dqkv, or three tensors)
+    LSE,  # (B·H, N) float32
+    DELTA,  # (B·H, N) float32 scratch: rowsum(O ∘ dO), written and read by this kernel
+    DQ_ACC,  # (B·H, N, BLOCK_D) float32 scratch: dQ summed over the key blocks done so far
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_on, stride_od,
+    stride_dob, stride_doh, stride_don, stride_dod,
+    stride_dqb, stride_dqh, stride_dqn, stride_dqd,
+    stride_dkb, stride_dkh, stride_dkn, stride_dkd,
+    stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+    H, N, qk_scale, sm_scale,
+    CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+):
+    # The whole backward of one (batch, head) in one program, for short sequences: delta first, then
+    # each key block in turn, walking the query blocks that see it. Per (query, key) tile: S, dP, dV,
+    # dK and dQ, five products (the split kernels recompute S and dP for dQ: seven). dK and dV of the
+    # key block stay in registers; dQ is summed across key blocks in this program's own float32
+    # scratch rows, in key order, and the last key block a query block sees writes it out. One program
+    # owns every row it writes, so there are no atomics and the result is the same run to run.
+    bh = tl.program_id(0)
+    offs_d = tl.arange(0, BLOCK_D)
+    arange_m = tl.arange(0, BLOCK_M)
+    arange_n = tl.arange(0, BLOCK_N)
+    d_in = offs_d < HEAD_DIM
+
+    q_base = _head_base(Q, bh, H, stride_qb, stride_qh)
+    do_base = _head_base(DO, bh, H, stride_dob, stride_doh)
+    o_base = _head_base(O, bh, H, stride_ob, stride_oh)
+    dq_base = _head_base(DQ, bh, H, stride_dqb, stride_dqh)
+    lse_base = LSE + tl.cast(bh, tl.int64) * N
+    delta_base = DELTA + tl.cast(bh, tl.int64) * N
+    acc_base = DQ_ACC + tl.cast(bh, tl.int64) * N * BLOCK_D
+
+    for start_m in range(0, N, BLOCK_M):
+        mask = _tile_mask(start_m, N, BLOCK_M, BLOCK_D, HEAD_DIM)
+        o = tl.load(_tile_ptrs(o_base, start_m, stride_on, stride_od, BLOCK_M, BLOCK_D), mask=mask, other=0.0)
+        do = tl.load(_tile_ptrs(do_base, start_m, stride_don, stride_dod, BLOCK_M, BLOCK_D), mask=mask, other=0.0)
+        tl.store(delta_base + start_m + arange_m, tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1),
+                 mask=(start_m + arange_m) < N)
+    # Other threads of this program read what these stores wrote.
+    tl.debug_barrier()
+
+    last_n = ((N - 1) // BLOCK_N) * BLOCK_N
+    for start_n in range(0, N, BLOCK_N):
+        offs_n = start_n + arange_n
+        kv_mask = _tile_mask(start_n, N, BLOCK_N, BLOCK_D, HEAD_DIM)
+        k = tl.load(_tile_ptrs(_head_base(K, bh, H, stride_kb, stride_kh),
+                               start_n, stride_kn, stride_kd, BLOCK_N, BLOCK_D), mask=kv_mask, other=0.0)
+        v = tl.load(_tile_ptrs(_head_base(V, bh, H, stride_vb, stride_vh),
+                               start_n, stride_vn, stride_vd, BLOCK_N, BLOCK_D), mask=kv_mask, other=0.0)
+        dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        lo = (start_n // BLOCK_M) * BLOCK_M if CAUSAL else 0
+        for start_m in range(lo, N, BLOCK_M):
+            offs_m = start_m + arange_m
+            m_in = offs_m < N
+            q_mask = m_in[:, None] & d_in[None, :]
+            qT = tl.load(q_base + tl.cast(start_m, tl.int64) * stride_qn
+                         + offs_d[:, None] * stride_qd + arange_m[None, :] * stride_qn,
+                         mask=d_in[:, None] & m_in[None, :], other=0.0)
+            do = tl.load(_tile_ptrs(do_base, start_m, stride_don, stride_dod, BLOCK_M, BLOCK_D), mask=q_mask,
+                         other=0.0)
+            # Rows past N get lse = +inf, hence probability 0, and delta 0.
+            lse = tl.load(lse_base + offs_m, mask=m_in, other=float("inf"))
+            delta = tl.load(delta_base + offs_m, mask=m_in, other=0.0)
+
+            pT = tl.math.exp2(tl.dot(k, qT, input_precision=PRECISION) * qk_scale - lse[None, :])
+            keep = offs_n[:, None] < N
+            if CAUSAL:
+                keep = keep & (offs_m[None, :] >= offs_n[:, None])
+            pT = tl.where(keep, pT, 0.0)
+            dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=PRECISION)
+            dsT = pT * (tl.dot(v, tl.trans(do), input_precision=PRECISION) - delta[None, :])
+            dk = tl.dot(dsT.to(qT.dtype), tl.trans(qT), dk, input_precision=PRECISION)
+
+            # This key block's share of dQ, added to the key blocks before it (none for the first).
+            acc_ptrs = acc_base + offs_m[:, None] * BLOCK_D + offs_d[None, :]
+            dq = tl.load(acc_ptrs, mask=q_mask & (start_n > 0), other=0.0)
+            dq = tl.dot(tl.trans(dsT).to(k.dtype), k, dq, input_precision=PRECISION)
+            if CAUSAL:  # the key block holding the query block's last row is the last it sees
+                final_n = ((tl.minimum(N, start_m + BLOCK_M) - 1) // BLOCK_N) * BLOCK_N
+            else:
+                final_n = last_n
+            tl.store(acc_ptrs, dq, mask=q_mask & (start_n != final_n))
+            tl.store(_tile_ptrs(dq_base, start_m, stride_dqn, stride_dqd, BLOCK_M, BLOCK_D),
+                     (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_mask & (start_n == final_n))
+        # The next key block reads the dQ rows this one wrote, possibly in other threads.
+        tl.debug_barrier()
+        tl.store(_tile_ptrs(_head_base(DK, bh, H, stride_dkb, stride_dkh),
+                            start_n, stride_dkn, stride_dkd, BLOCK_N, BLOCK_D),
+                 (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
+        tl.store(_tile_ptrs(_head_base(DV, bh, H, stride_dvb, stride_dvh),
+                            start_n, stride_dvn, stride_dvd, BLOCK_N, BLOCK_D),
+                 dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
 # --------------------------------------------------------------------------------------------------
 # Launchers
 # --------------------------------------------------------------------------------------------------
@@ -371,14 +484,16 @@ def _launch(kernel: str, q: torch.Tensor, config: tables.TileConfig | None, run)
 
 def attention_forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float, precision: str = "ieee",
-    config: tables.TileConfig | None = None,
+    config: tables.TileConfig | None = None, out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the forward kernel; returns the output (B, H, N, D) and the base-2 LSE (B·H, N) in float32.
 
     precision: `tl.dot`'s input_precision for float32 inputs ("ieee" or "tf32"). config: a tile to use
-    instead of the table's (tests run every row's)."""
+    instead of the table's (tests run every row's). out: where to write the output, any (B, H, N, D)
+    view (the packed entry point passes a view of its (B, N, C) result); a new tensor if None."""
     B, H, N, D = q.shape
-    out = torch.empty((B, H, N, D), dtype=q.dtype, device=q.device)
+    if out is None:
+        out = torch.empty((B, H, N, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B * H, N), dtype=torch.float32, device=q.device)
 
     def run(c: tables.TileConfig) -> None:
@@ -393,23 +508,52 @@ def attention_forward(
     return out, lse
 
 
+def uses_fused_backward(q: torch.Tensor) -> bool:
+    """Whether the backward of (B, H, N, D) inputs runs the one-program-per-head kernel: the tile table
+    has an "attention.bwd" row for this device, dtype, head dim and length (short sequences)."""
+    B, H, N, D = q.shape
+    return tables.tile_for("attention.bwd", arch.device_family(q.device), q.dtype, D, N) is not None
+
+
 def attention_backward(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
     lse: torch.Tensor, causal: bool, scale: float, precision: str = "ieee",
     dkdv_config: tables.TileConfig | None = None, dq_config: tables.TileConfig | None = None,
+    bwd_config: tables.TileConfig | None = None, grads: tuple[torch.Tensor, ...] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run the backward kernels; returns dQ, dK, dV with the shapes and dtype of q, k, v."""
+    """Run the backward kernels; returns dQ, dK, dV with the shapes and dtype of q, k, v.
+
+    Short sequences (an "attention.bwd" row in the tile table, or `bwd_config`) take the fused kernel:
+    one launch, one program per (batch, head). Longer ones, or `dkdv_config`/`dq_config`, take the
+    split kernels: delta, then dK and dV per key block, then dQ per query block. grads: the three
+    (B, H, N, D) tensors to write dQ, dK, dV into, any strides (views of one packed dqkv)."""
     B, H, N, D = q.shape
     block_d = _block_d(D)
+    if grads is None:
+        grads = tuple(torch.empty((B, H, N, D), dtype=x.dtype, device=x.device) for x in (q, k, v))
+    dq, dk, dv = grads
     delta = torch.empty_like(lse)
+    common = dict(CAUSAL=causal, HEAD_DIM=D, BLOCK_D=block_d, PRECISION=precision)
+    split = dkdv_config is not None or dq_config is not None
+    if not split and (bwd_config is not None or uses_fused_backward(q)):
+        def run_fused(c: tables.TileConfig) -> None:
+            # dQ's running sum across key blocks, only when there are several.
+            acc = (torch.empty((B * H, N, block_d), dtype=torch.float32, device=q.device)
+                   if N > c["BLOCK_N"] else delta)
+            _attn_bwd_fused_kernel[(B * H,)](
+                q, k, v, out, do, dq, dk, dv, lse, delta, acc,
+                *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(do),
+                *_strides(dq), *_strides(dk), *_strides(dv),
+                H, N, scale * LOG2E, scale, **common, **c.launch_kwargs(),
+            )
+
+        _launch("attention.bwd", q, bwd_config, run_fused)
+        return dq, dk, dv
+
     _attn_bwd_delta_kernel[(B * H * triton.cdiv(N, DELTA_BLOCK_M),)](
         out, do, delta, *_strides(out), *_strides(do), H, N,
         HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=DELTA_BLOCK_M,
     )
-    dq = torch.empty((B, H, N, D), dtype=q.dtype, device=q.device)
-    dk = torch.empty((B, H, N, D), dtype=k.dtype, device=k.device)
-    dv = torch.empty((B, H, N, D), dtype=v.dtype, device=v.device)
-    common = dict(CAUSAL=causal, HEAD_DIM=D, BLOCK_D=block_d, PRECISION=precision)
 
     def run_dkdv(c: tables.TileConfig) -> None:
         _attn_bwd_dkdv_kernel[(B * H * triton.cdiv(N, c["BLOCK_N"]),)](
@@ -428,6 +572,36 @@ def attention_backward(
     _launch("attention.dkdv", q, dkdv_config, run_dkdv)
     _launch("attention.dq", q, dq_config, run_dq)
     return dq, dk, dv
+
+
+def unpack_heads(packed: torch.Tensor, parts: int, num_heads: int) -> tuple[torch.Tensor, ...]:
+    """`parts` (B, H, N, D) views of a (B, N, parts·H·D) tensor laid out as (parts, H, D) per token: q,
+    k, v of a qkv projection (parts=3), or one (B, N, C) output (parts=1). Splitting the last dim is
+    always a view, whatever its strides."""
+    B, N, C = packed.shape
+    return packed.unflatten(-1, (parts, num_heads, C // (parts * num_heads))).permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def packed_attention_forward(qkv: torch.Tensor, num_heads: int, causal: bool, scale: float,
+                             precision: str = "ieee") -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward kernel on a (B, N, 3·C) qkv projection, read in place; returns the output written
+    straight in (B, N, C), heads concatenated (what the output projection takes), and the LSE."""
+    B, N, C3 = qkv.shape
+    q, k, v = unpack_heads(qkv, 3, num_heads)
+    out = torch.empty((B, N, C3 // 3), dtype=qkv.dtype, device=qkv.device)
+    _, lse = attention_forward(q, k, v, causal, scale, precision, out=unpack_heads(out, 1, num_heads)[0])
+    return out, lse
+
+
+def packed_attention_backward(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                              num_heads: int, causal: bool, scale: float, precision: str = "ieee") -> torch.Tensor:
+    """The backward kernels for `packed_attention_forward`: one (B, N, 3·C) dqkv in the projection's
+    layout, dQ, dK and dV written into their parts of it."""
+    dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+    (do,), (o,) = unpack_heads(dout, 1, num_heads), unpack_heads(out, 1, num_heads)
+    attention_backward(do, *unpack_heads(qkv, 3, num_heads), o, lse, causal, scale, precision,
+                       grads=unpack_heads(dqkv, 3, num_heads))
+    return dqkv
 
 
 # --------------------------------------------------------------------------------------------------
@@ -474,6 +648,44 @@ def _backward(ctx, do, _dlse):
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+@torch.library.custom_op("vitfast::flash_attention_packed_forward", mutates_args=())
+def _packed_forward_op(qkv: torch.Tensor, num_heads: int, causal: bool, scale: float,
+                       precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return packed_attention_forward(qkv, num_heads, causal, scale, precision)
+
+
+@_packed_forward_op.register_fake
+def _(qkv, num_heads, causal, scale, precision):
+    B, N, C3 = qkv.shape
+    return qkv.new_empty((B, N, C3 // 3)), qkv.new_empty((B * num_heads, N), dtype=torch.float32)
+
+
+@torch.library.custom_op("vitfast::flash_attention_packed_backward", mutates_args=())
+def _packed_backward_op(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, num_heads: int,
+                        causal: bool, scale: float, precision: str) -> torch.Tensor:
+    return packed_attention_backward(dout, qkv, out, lse, num_heads, causal, scale, precision)
+
+
+@_packed_backward_op.register_fake
+def _(dout, qkv, out, lse, num_heads, causal, scale, precision):
+    return qkv.new_empty(qkv.shape)
+
+
+def _packed_setup_context(ctx, inputs, output) -> None:
+    qkv, num_heads, causal, scale, precision = inputs
+    ctx.save_for_backward(qkv, *output)
+    ctx.num_heads, ctx.causal, ctx.scale, ctx.precision = num_heads, causal, scale, precision
+
+
+def _packed_backward(ctx, dout, _dlse):
+    qkv, out, lse = ctx.saved_tensors
+    dqkv = _packed_backward_op(dout, qkv, out, lse, ctx.num_heads, ctx.causal, ctx.scale, ctx.precision)
+    return dqkv, None, None, None, None
+
+
+_packed_forward_op.register_autograd(_packed_backward, setup_context=_packed_setup_context)
+
+
 # --------------------------------------------------------------------------------------------------
 # The Triton backend
 # --------------------------------------------------------------------------------------------------
@@ -488,3 +700,13 @@ def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causa
     if q.numel() == 0:
         return torch.empty_like(q)
     return _forward_op(q, k, v, causal, float(scale), precision)[0]
+
+
+def triton_packed_attention(qkv: torch.Tensor, num_heads: int, *, causal: bool, scale: float,
+                            precision: str = "ieee") -> torch.Tensor:
+    """``packed_attention(..., backend="triton")``: self-attention of a (B, N, 3·C) qkv projection,
+    read in place, to (B, N, C), with one packed dqkv in the backward; no copy either way."""
+    _check_triton_inputs(*unpack_heads(qkv, 3, num_heads))
+    if qkv.numel() == 0:
+        return qkv.new_empty(qkv.shape[:-1] + (qkv.shape[-1] // 3,))
+    return _packed_forward_op(qkv, num_heads, causal, float(scale), precision)[0]

@@ -1,5 +1,6 @@
-"""The public ops, `attention`, `window_attention` and `clip_loss`: each checks its inputs, applies the
-precision policy (precision.py), and runs the backend asked for; "auto" asks dispatch.py.
+"""The public ops, `attention`, `packed_attention`, `window_attention` and `clip_loss`: each checks its
+inputs, applies the precision policy (precision.py), and runs the backend asked for; "auto" asks
+dispatch.py.
 
 This is the one module that imports both the optimized files (flash_attention.py, swin_attention.py,
 similarity_ce.py: one op's kernels, launcher and torch.library registration each) and the eager oracles
@@ -59,13 +60,43 @@ def _random(shapes, device, dtype, seed: int = 0) -> list[torch.Tensor]:
 
 def _attention_self_check(device: torch.device, dtype: torch.dtype, head_dim: int, size: int,
                           causal: bool) -> float | None:
-    n = min(size, 1024)
-    q, k, v = _random([(1, 2, n, head_dim)] * 3, device, dtype)
-    got = _forward_backward(lambda q, k, v: flash_attention.triton_attention(
-        q, k, v, causal=causal, scale=head_dim ** -0.5, precision=policy.float32_dot("auto")), [q, k, v], seed=1)
-    want = _forward_backward(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal), [q, k, v],
-                             seed=1)
-    return _largest_difference(got, want, dtype)
+    """Both entry points (q, k, v and packed qkv) against SDPA: forward and every gradient. Past 1024
+    tokens at 1025, so that it runs the backward schedule the call will (the split kernels there)."""
+    n, heads = min(size, 1025), 2
+    (qkv,) = _random([(1, n, 3 * heads * head_dim)], device, dtype)
+    fp32_dot, scale = policy.float32_dot("auto"), head_dim ** -0.5
+
+    def sdpa(qkv):
+        q, k, v = flash_attention.unpack_heads(qkv, 3, heads)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal).transpose(1, 2).flatten(2)
+
+    def unpacked(qkv):
+        q, k, v = flash_attention.unpack_heads(qkv, 3, heads)
+        out = flash_attention.triton_attention(q, k, v, causal=causal, scale=scale, precision=fp32_dot)
+        return out.transpose(1, 2).flatten(2)
+
+    want = _forward_backward(sdpa, [qkv], seed=1)
+    errors = [_largest_difference(_forward_backward(fn, [qkv], seed=1), want, dtype) for fn in (
+        unpacked, lambda x: flash_attention.triton_packed_attention(x, heads, causal=causal, scale=scale,
+                                                                     precision=fp32_dot))]
+    return max((e for e in errors if e is not None), default=None)
+
+
+def _choose_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> str:
+    """What backend="auto" runs for these q, k, v (see dispatch.py)."""
+    reason = (flash_attention.unsupported_reason(q.dim(), q.shape[-1], q.dtype, q.device)
+              if q.shape == k.shape == v.shape else "cross-attention (q, k, v of different shapes)")
+    # The size is a plain int (torch.compile specializes a dynamic length here): the decision depends on it.
+    return dispatch.choose("causal_attention" if causal else "attention", q.device, q.dtype, q.shape[-1],
+                           int(q.shape[-2]) if q.dim() == 4 else 0, reason, "sdpa", _attention_self_check, (causal,))
+
+
+def _attention_fallback(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
+                        backend: str) -> torch.Tensor:
+    with torch.autocast(q.device.type, enabled=False):
+        if backend == "sdpa":
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+        return reference.attention(q, k, v, causal=causal, scale=scale)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
@@ -95,12 +126,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         scale = 1.0 / math.sqrt(q.shape[-1])
     auto = backend == "auto"
     if auto:
-        reason = (flash_attention.unsupported_reason(q.dim(), q.shape[-1], q.dtype, q.device)
-                  if q.shape == k.shape == v.shape else "cross-attention (q, k, v of different shapes)")
-        # The size is a plain int (torch.compile specializes a dynamic length here): the decision depends on it.
-        backend = dispatch.choose("causal_attention" if causal else "attention", q.device, q.dtype, q.shape[-1],
-                                  int(q.shape[-2]) if q.dim() == 4 else 0, reason, "sdpa", _attention_self_check,
-                                  (causal,))
+        backend = _choose_attention(q, k, v, causal)
     if backend == "triton":
         try:
             return flash_attention.triton_attention(q, k, v, causal=causal, scale=scale,
@@ -110,11 +136,47 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
                 raise
             dispatch.record_failure("causal_attention" if causal else "attention", q.device, q.dtype, exc)
             backend = "sdpa"
-    if backend == "sdpa":
-        with torch.autocast(q.device.type, enabled=False):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
-    with torch.autocast(q.device.type, enabled=False):
-        return reference.attention(q, k, v, causal=causal, scale=scale)
+    return _attention_fallback(q, k, v, causal, scale, backend)
+
+
+def packed_attention(qkv: torch.Tensor, num_heads: int, *, causal: bool = False, scale: float | None = None,
+                     backend: str = "auto", precision: str = "auto") -> torch.Tensor:
+    """Self-attention of a packed qkv projection, heads in and out as the projections lay them out
+    (flash-attn's ``flash_attn_qkvpacked_func``; what ViT's and CLIP's attention modules call).
+
+    Args:
+        qkv: (B, N, 3·C), the qkv projection's output as it is (per token: q, k, v, each heads × head
+            dim), any strides. The Triton kernels read it in place.
+        num_heads: attention heads; C must be divisible by it.
+        causal, scale, backend, precision: as for `attention`.
+
+    Returns:
+        (B, N, C), heads concatenated, ready for the output projection. With backend="triton" the
+        kernel writes it in this layout, and the backward writes one (B, N, 3·C) gradient for qkv: no
+        transpose, stack or copy on either side.
+    """
+    if qkv.dim() != 3 or qkv.shape[-1] % (3 * num_heads):
+        raise ValueError(f"qkv must be (B, N, 3·C) with C divisible by num_heads={num_heads}; got {tuple(qkv.shape)}.")
+    _check_backend(backend, ATTENTION_BACKENDS, "attention")
+    operand = policy.operand_dtype(precision, qkv.dtype, qkv.device.type)
+    (qkv,) = policy.cast(operand, qkv)
+    q, k, v = flash_attention.unpack_heads(qkv, 3, num_heads)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    auto = backend == "auto"
+    if auto:
+        backend = _choose_attention(q, k, v, causal)
+    if backend == "triton":
+        try:
+            return flash_attention.triton_packed_attention(qkv, num_heads, causal=causal, scale=scale,
+                                                           precision=policy.float32_dot(precision))
+        except KERNEL_ERRORS as exc:
+            if not auto:
+                raise
+            dispatch.record_failure("causal_attention" if causal else "attention", q.device, q.dtype, exc)
+            backend = "sdpa"
+    # SDPA's fused kernels write (B, N, H, D) memory: the transpose and flatten are views there.
+    return _attention_fallback(q, k, v, causal, scale, backend).transpose(1, 2).flatten(2)
 
 
 def window_attention(qkv: torch.Tensor, bias_table: torch.Tensor, *, num_heads: int,

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "check_tiles.py"
-KERNELS = {"attention.fwd", "attention.dkdv", "attention.dq", "window.fwd", "window.bwd", "clip.lse", "clip.grad"}
-OUTPUTS = {("attention", o) for o in ("out", "dq", "dk", "dv")} | \
+KERNELS = {"attention.fwd", "attention.bwd", "attention.dkdv", "attention.dq", "window.fwd", "window.bwd", "clip.lse",
+           "clip.grad"}
+OUTPUTS = {("attention", o) for o in ("out", "dq", "dk", "dv", "dq (split)", "dk (split)", "dv (split)")} | \
     {("window_attention", o) for o in ("out", "dqkv", "dtable", "dqkv_bias")} | \
     {("clip_loss", o) for o in ("loss", "d_image", "d_text", "d_scale", "d_bias")}
 # What benchmarks/dispatch_table.py reads from each row and from the document.

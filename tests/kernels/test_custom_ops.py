@@ -25,6 +25,16 @@ def test_flash_attention_ops(causal):
                                                          lse.detach(), causal, 32 ** -0.5, "ieee"))
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_packed_flash_attention_ops(causal):
+    qkv = _randn(2, 19, 3 * 64)
+    args = (2, causal, 32 ** -0.5, "ieee")
+    torch.library.opcheck(flash_attention._packed_forward_op, (qkv, *args))
+    out, lse = flash_attention._packed_forward_op(qkv, *args)
+    dout = _randn(2, 19, 64, seed=3, grad=False)
+    torch.library.opcheck(flash_attention._packed_backward_op, (dout, qkv.detach(), out.detach(), lse.detach(), *args))
+
+
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_window_attention_ops(with_bias):
     qkv, table = _randn(1, 5, 6, 3 * 32), _randn(49, 2, seed=1)

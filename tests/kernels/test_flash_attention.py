@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vitfast.choices import ATTENTION_BACKENDS
-from vitfast.kernels import attention
+from vitfast.kernels import attention, packed_attention
 from vitfast.kernels import flash_attention as fa
 from vitfast.kernels import tables
 
@@ -97,6 +97,86 @@ def test_each_tile_config(dtype, fwd_cfg, dkdv_cfg, dq_cfg, device):
         for name, g, r in zip(("out", "dq", "dk", "dv"), (out, *grads), ref):
             err = (g.double() - r).abs().max().item()
             assert err < 1e-2, f"{name} with {fwd_cfg}/{dkdv_cfg}/{dq_cfg}: max error {err:.3g}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_each_fused_backward_tile(dtype, device):
+    """Every GPU tile of the one-launch backward ("attention.bwd") through the interpreter: query
+    blocks smaller than key blocks, the causal diagonal inside a key block, dQ summed over four key
+    blocks, a last query block past N."""
+    q, k, v, do = _inputs((1, 2, 197, 64), dtype, device, seed=4)
+    scale = 64**-0.5
+    configs = _table_configs("attention.bwd", dtype)
+    assert configs
+    for config in configs:
+        for causal in (False, True):
+            out, lse = fa.attention_forward(q, k, v, causal, scale)
+            grads = fa.attention_backward(do, q, k, v, out, lse, causal, scale, bwd_config=config)
+            ref = _forward_backward("eager", *(x.double() for x in (q, k, v, do)), causal)
+            for name, g, r in zip(("dq", "dk", "dv"), grads, ref[1:]):
+                err = (g.double() - r).abs().max().item()
+                assert err < 1e-2, f"{name} with {config}, causal={causal}: max error {err:.3g}"
+
+
+def test_short_sequences_take_the_fused_backward():
+    """The tile table sends lengths up to 1024 to the one-launch backward, longer ones to the split
+    kernels (whose grid has a program per key block and per query block)."""
+    for family in ("sm_80", "sm_86", "sm_90", "interpreter"):
+        for dtype in (torch.bfloat16, torch.float16):
+            assert tables.tile_for("attention.bwd", family, dtype, 64, 1024) is not None
+            assert tables.tile_for("attention.bwd", family, dtype, 64, 1025) is None
+    assert fa.uses_fused_backward(torch.empty(1, 1, 577, 32))
+    assert not fa.uses_fused_backward(torch.empty(1, 1, 1025, 32))
+
+
+def _packed_forward_backward(backend, qkv, dout, heads, causal):
+    qkv = qkv.detach().clone().requires_grad_()
+    out = packed_attention(qkv, heads, causal=causal, backend=backend)
+    return out, torch.autograd.grad(out, qkv, dout)[0]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("seq_len, heads, head_dim", [(1, 2, 32), (17, 3, 40), (70, 2, 64), (197, 1, 32)])
+def test_packed_matches_oracle(seq_len, heads, head_dim, causal, dtype, device):
+    """The packed entry point: (B, N, 3·C) in, (B, N, C) out, one (B, N, 3·C) gradient."""
+    g = torch.Generator().manual_seed(seq_len + heads)
+    C = heads * head_dim
+    qkv = torch.randn(2, seq_len, 3 * C, generator=g).to(device=device, dtype=dtype)
+    dout = torch.randn(2, seq_len, C, generator=g).to(device=device, dtype=dtype)
+    got = _packed_forward_backward("triton", qkv, dout, heads, causal)
+    ref = _packed_forward_backward("eager", qkv.double(), dout.double(), heads, causal)
+    eager = _packed_forward_backward("eager", qkv, dout, heads, causal)
+    oracle.assert_matches_oracle(("out", "dqkv"), got, ref, eager, likes=(dout, qkv))
+    assert got[0].is_contiguous() and got[1].is_contiguous()
+
+
+def test_packed_reads_strided_qkv_and_writes_every_element(device, monkeypatch):
+    """A qkv slice of a wider projection (row stride > 3·C) is read in place; output and dqkv are
+    poisoned with NaN first, so an element the kernels skip fails."""
+    real_empty = torch.empty
+
+    def poisoned_empty(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    g = torch.Generator().manual_seed(12)
+    wide = torch.randn(2, 45, 3 * 64 + 16, generator=g).to(device=device, dtype=torch.float32)
+    qkv = wide[..., 8:8 + 3 * 64]
+    assert not qkv.is_contiguous()
+    dout = torch.randn(2, 45, 64, generator=g).to(device=device)
+    ref = _packed_forward_backward("eager", qkv.double(), dout.double(), 2, True)
+    eager = _packed_forward_backward("eager", qkv, dout, 2, True)
+    monkeypatch.setattr(torch, "empty", poisoned_empty)
+    got = _packed_forward_backward("triton", qkv, dout, 2, True)
+    oracle.assert_matches_oracle(("out", "dqkv"), got, ref, eager, likes=(dout, qkv))
+
+
+def test_packed_checks_its_shape():
+    with pytest.raises(ValueError, match=r"\(B, N, 3·C\) with C divisible by num_heads=5"):
+        packed_attention(torch.randn(1, 4, 96), 5)
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        packed_attention(torch.randn(1, 4, 96), 2, backend="flash")
 
 
 def test_packed_qkv_and_strided_grad(device):

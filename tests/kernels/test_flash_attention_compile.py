@@ -1,9 +1,10 @@
 """Compile gate for flash attention: every tile of kernels/tiles.json builds for every GPU it runs on.
 
 No GPU needed: tests/kernels/aot.py compiles ahead of time. For each GPU row of "attention.fwd",
-"attention.dkdv" and "attention.dq", its configuration is built for every architecture of the row's
-tile families (sm_80: 80; sm_86: 86, 89, 120; sm_90: 90, 100; sm_89 runs sm_86's build, judged by
-sm_89's limits; aot.FAMILY_ARCHS), in every numerics of its dtype class (16bit: float16 and bfloat16;
+"attention.bwd" (the one-launch backward of short sequences), "attention.dkdv" and "attention.dq",
+its configuration is built for every architecture of the row's tile families (sm_80: 80; sm_86: 86,
+89, 120; sm_90: 90, 100; sm_89 runs sm_86's build, judged by sm_89's limits; aot.FAMILY_ARCHS), in
+every numerics of its dtype class (16bit: float16 and bfloat16;
 fp32: "tf32" and "ieee"), at the largest head dim the launcher sends to the row (BLOCK_D, the next
 power of two, sets the shared memory and most registers). Causal builds (the mask changes registers
 a little, nothing else) are made in bfloat16 and TF32; bfloat16 (the default autocast dtype) is also
@@ -16,7 +17,8 @@ the three gates' 4.5 minutes on 2 cores with a cold Triton cache; the three take
 Asserted per build: it compiles; its shared memory (dynamic + static) fits the arch's per-block
 limit, and its tensor memory sm_100's; its matmuls run on the arch's tensor cores (HMMA on sm_8x and
 sm_120, HGMMA on sm_90, UTCHMMA on sm_100), or for "ieee" on none; on sm_90, the target, no 16-bit or
-TF32 build spills. Spills elsewhere and in "ieee" builds (the exact-float32 path, not a speed path)
+TF32 build spills; the fused backward in 16-bit at head dim 64 holds two CTAs per SM on sm_80 and
+sm_90. Spills elsewhere and in "ieee" builds (the exact-float32 path, not a speed path)
 are printed and flagged, not asserted. The table (registers, spills, shared memory and its limit,
 CTAs per SM and what limits them, matrix instructions, build seconds) prints with ``-s`` or ``-rA``.
 """
@@ -39,9 +41,9 @@ B, H, N = 2, 12, 197  # a ViT-B/16 sequence: N is no multiple of 16, as at most 
 HEAD_DIMS = range(fa.MIN_HEAD_DIM, fa.MAX_HEAD_DIM + 1, 8)
 COMMON_HEAD_DIM = 64  # ViT-B/L, CLIP: built wherever a row takes it, besides the row's largest
 
-_KERNELS = {"attention.fwd": "fwd", "attention.dkdv": "dkdv", "attention.dq": "dq"}
+_KERNELS = {"attention.fwd": "fwd", "attention.bwd": "bwd", "attention.dkdv": "dkdv", "attention.dq": "dq"}
 _JIT = {"fwd": fa._attn_fwd_kernel, "delta": fa._attn_bwd_delta_kernel, "dkdv": fa._attn_bwd_dkdv_kernel,
-        "dq": fa._attn_bwd_dq_kernel}
+        "dq": fa._attn_bwd_dq_kernel, "bwd": fa._attn_bwd_fused_kernel}
 # The tensors each kernel takes, in order, and their element type ("io" is q's dtype).
 _TENSORS = {
     "fwd": (("Q", "io"), ("K", "io"), ("V", "io"), ("O", "io"), ("LSE", "fp32")),
@@ -49,12 +51,14 @@ _TENSORS = {
     "dkdv": (("Q", "io"), ("K", "io"), ("V", "io"), ("DO", "io"), ("DK", "io"), ("DV", "io"),
              ("LSE", "fp32"), ("DELTA", "fp32")),
     "dq": (("Q", "io"), ("K", "io"), ("V", "io"), ("DO", "io"), ("DQ", "io"), ("LSE", "fp32"), ("DELTA", "fp32")),
+    "bwd": (("Q", "io"), ("K", "io"), ("V", "io"), ("O", "io"), ("DO", "io"), ("DQ", "io"), ("DK", "io"),
+            ("DV", "io"), ("LSE", "fp32"), ("DELTA", "fp32"), ("DQ_ACC", "fp32")),
 }
 
 
 @dataclass(frozen=True)
 class Variant:
-    kernel: str  # "fwd", "delta", "dkdv", "dq"
+    kernel: str  # "fwd", "delta", "bwd", "dkdv", "dq"
     config: tables.TileConfig | None  # None for the delta kernel
     dtype: str
     precision: str
@@ -79,7 +83,7 @@ class Variant:
         args.update(H=H, N=N)
         if self.kernel != "delta":
             args["qk_scale"] = D ** -0.5 * fa.LOG2E
-        if self.kernel in ("dkdv", "dq"):
+        if self.kernel in ("bwd", "dkdv", "dq"):
             args["sm_scale"] = D ** -0.5
         if self.config is None:
             meta, launch = dict(HEAD_DIM=D, BLOCK_D=fa._block_d(D), BLOCK_M=fa.DELTA_BLOCK_M), {}
@@ -139,3 +143,21 @@ def test_compiles(builds, variant: Variant) -> None:
     # The delta kernel has no matmul; every other kernel's configs must stay on tensor cores unspilled.
     check_build(result, variant.id, precision=None if variant.kernel == "delta" else variant.precision,
                 no_spills=True)
+
+
+# ViT-B/L and CLIP (head dim 64) in 16-bit: the one-launch backward must leave room for a second program
+# on each SM of the two families the tiles are written for, so one program's loads overlap another's math.
+OCCUPANCY_VARIANTS = [v for v in VARIANTS
+                      if v.kernel == "bwd" and v.dtype in ("fp16", "bf16") and v.head_dim <= 64 and v.arch in (80, 90)]
+
+
+@pytest.mark.parametrize("variant", OCCUPANCY_VARIANTS, ids=lambda v: v.id)
+def test_fused_backward_runs_two_programs_per_sm(builds, variant: Variant) -> None:
+    result = builds[variant.id]
+    assert not isinstance(result, Exception), result
+    assert result.ctas_per_sm >= 2, (f"{variant.id}: {result.ctas_per_sm} CTA per SM ({result.occupancy_limiter}, "
+                                     f"{result.registers} registers × {32 * result.num_warps} threads)")
+
+
+def test_occupancy_is_checked_for_both_families() -> None:
+    assert {v.arch for v in OCCUPANCY_VARIANTS} == {80, 90}

@@ -4,7 +4,7 @@ Parameter names and shapes match ``open_clip.model.CLIP`` for the same model nam
 state dict loads with ``strict=True`` and gives the same embeddings. open_clip's causal ``attn_mask``
 buffer is non-persistent (absent from its state dict); here the text tower asks the attention op for
 ``causal=True`` instead of materializing a mask. Every attention goes through
-``vitfast.kernels.attention`` with the backend from the config.
+``vitfast.kernels.packed_attention`` with the backend from the config.
 
 Images must be ``config.image_size`` square, as in open_clip: the position embedding is not resampled
 for other sizes, because CLIP's preprocessing always resizes to the trained size.

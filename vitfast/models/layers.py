@@ -1,9 +1,9 @@
 """Layers that the ViT, Swin and CLIP models share (as timm keeps them in ``timm/layers/``).
 
 Each model file holds only what is its own; what they have in common is here: stochastic depth, the
-two-layer MLP, multi-head self-attention through ``vitfast.kernels.attention``, the patch embedding and
-pre-norm block of ViT and Swin, the block loop with optional activation checkpointing, timm's init of
-linear layers, and the check of ``attn_backend``.
+two-layer MLP, multi-head self-attention through ``vitfast.kernels.packed_attention``, the patch
+embedding and pre-norm block of ViT and Swin, the block loop with optional activation checkpointing,
+timm's init of linear layers, and the check of ``attn_backend``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from vitfast.choices import ATTENTION_BACKENDS
-from vitfast.kernels import attention
+from vitfast.kernels import packed_attention
 
 
 def check_attn_backend(backend: str) -> None:
@@ -59,12 +59,9 @@ class Mlp(nn.Module):
 
 def multi_head_attention(qkv: torch.Tensor, num_heads: int, *, causal: bool, backend: str) -> torch.Tensor:
     """Self-attention of a (B, N, 3·C) packed q, k, v projection: (B, N, C), heads concatenated,
-    ready for the output projection."""
-    B, N, C3 = qkv.shape
-    # q, k, v stay strided views of the packed projection; the kernel reads them in place.
-    q, k, v = qkv.view(B, N, 3, num_heads, C3 // (3 * num_heads)).permute(2, 0, 3, 1, 4).unbind(0)
-    x = attention(q, k, v, causal=causal, backend=backend)
-    return x.transpose(1, 2).reshape(B, N, C3 // 3)
+    ready for the output projection. The Triton kernels read qkv in place and write this layout, and
+    their backward one packed gradient, so nothing around the attention is copied."""
+    return packed_attention(qkv, num_heads, causal=causal, backend=backend)
 
 
 class Attention(nn.Module):

@@ -2,7 +2,7 @@
 
 Parameter and buffer names match timm's for the same model name, so a timm state dict loads with
 ``strict=True`` and gives the same logits. Every block's attention goes through
-``vitfast.kernels.attention`` with the backend from the config.
+``vitfast.kernels.packed_attention`` with the backend from the config.
 """
 
 from __future__ import annotations
