@@ -314,9 +314,12 @@ def bench_attention(
                                  help="Comma-separated sequence lengths N."),
     backends: str = typer.Option("triton,sdpa,eager", "--backends",
                                  help="Comma-separated: triton, sdpa, eager; or SDPA pinned to one kernel: "
-                                      "sdpa-flash, sdpa-efficient, sdpa-cudnn, sdpa-math."),
+                                      "sdpa-flash, sdpa-efficient, sdpa-cudnn, sdpa-math; or a peer: flex "
+                                      "(FlexAttention, compiled), timm (timm's Attention; --module only)."),
     modes: str = typer.Option("fwd,fwd+bwd", "--modes", help="Comma-separated: fwd, fwd+bwd."),
     causal: bool = typer.Option(False, "--causal/--no-causal", help="Causal masking (FLOPs halved)."),
+    module: bool = typer.Option(False, "--module", help="Time the whole attention layer: qkv projection → "
+                                "attention → output projection of a (B, N, H·D) input, 16-bit under autocast."),
     device: str = _BENCH_DEVICE,
     warmup: int | None = typer.Option(
         None, "--warmup", show_default=False,
@@ -329,9 +332,10 @@ def bench_attention(
 ) -> None:
     """Time, TFLOP/s and peak memory of each attention backend across sequence lengths.
 
-    Peak memory is what one call allocates above its inputs.
+    Peak memory is what one call allocates above its inputs. --module times the whole attention layer.
 
-    A case that cannot run (Triton without CUDA, out of memory) is a row that says why.
+    A case that cannot run (Triton without CUDA, out of memory, FlexAttention's backward on a CPU) is a
+    row that says why.
 
     Exit code: 0, 1 when no case ran at all, 2 on bad flags.
     """
@@ -339,7 +343,8 @@ def bench_attention(
 
     _bench(lambda: plan(batch=batch_size, heads=heads, head_dim=head_dim, dtype=dtype.value,
                         seq_lens=_csv_ints(seq_lens, "--seq-lens"), backends=_csv(backends, "--backends"),
-                        modes=_csv(modes, "--modes"), causal=causal, device=device, warmup=warmup, rep=rep),
+                        modes=_csv(modes, "--modes"), causal=causal, module=module, device=device, warmup=warmup,
+                        rep=rep),
            quiet, tf32=tf32, json_path=json_path, plot_path=plot_path)
 
 
@@ -354,7 +359,9 @@ def bench_window(
     window: int = typer.Option(7, "--window", help="Window size."),
     shift: int = typer.Option(3, "--shift", help="Cyclic shift (0: no shift)."),
     dtype: _Dtype = _BENCH_DTYPE,
-    backends: str = typer.Option("triton,sdpa,eager", "--backends", help="Comma-separated: triton, sdpa, eager."),
+    backends: str = typer.Option("triton,sdpa,eager", "--backends",
+                                 help="Comma-separated: triton, sdpa, eager; or a peer: flex (FlexAttention, "
+                                      "compiled), timm (timm's WindowAttention)."),
     modes: str = typer.Option("fwd,fwd+bwd", "--modes", help="Comma-separated: fwd, fwd+bwd."),
     device: str = _BENCH_DEVICE,
     warmup: int | None = _BENCH_WARMUP,
@@ -367,7 +374,8 @@ def bench_window(
     """Time, TFLOP/s and peak memory of each window-attention backend at Swin stage shapes.
 
     fwd+bwd takes gradients of qkv and the relative-position bias table. Peak memory is what one
-    call allocates above its inputs. A case that cannot run is a row that says why.
+    call allocates above its inputs. Beside vitfast's backends, the peers flex (FlexAttention) and timm
+    (timm's WindowAttention) start from the same qkv map. A case that cannot run is a row that says why.
 
     Exit code: 0, 1 when no case ran at all, 2 on bad flags.
     """
@@ -388,8 +396,9 @@ def bench_clip_loss(
     dtype: _Dtype = _BENCH_DTYPE,
     backends: str = typer.Option(
         "triton,chunked,eager", "--backends",
-        help="Comma-separated: triton, chunked, eager (the N×N logits), open_clip (open_clip's ClipLoss, "
-             "if installed)."),
+        help="Comma-separated: triton, chunked, eager (the N×N logits), open_clip (open_clip's ClipLoss in the "
+             "sweep's dtype), open_clip-amp (ClipLoss on float32 features under 16-bit autocast, as open_clip "
+             "trains)."),
     mode: _KernelMode = typer.Option("both", "--mode", help="fwd (the loss only), fwd+bwd, or both."),
     device: str = _BENCH_DEVICE,
     warmup: int | None = _BENCH_WARMUP,

@@ -18,5 +18,6 @@ def gpu_or(gpu, smoke):
 
 
 def backends(*names: str) -> list[str]:
-    """`names` less Triton where there is no GPU (the interpreter's speed means nothing)."""
-    return [n for n in names if DEVICE.type == "cuda" or n != "triton"]
+    """`names` less Triton and FlexAttention where there is no GPU (the interpreter's speed means nothing, and
+    flex has no CPU backward)."""
+    return [n for n in names if DEVICE.type == "cuda" or n not in ("triton", "flex")]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU. Run from the repository root:
 #
-#   bash benchmarks/run_gpu.sh [kernels|tests|models|suites|maxbatch|tune|all]   (default: kernels)
+#   bash benchmarks/run_gpu.sh [kernels|tests|models|peers|suites|maxbatch|tune|all]   (default: kernels)
 #
 # kernels (the default) decides kernels/dispatch.json, in this order:
 #   1. benchmarks/check_tiles.py: every tile of every kernel for this GPU's family, run explicitly in bf16,
@@ -15,7 +15,10 @@
 #   4. benchmarks/dispatch_table.py: the new table, rows only where step 1 passed  → $OUT/dispatch.json
 # Then copy $OUT/dispatch.json to kernels/dispatch.json and $OUT/merged/<device>-<date>.json (every JSON of
 # the run) to benchmarks/results/, and commit both.
-# tests: the gpu-marked tests. models: `vitfast bench all` (whole models beside timm and open_clip).
+# tests: the gpu-marked tests. models: `vitfast bench all` (whole models beside timm and open_clip, and every
+# kernel sweep beside its peers). peers: the kernels beside what a user would run instead today, at the
+# training shapes: window attention beside FlexAttention and timm's WindowAttention, attention beside
+# FlexAttention, and the whole attention layer beside timm's Attention (flex compiles once per case, untimed).
 # suites: the pytest-benchmark suites. maxbatch: the CLIP loss's largest batch, up to 2^20. tune: opt-in
 # timing of every candidate attention tile at the sweep shapes (VITFAST_AUTOTUNE), winners and times
 # → $OUT/tuned_tiles.json, to fold into kernels/tiles.json by hand. all: every part but tune.
@@ -52,8 +55,8 @@
 set -uo pipefail
 part=${1:-kernels}
 case $part in
-  kernels | tests | models | suites | maxbatch | tune | all) ;;
-  *) echo "usage: bash benchmarks/run_gpu.sh [kernels|tests|models|suites|maxbatch|tune|all] (got '$part')" >&2
+  kernels | tests | models | peers | suites | maxbatch | tune | all) ;;
+  *) echo "usage: bash benchmarks/run_gpu.sh [kernels|tests|models|peers|suites|maxbatch|tune|all] (got '$part')" >&2
      exit 2 ;;
 esac
 out=${OUT:-benchmarks/results/latest}
@@ -151,6 +154,17 @@ print(p.name, f'sm_{p.major}{p.minor}', 'torch', torch.__version__, 'triton', tr
   if [[ $part == models || $part == all ]]; then
     # Every sweep at its GPU shapes (ViT-B/16, Swin-T, CLIP ViT-B/16 beside timm / open_clip), PNGs, summary.md.
     vitfast bench all --output "$work/all" || failures+=("bench all")
+  fi
+  if [[ $part == peers || $part == all ]]; then
+    vitfast bench window -b 64 --stages stage1,stage2,stage3,stage4 --dtype bf16 \
+      --backends triton,sdpa,flex,timm,eager --warmup 5 --rep 30 --json "$work/window_peers_bf16.json" \
+      || failures+=("the window peers")
+    vitfast bench attention -b 64 --heads 12 --head-dim 64 --dtype bf16 --seq-lens 197,257,577,1025 \
+      --backends triton,sdpa,flex --warmup 5 --rep 30 --json "$work/attention_peers_bf16.json" \
+      || failures+=("the attention peers")
+    vitfast bench attention --module -b 64 --heads 12 --head-dim 64 --dtype bf16 --seq-lens 197,257,577,1025 \
+      --backends triton,sdpa,flex,timm,eager --warmup 5 --rep 30 --json "$work/attention_module_peers_bf16.json" \
+      || failures+=("the attention-module peers")
   fi
   if [[ $part == suites || $part == all ]]; then
     if [[ ${#pytest_opts[@]} -eq 0 ]]; then

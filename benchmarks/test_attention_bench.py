@@ -1,5 +1,6 @@
-"""Attention forward and forward+backward: Triton against torch's SDPA at the ViT-B/16 training shape
-and a long-sequence head-dim-128 shape (the calls `vitfast bench attention` times)."""
+"""Attention forward and forward+backward: Triton against torch's SDPA and FlexAttention at the ViT-B/16
+training shape and a long-sequence head-dim-128 shape, and the whole attention layer at the ViT-B/16 shape
+beside timm's (the calls `vitfast bench attention` and `--module` time)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,12 @@ SHAPES = {"vitb16": gpu_or((64, 12, 197, 64), (1, 2, 33, 16)), "long_d128": gpu_
 
 
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
-@pytest.mark.parametrize("backend", backends("triton", "sdpa"))
+@pytest.mark.parametrize("backend", backends("triton", "sdpa", "flex"))
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_attention(run, shape, backend, mode):
     run(ab.make_call(backend, mode, SHAPES[shape], DTYPE, False, DEVICE))
+
+
+@pytest.mark.parametrize("backend", backends("triton", "sdpa", "flex", "timm"))
+def test_attention_module_fwd_bwd(run, backend):
+    run(ab.make_module_call(backend, "fwd+bwd", SHAPES["vitb16"], DTYPE, False, DEVICE))

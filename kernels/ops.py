@@ -197,8 +197,9 @@ def window_attention(qkv: torch.Tensor, bias_table: torch.Tensor, *, num_heads: 
             shift as given (timm's blocks fix them for the resolution they were built for).
         backend: one of vitfast.choices.ATTENTION_BACKENDS: "triton" (fused kernels, forward and
             backward; CUDA, or CPU under TRITON_INTERPRET=1), "sdpa" (torch's
-            scaled_dot_product_attention on the partitioned windows, with the bias and shift mask as
-            attn_mask: one (windows, heads, M, M) tensor, broadcast over the batch), "eager" (the
+            scaled_dot_product_attention on the partitioned windows folded into the heads dimension,
+            4-D so that its fused kernels apply, with the bias and shift mask as attn_mask: one
+            (1, windows·heads, M, M) tensor, broadcast over the batch), "eager" (the
             oracle in kernels/reference.py), or "auto" (Triton where the dispatch table has a measured
             row and the kernel passed its self-check, otherwise SDPA; see vitfast.kernels.dispatch).
         precision: as for `attention`: under autocast, qkv (and qkv_bias) run in the autocast dtype.
@@ -237,6 +238,8 @@ def window_attention(qkv: torch.Tensor, bias_table: torch.Tensor, *, num_heads: 
 
 def _window_sdpa(qkv: torch.Tensor, bias_table: torch.Tensor, scale: float | None, window: dict) -> torch.Tensor:
     q, k, v, bias, geometry = geo.window_partition_qkv(qkv, bias_table, **window)
+    # 4-D, windows folded into heads: SDPA takes a 5-D call to its math path, never its fused kernels.
+    q, k, v, bias = geo.fold_windows(q, k, v, bias)
     return geo.window_merge(F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale), geometry)
 
 

@@ -3,7 +3,8 @@ relative-position bias table was made for, and the shift mask's regions.
 
 Shared by the fused kernel's launcher (swin_attention.py), its oracle (reference.py), the Swin model
 and the benchmarks, so none of them imports another for it. The partition and merge below are the
-plain-PyTorch (materializing) form used by the eager and SDPA paths.
+plain-PyTorch (materializing) form used by the eager and SDPA paths (and the benchmarks' FlexAttention
+and timm peers).
 """
 
 from __future__ import annotations
@@ -41,10 +42,9 @@ def relative_position_index(win_h: int, win_w: int, table_window: tuple[int, int
     return (rel[0] + th - 1) * (2 * tw - 1) + (rel[1] + tw - 1)
 
 
-def shift_mask(height: int, width: int, window: tuple[int, int], shift: tuple[int, int],
-               mask_value: float = -100.0) -> torch.Tensor:
-    """(windows, M, M) additive mask of a shifted, padded height×width map: tokens of one window that
-    came from different regions of the un-shifted map may not attend to each other (timm's regions)."""
+def shift_regions(height: int, width: int, window: tuple[int, int], shift: tuple[int, int]) -> torch.Tensor:
+    """(windows, M) region of each token of a shifted, padded height×width map (timm's nine regions): two
+    tokens of one window in different regions were not neighbours in the un-shifted map."""
     (wh, ww), (sh, sw) = window, shift
     rows = torch.zeros(height, dtype=torch.long)
     cols = torch.zeros(width, dtype=torch.long)
@@ -53,7 +53,14 @@ def shift_mask(height: int, width: int, window: tuple[int, int], shift: tuple[in
     cols[width - ww:width - sw] = 1
     cols[width - sw:] = 2
     region = rows[:, None] * 3 + cols[None, :]
-    region = region.view(height // wh, wh, width // ww, ww).permute(0, 2, 1, 3).reshape(-1, wh * ww)
+    return region.view(height // wh, wh, width // ww, ww).permute(0, 2, 1, 3).reshape(-1, wh * ww)
+
+
+def shift_mask(height: int, width: int, window: tuple[int, int], shift: tuple[int, int],
+               mask_value: float = -100.0) -> torch.Tensor:
+    """(windows, M, M) additive mask of a shifted, padded height×width map: tokens of one window that
+    came from different regions of the un-shifted map may not attend to each other (timm's regions)."""
+    region = shift_regions(height, width, window, shift)
     differs = region[:, :, None] != region[:, None, :]
     return differs.float() * mask_value
 
@@ -106,16 +113,10 @@ def window_geometry(qkv: torch.Tensor, bias_table: torch.Tensor, window_size: in
     return WindowGeometry(B, H, W, (H + (-H) % wh, W + (-W) % ww), (wh, ww), shift, table_window)
 
 
-def window_partition_qkv(
-    qkv: torch.Tensor, bias_table: torch.Tensor, *, num_heads: int, window_size: int | tuple[int, int],
-    shift_size: int | tuple[int, int], qkv_bias: torch.Tensor | None = None, shrink_window: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, WindowGeometry]:
-    """Roll, pad and partition a (B, H, W, 3·C) projection as timm does (geometry: window_geometry).
-
-    Returns q, k, v of shape (B, windows, heads, M, head_dim); the additive bias + shift mask of
-    shape (windows, heads, M, M) (materialized: this is the oracle); and the geometry.
-    """
-    g = window_geometry(qkv, bias_table, window_size, shift_size, shrink_window)
+def partition_windows(qkv: torch.Tensor, g: WindowGeometry, num_heads: int,
+                      qkv_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Roll, pad and partition a (B, H, W, 3·C) projection as timm does, into q, k, v views of shape
+    (B, windows, heads, M, head_dim)."""
     B, H, W, C3 = qkv.shape
     C = C3 // 3
     (Hp, Wp), (wh, ww), (sh, sw) = g.padded, g.window, g.shift
@@ -126,21 +127,51 @@ def window_partition_qkv(
         padded = fill.to(qkv.dtype).expand(B, Hp, Wp, C3).clone()
         padded[:, :H, :W] = x
         x = padded
-    M, n_win = wh * ww, g.num_windows
     windows = x.view(B, Hp // wh, wh, Wp // ww, ww, C3).permute(0, 1, 3, 2, 4, 5)
-    q, k, v = windows.reshape(B, n_win, M, 3, num_heads, C // num_heads).permute(3, 0, 1, 4, 2, 5).unbind(0)
+    return windows.reshape(B, g.num_windows, wh * ww, 3, num_heads, C // num_heads).permute(3, 0, 1, 4, 2, 5).unbind(0)
+
+
+def window_bias(bias_table: torch.Tensor, g: WindowGeometry, dtype: torch.dtype) -> torch.Tensor:
+    """The additive bias + shift mask of every window and head, (windows, heads, M, M) in `dtype`: one for
+    the whole batch (materialized: this is the oracle's form)."""
+    (Hp, Wp), (wh, ww), (sh, sw) = g.padded, g.window, g.shift
+    M, heads = wh * ww, bias_table.shape[1]
     index = relative_position_index(wh, ww, g.table_window).to(bias_table.device)
-    bias = bias_table[index.view(-1)].view(M, M, num_heads).permute(2, 0, 1)  # heads, M, M
-    bias = bias.to(q.dtype).expand(n_win, num_heads, M, M)
+    bias = bias_table[index.view(-1)].view(M, M, heads).permute(2, 0, 1)  # heads, M, M
+    bias = bias.to(dtype).expand(g.num_windows, heads, M, M)
     if sh or sw:
-        mask = shift_mask(Hp, Wp, (wh, ww), (sh, sw)).to(device=q.device, dtype=q.dtype)
-        bias = bias + mask[:, None]
-    return q, k, v, bias, g
+        bias = bias + shift_mask(Hp, Wp, (wh, ww), (sh, sw)).to(device=bias.device, dtype=dtype)[:, None]
+    return bias
+
+
+def window_partition_qkv(
+    qkv: torch.Tensor, bias_table: torch.Tensor, *, num_heads: int, window_size: int | tuple[int, int],
+    shift_size: int | tuple[int, int], qkv_bias: torch.Tensor | None = None, shrink_window: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, WindowGeometry]:
+    """Roll, pad and partition a (B, H, W, 3·C) projection as timm does (geometry: window_geometry).
+
+    Returns q, k, v of shape (B, windows, heads, M, head_dim) (:func:`partition_windows`); the additive
+    bias + shift mask of shape (windows, heads, M, M) (:func:`window_bias`); and the geometry.
+    """
+    g = window_geometry(qkv, bias_table, window_size, shift_size, shrink_window)
+    q, k, v = partition_windows(qkv, g, num_heads, qkv_bias)
+    return q, k, v, window_bias(bias_table, g, q.dtype), g
+
+
+def fold_windows(*windows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each of `windows`' (…, windows, heads, M, X) tensors as (B, windows·heads, M, X): the windows ride in
+    the heads dimension, so q, k, v are plain 4-D (batch, heads, tokens, head_dim) tensors, the form SDPA's
+    fused kernels take (5-D inputs send it to its math path), and the (windows, heads, M, M) bias becomes
+    (1, windows·heads, M, M), broadcast over the batch as it stands. q, k, v are copied in the fold (the
+    partition's windows and heads are not adjacent in memory); the bias at most once, never per image."""
+    return tuple(t.reshape(-1 if t.dim() == 5 else 1, t.shape[-4] * t.shape[-3], *t.shape[-2:]) for t in windows)
 
 
 def window_merge(out: torch.Tensor, g: WindowGeometry) -> torch.Tensor:
-    """(B, windows, heads, M, head_dim) window outputs back to the (B, H, W, C) un-shifted map."""
+    """Window outputs, (B, windows, heads, M, head_dim) or folded (B, windows·heads, M, head_dim), back to
+    the (B, H, W, C) un-shifted map."""
     (Hp, Wp), (wh, ww), (sh, sw) = g.padded, g.window, g.shift
+    out = out.reshape(g.batch, g.num_windows, -1, wh * ww, out.shape[-1])
     C = out.shape[2] * out.shape[4]
     out = out.transpose(2, 3).reshape(g.batch, Hp // wh, Wp // ww, wh, ww, C).permute(0, 1, 3, 2, 4, 5)
     out = out.reshape(g.batch, Hp, Wp, C)[:, : g.height, : g.width]

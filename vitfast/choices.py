@@ -23,3 +23,11 @@ EXPORT_TARGETS = ("timm", "hf")
 # Benchmarks: what a kernel case times, and what a model case times.
 KERNEL_MODES = ("fwd", "fwd+bwd")
 MODEL_MODES = ("infer", "train")
+# Benchmarks only: the peers, what a user would run instead of vitfast today, timed beside its backends. They
+# are rows of a bench, never backends of a vitfast.kernels op. "flex": torch's FlexAttention, compiled; "timm":
+# timm's own attention modules on the same weights; "open_clip": open_clip's ClipLoss on the sweep's dtype,
+# "open_clip-amp" as its training loop calls it (float32 features under autocast to the sweep's 16-bit dtype).
+ATTENTION_PEERS = ("flex", "timm")
+WINDOW_PEERS = ("flex", "timm")
+CLIP_LOSS_PEERS = ("open_clip", "open_clip-amp")
+MODEL_PEERS = ("timm", "open_clip")  # `bench model --compare`: the whole model in the peer library

@@ -49,7 +49,7 @@ def test_plans_record_the_commands_parameters_in_order():
     cpu = torch.device("cpu")
     sweep = attention.plan(seq_lens=[17], device="cpu")
     assert list(sweep.params) == ["batch", "heads", "head_dim", "dtype", "seq_lens", "backends", "modes", "causal",
-                                  "device", "warmup", "rep"]
+                                  "module", "device", "warmup", "rep"]
     assert (sweep.params["batch"], sweep.params["dtype"], sweep.params["warmup"], sweep.params["rep"]) == (
         1, torch.float32, 1, 3)  # a CPU's defaults
     assert sweep.cases == 2 * 3 and sweep.detail == " (--dtype auto)"

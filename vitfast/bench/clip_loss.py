@@ -1,11 +1,17 @@
 """CLIP-loss benchmark (`vitfast bench clip-loss`): time, TFLOP/s and peak memory of each backend of
 `vitfast.kernels.clip_loss` across batch sizes N, and the largest batch each backend fits in memory.
 
-Backends: the three of `clip_loss` ("triton", "chunked", "eager") and "open_clip", which is
-``open_clip.loss.ClipLoss()`` itself, the baseline the issue's goal is stated against. open_clip is an
-optional package, so "open_clip" is offered whenever it is importable but left out of the default
-backends, which then run the same everywhere. It is called on the inputs as they are, without
-autocast: bf16 embeddings give bf16 logits, the smallest memory open_clip can use.
+Backends: the three of `clip_loss` ("triton", "chunked", "eager") and two peers, both
+``open_clip.loss.ClipLoss()`` itself, the baseline the issue's goal is stated against:
+
+- "open_clip" is called on the inputs as they are, without autocast: bf16 embeddings give bf16 logits,
+  the smallest memory open_clip can use.
+- "open_clip-amp" is fed as open_clip's training loop feeds it: float32 normalized features (what its
+  towers return under autocast) and the loss called under autocast to the sweep's 16-bit dtype. A
+  float32 sweep has no such path, and says so in the row.
+
+open_clip is an optional package (the GPU machines lack it), left out of the default backends, which
+then run the same everywhere; asked for where it is not installed, its rows say so.
 """
 
 from __future__ import annotations
@@ -21,13 +27,15 @@ import torch.nn.functional as F
 from vitfast.bench.harness import OUT_OF_MEMORY, TRITON_NEEDS_CUDA, defaults_for, peak_memory, run_guarded
 from vitfast.bench.sweep import (KernelRow, KernelSweep, check_sweep, kernel_call, kernel_fields, mode_flops,
                                  sweep_kernel)
-from vitfast.choices import AUTO, CLIP_LOSS_BACKENDS, KERNEL_MODES
+from vitfast.choices import AUTO, CLIP_LOSS_BACKENDS, CLIP_LOSS_PEERS, KERNEL_MODES
 from vitfast.kernels import clip_loss
 from vitfast.runtime import resolve_device, resolve_dtype
 
 MODES = KERNEL_MODES
 DEFAULT_BACKENDS = tuple(b for b in CLIP_LOSS_BACKENDS if b != AUTO)
-BACKENDS = DEFAULT_BACKENDS + ("open_clip",)
+BACKENDS = DEFAULT_BACKENDS + CLIP_LOSS_PEERS
+OPEN_CLIP_MISSING = "skipped: open_clip is not installed (pip install open_clip_torch)"
+AMP_NEEDS_16_BIT = "skipped: open_clip-amp is open_clip's autocast path: run a bf16 or fp16 sweep"
 DEFAULT_DIM = 512
 # exp(logit_scale) of a trained CLIP (open_clip clamps it there); a fixed value keeps every case alike.
 LOGIT_SCALE = 100.0
@@ -41,7 +49,8 @@ REACHED_CAP = "reached the cap: every N tried fit"
 
 FIELDS = kernel_fields(
     backend="triton (tiled kernels), chunked (the same passes in PyTorch, row chunks), eager (the full N×N "
-            "logits, as open_clip), open_clip (open_clip.loss.ClipLoss itself)",
+            "logits, as open_clip), open_clip (open_clip.loss.ClipLoss itself, on embeddings of the sweep's dtype), "
+            "open_clip-amp (ClipLoss on float32 embeddings under autocast to the sweep's dtype, as open_clip trains)",
     mode="fwd: the loss only, no autograd graph; fwd+bwd: the loss, then gradients of both embeddings and the "
          "logit scale",
     case=("batch", "batch size N (image-text pairs; embeddings are (N, D))"),
@@ -124,7 +133,7 @@ def bench_clip_loss(*, dtype: torch.dtype, batch_sizes: Sequence[int], device: t
                         warmup=warmup, rep=rep)
     return sweep_kernel(
         ClipBenchRow, modes=modes, cases=batch_sizes, backends=backends, device=device, warmup=warmup, rep=rep,
-        make_call=lambda backend, mode, n: make_call(backend, mode, *make_inputs(n, dim, dtype, device, mode)),
+        make_call=lambda backend, mode, n: make_case(backend, mode, n, dim, dtype, device),
         flops=lambda mode, n: clip_loss_flops(batch=n, dim=dim, mode=mode), on_row=on_row)
 
 
@@ -135,9 +144,9 @@ def measure_footprint(backend: str, mode: str, *, batch: int, dim: int, dtype: t
     Runs the call once (the first Triton call on a GPU also compiles). Raises what the call raises,
     e.g. torch.cuda.OutOfMemoryError.
     """
-    inputs = make_inputs(batch, dim, dtype, device, mode)
+    inputs = make_inputs(batch, dim, input_dtype(backend, dtype), device, mode)
     held = sum(t.numel() * t.element_size() for t in inputs)
-    return held + peak_memory(make_call(backend, mode, *inputs), device)
+    return held + peak_memory(make_call(backend, mode, *inputs, amp_dtype=dtype), device)
 
 
 def max_batch(backend: str, mode: str, dim: int, dtype: torch.dtype, device: torch.device,
@@ -196,9 +205,6 @@ def _check_backends(backends: Sequence[str], dim: int) -> None:
     if "triton" in backends and dim % 16:
         raise ValueError(f"backend triton needs an embedding dim that is a multiple of 16; got {dim}. "
                          f"Use e.g. {-(-dim // 16) * 16}, or leave triton out of the backends.")
-    if "open_clip" in backends and not open_clip_available():
-        raise ValueError("backend open_clip needs the open_clip package, which is not installed; "
-                         "pip install open_clip_torch, or leave open_clip out of the backends.")
 
 
 def validate_max_batch(*, backends: Sequence[str], modes: Sequence[str], dim: int, dtype: torch.dtype,
@@ -226,16 +232,43 @@ def make_inputs(batch: int, dim: int, dtype: torch.dtype, device: torch.device,
     return image, text, scale
 
 
-def make_call(backend: str, mode: str, image: torch.Tensor, text: torch.Tensor,
-              scale: torch.Tensor) -> Callable[[], None]:
-    """The call one case times: the loss on `make_inputs`' embeddings (and their gradients for fwd+bwd)."""
-    if backend == "open_clip":
+def input_dtype(backend: str, dtype: torch.dtype) -> torch.dtype:
+    """The embeddings' dtype in a `dtype` sweep: float32 for open_clip-amp (autocast makes the 16-bit copies),
+    else `dtype`."""
+    return torch.float32 if backend == "open_clip-amp" else dtype
+
+
+def make_case(backend: str, mode: str, batch: int, dim: int, dtype: torch.dtype,
+              device: torch.device) -> Callable[[], None]:
+    """The call one case of a `dtype` sweep times, on :func:`make_inputs`' embeddings (of :func:`input_dtype`)."""
+    return make_call(backend, mode, *make_inputs(batch, dim, input_dtype(backend, dtype), device, mode),
+                     amp_dtype=dtype)
+
+
+def make_call(backend: str, mode: str, image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor,
+              amp_dtype: torch.dtype | None = None) -> Callable[[], None]:
+    """The call one case times: the loss on `make_inputs`' embeddings (and their gradients for fwd+bwd);
+    open_clip-amp runs under autocast to `amp_dtype`. A peer that cannot run raises ValueError, the row's
+    status: open_clip not installed, open_clip-amp without a 16-bit `amp_dtype`."""
+    if backend in CLIP_LOSS_PEERS:
+        if not open_clip_available():
+            raise ValueError(OPEN_CLIP_MISSING)
+        if backend == "open_clip-amp" and amp_dtype not in (torch.bfloat16, torch.float16):
+            raise ValueError(AMP_NEEDS_16_BIT)
         from open_clip.loss import ClipLoss
 
         loss_fn: Callable[..., torch.Tensor] = ClipLoss()
     else:
         loss_fn = functools.partial(clip_loss, backend=backend)
-    return kernel_call(mode, lambda: loss_fn(image, text, scale), (image, text, scale))
+    if backend == "open_clip-amp":
+        def forward() -> torch.Tensor:
+            with torch.autocast(image.device.type, dtype=amp_dtype):
+                return loss_fn(image, text, scale)
+    else:
+        def forward() -> torch.Tensor:
+            return loss_fn(image, text, scale)
+
+    return kernel_call(mode, forward, (image, text, scale))
 
 
 def clip_sweep(params: dict[str, object], baselines: tuple[str, ...] | None = None,

@@ -1,4 +1,5 @@
-"""Every benchmark in one run (`vitfast bench all`): attention, window attention, CLIP loss and whole models.
+"""Every benchmark in one run (`vitfast bench all`): attention (the op, and the layer around it), window
+attention, CLIP loss and whole models, each backend beside the peers a user would pick instead.
 
 Each sweep writes ``<name>.json`` (rows, parameters, environment, field meanings: the format of the
 single-sweep commands' ``--json``) and ``<name>.png`` (speed against memory) into the output folder;
@@ -17,9 +18,9 @@ import torch
 from vitfast.bench import clip_loss, model, report
 from vitfast.bench.attention import DEFAULT_SEQ_LENS, attention_sweep
 from vitfast.bench.harness import defaults_for
-from vitfast.bench.sweep import KernelSweep
+from vitfast.bench.sweep import ATTENTION_IMPLS, KernelSweep
 from vitfast.bench.window import STAGES, window_sweep
-from vitfast.choices import AUTO, KERNEL_MODES, MODEL_MODES
+from vitfast.choices import ATTENTION_PEERS, AUTO, KERNEL_MODES, MODEL_MODES, WINDOW_PEERS
 from vitfast.runtime import DTYPES, resolve_dtype
 
 AnySweep = Union[KernelSweep, model.ModelSweep]
@@ -29,7 +30,10 @@ def plan(device: torch.device, quick: bool, dtype: str = AUTO) -> list[AnySweep]
     """The sweeps of `vitfast bench all` on `device`: the full GPU plan, or the short one with `quick`."""
     defaults = defaults_for(device)
     dtype = resolve_dtype(dtype, device)
-    clip_backends = [*clip_loss.DEFAULT_BACKENDS] + (["open_clip"] if clip_loss.open_clip_available() else [])
+    # Every backend beside the peers a user would pick instead (open_clip's loss only where it is installed, its
+    # autocast path only in a 16-bit run).
+    peers = ["open_clip"] + (["open_clip-amp"] if dtype != torch.float32 else [])
+    clip_backends = [*clip_loss.DEFAULT_BACKENDS] + (peers if clip_loss.open_clip_available() else [])
     if quick:
         attention = dict(batch=1, heads=4, head_dim=64, seq_lens=[64, 197])
         window = dict(batch=1, stages=["stage3", "stage4"])
@@ -45,10 +49,16 @@ def plan(device: torch.device, quick: bool, dtype: str = AUTO) -> list[AnySweep]
                   ("ViT-B-16", batch // 2, ["open_clip"])]
     common = dict(dtype=dtype, modes=list(KERNEL_MODES), device=device, warmup=defaults.warmup, rep=defaults.rep)
     amp = next(name for name, value in DTYPES.items() if value == dtype)
+    attention_title = f"B={attention['batch']} H={attention['heads']} D={attention['head_dim']}"
     sweeps: list[AnySweep] = [
-        attention_sweep({**attention, **common},
-                        title=f"attention B={attention['batch']} H={attention['heads']} D={attention['head_dim']}"),
-        window_sweep({**window, **common}, title=f"window attention B={window['batch']} window 7 shift 3"),
+        attention_sweep({**attention, **common, "backends": [*ATTENTION_IMPLS, "flex"]},
+                        title=f"attention {attention_title}"),
+        # The layer around it, where the layout costs live, beside timm's Attention: at ViT's lengths.
+        attention_sweep({**attention, **common, "seq_lens": [n for n in attention["seq_lens"] if n <= 1025],
+                         "backends": [*ATTENTION_IMPLS, *ATTENTION_PEERS], "module": True},
+                        title=f"attention module {attention_title}"),
+        window_sweep({**window, **common, "backends": [*ATTENTION_IMPLS, *WINDOW_PEERS]},
+                     title=f"window attention B={window['batch']} window 7 shift 3"),
         # Read against open_clip's loss where it ran, else against the N×N logits it also materializes.
         clip_loss.clip_sweep({**clip, **common, "backends": clip_backends}, baselines=("open_clip", "eager"),
                              title=f"clip loss D={clip['dim']}"),

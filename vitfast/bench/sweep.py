@@ -3,7 +3,9 @@ yields, and :class:`Sweep`, a benchmark with every argument settled, as the comm
 
 A kernel benchmark (attention, window attention, CLIP loss) is then only its cases, its call and its
 FLOP count, handed to :func:`sweep_kernel`; a case that cannot run (Triton without CUDA, out of
-memory, an unsupported shape) is a row whose ``status`` says why, so one failure never ends a sweep.
+memory, an unsupported shape, FlexAttention's backward on a CPU) is a row whose ``status`` says why,
+so one failure never ends a sweep. :func:`compiled_flex` is the FlexAttention the attention benchmarks
+both time as a peer.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, ClassVar, Iterable, Mapping, Sequence, TypeVar
 
 import torch
+from torch.nn.attention.flex_attention import flex_attention
 
 from vitfast.bench import report
 from vitfast.bench.harness import TRITON_NEEDS_CUDA, run_guarded, time_and_peak
@@ -25,6 +28,9 @@ ATTENTION_IMPLS = tuple(b for b in ATTENTION_BACKENDS if b != AUTO)
 # Attention's backward does 2.5× its forward's matmul work (five N×N·D products against two); window
 # attention is the same computation per window.
 ATTENTION_BACKWARD_FLOP_RATIO = 2.5
+
+# The row of a FlexAttention case that cannot run: torch's flex_attention has no backward on a CPU.
+FLEX_BACKWARD_NEEDS_CUDA = "skipped: FlexAttention has no backward on a CPU (torch's flex_attention refuses it)"
 
 C = TypeVar("C")
 B = TypeVar("B")
@@ -150,6 +156,18 @@ def kernel_call(mode: str, forward: Callable[[], torch.Tensor], leaves: Sequence
         torch.autograd.grad(forward(), leaves, grad)
 
     return fwd_bwd
+
+
+def compiled_flex(mode: str, device: torch.device) -> Callable[..., torch.Tensor]:
+    """``torch.compile(flex_attention)``, the way FlexAttention is meant to run (uncompiled, it materializes the
+    scores), for one case of the "flex" peer: the first call compiles (a warm-up call, untimed). Compiled afresh
+    (``torch.compiler.reset()`` first), as in a new process, so a sweep's many shapes never pass dynamo's
+    recompile limit, past which flex would quietly run uncompiled. Raises ValueError, which becomes the row's
+    status, for fwd+bwd on a CPU."""
+    if mode == "fwd+bwd" and device.type != "cuda":
+        raise ValueError(FLEX_BACKWARD_NEEDS_CUDA)
+    torch.compiler.reset()
+    return torch.compile(flex_attention, dynamic=False)
 
 
 def check_sweep(*, counts: Mapping[str, int], dtype: torch.dtype,
