@@ -3,21 +3,28 @@ Function and the Triton backend's entry point (the public op `vitfast.kernels.wi
 its SDPA and eager backends, is in ops.py).
 
 Every Triton program reads q, k, v straight from the (B, H, W, 3·C) projection: it works out where
-each window token sits in the un-shifted map (roll, padding and partition are address arithmetic),
-gathers the relative-position bias from the table, derives the shift mask from region ids, and
-writes its rows back to the un-shifted layout. No rolled or partitioned copy, and no bias or mask
-tensor of size windows×M×M, exists in memory.
+each window token sits in the un-shifted map (roll, padding and partition are address arithmetic)
+and writes its rows back to the un-shifted layout. What a window adds to its scores (relative-position
+bias, shift mask, −inf past the window's last token) depends only on the head and on whether the
+window is in the last row and/or column of windows, so one small launch per call gathers it from the
+table into (kinds, heads, L, L) floats (kinds: 1 unshifted, 4 shifted; L: the window's tokens rounded
+up to whole tiles), which the kernels read as contiguous tiles. No rolled or partitioned copy, and no
+bias or mask tensor of size windows×M×M, exists in memory.
 
-- Forward: one program per (batch, window, head, block of query rows); online softmax in base 2.
-  It saves the row log-sum-exp (B·windows·heads·M floats) for the backward.
+- Forward: one program per (batch, window, block of query rows, group of heads); it walks its heads
+  one after another (all of a window's heads unless that leaves the GPU short of programs), so the
+  token geometry is worked out once and, with num_stages ≥ 2, the next head's q, k, v (neighbouring
+  channels of the same token rows) load while this one computes. Online softmax in base 2; it saves
+  the row log-sum-exp (B·windows·heads·M floats) for the backward.
 - Backward: one program per (head, chunk of (image, window) items); for each item it recomputes
   the window's scores, writes dq, dk, dv into dqkv, and adds dS (the bias gradient) to a sum held
-  in registers. The per-program sums (about four programs per SM, so their memory does not grow
-  with batch or map size) are added in a fixed order and folded into the table's rows by diagonal
-  sums (tensor ops on the GPU, no index tensor, no host work), so the backward is deterministic (no
-  atomics). Windows larger than one 64-token tile (window 12)
-  take the same path tile by tile, accumulating dq and the bias sum through a per-program fp32
-  scratch.
+  in registers. Windows of one 64-token tile (window ≤ 8) run with four warps, so two programs share
+  an SM, and three pipeline stages: Triton's pipeliner copies item i+1's tiles into shared memory
+  (cp.async) while item i computes. The per-program sums (about four programs per SM, so their
+  memory does not grow with batch or map size) are added in a fixed order and folded into the
+  table's rows by diagonal sums (tensor ops on the GPU, no index tensor, no host work), so the
+  backward is deterministic (no atomics). Windows larger than one 64-token tile (window 12) take the
+  same path tile by tile, accumulating dq and the bias sum through a per-program fp32 scratch.
 - Padded tokens (maps not a multiple of the window) are the projection's bias `qkv_bias`, as in
   timm, which pads before the projection; their dk, dv flow to `qkv_bias`'s gradient.
 
@@ -69,6 +76,13 @@ def _window_tokens(win_y, win_x, start, H, W, sh, sw, WH: tl.constexpr, WW: tl.c
 
 
 @triton.jit
+def _token_rows(win_y, win_x, start, H, W, sh, sw, WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr):
+    """_window_tokens' window index t, un-shifted source (oy, ox), in_window and real."""
+    t, _, _, _, _, oy, ox, in_window, real = _window_tokens(win_y, win_x, start, H, W, sh, sw, WH, WW, BLOCK)
+    return t, oy, ox, in_window, real
+
+
+@triton.jit
 def _map_ptrs(base, oy, ox, channel, stride_h, stride_w, stride_c):
     """Pointers to a (tokens, channels) tile of a channels-last map."""
     return (base + tl.cast(oy, tl.int64)[:, None] * stride_h + tl.cast(ox, tl.int64)[:, None] * stride_w
@@ -76,16 +90,19 @@ def _map_ptrs(base, oy, ox, channel, stride_h, stride_w, stride_c):
 
 
 @triton.jit
-def _load_part(qkv_base, qkv_bias, oy, ox, real, offs_d, part_offset, stride_h, stride_w, stride_c,
+def _load_part(qkv_base, qkv_bias, oy, ox, in_window, real, offs_d, part_offset, stride_h, stride_w, stride_c,
                HEAD_DIM: tl.constexpr, HAS_QKV_BIAS: tl.constexpr):
-    """q, k or v rows (BLOCK, BLOCK_D) of real tokens; padded tokens get the projection's bias."""
+    """q, k or v rows (BLOCK, BLOCK_D) of the window's tokens. Padded tokens read the projection's bias
+    `qkv_bias` (timm pads before the projection) through a select of pointers, not of values: the
+    tile goes from memory to the matmul untouched (for the pipeliner, straight into shared memory)."""
     d_ok = offs_d < HEAD_DIM
     ptrs = _map_ptrs(qkv_base, oy, ox, part_offset + offs_d, stride_h, stride_w, stride_c)
-    x = tl.load(ptrs, mask=real[:, None] & d_ok[None, :], other=0.0)
     if HAS_QKV_BIAS:
-        b = tl.load(qkv_bias + part_offset + offs_d, mask=d_ok, other=0.0)
-        x = tl.where(real[:, None], x, b[None, :].to(x.dtype))
-    return x
+        ptrs = tl.where(real[:, None], ptrs, qkv_bias + part_offset + offs_d[None, :])
+        mask = in_window[:, None] & d_ok[None, :]
+    else:
+        mask = real[:, None] & d_ok[None, :]
+    return tl.load(ptrs, mask=mask, other=0.0)
 
 
 @triton.jit
@@ -120,13 +137,56 @@ def _shift_mask(qpy, qpx, kpy, kpx, Hp, Wp, sh, sw, WH: tl.constexpr, WW: tl.con
 
 
 @triton.jit
-def _score_bias(qy, qx, qpy, qpx, q_in, ky, kx, kpy, kpx, k_in, table, stride_t_row, stride_t_head, head,
-                TH, TW, Hp, Wp, sh, sw, WH: tl.constexpr, WW: tl.constexpr, HAS_SHIFT: tl.constexpr):
-    """Everything added to a (query tile, key tile) of scores, in base-2 units: bias, mask, −inf."""
-    add = _bias_tile(qy, qx, q_in, ky, kx, k_in, table, stride_t_row, stride_t_head, head, TH, TW)
+def _window_kind(win_y, win_x, n_win_x, n_win, HAS_SHIFT: tl.constexpr):
+    """Which of the score additions a window takes: 2·(last row of windows) + (last column). Only
+    the last row and column of a shifted map mix regions, so these four cover every window."""
     if HAS_SHIFT:
-        add += _shift_mask(qpy, qpx, kpy, kpx, Hp, Wp, sh, sw, WH, WW)
-    return add
+        kind = (win_y == n_win // n_win_x - 1).to(tl.int32) * 2 + (win_x == n_win_x - 1).to(tl.int32)
+    else:
+        kind = 0
+    return kind
+
+
+@triton.jit
+def _add_tile(ADD, kind, head, heads, i, j, BLOCK: tl.constexpr, TILES: tl.constexpr):
+    """Tile (i, j) of a window kind's score additions for one head: contiguous rows, no gather."""
+    L: tl.constexpr = TILES * BLOCK
+    rows = i * BLOCK + tl.arange(0, BLOCK)
+    cols = j * BLOCK + tl.arange(0, BLOCK)
+    base = ADD + (tl.cast(kind, tl.int64) * heads + head) * (L * L)
+    return tl.load(base + rows[:, None] * L + cols[None, :])
+
+
+# --------------------------------------------------------------------------------------------------
+# Score additions: bias, shift mask and −inf, per kind of window
+# --------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _score_add_kernel(
+    TABLE,  # ((2·TH−1)·(2·TW−1), heads) relative-position bias, any strides
+    ADD,  # (kinds, heads, L, L) fp32, L = TILES·BLOCK
+    stride_t_row, stride_t_head, heads, Hp, Wp, sh, sw, TH, TW,
+    WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr, TILES: tl.constexpr, HAS_SHIFT: tl.constexpr,
+):
+    # One program per (kind, head, query tile). A window of the kind: the last row (column) of
+    # windows, or the first.
+    pid = tl.program_id(0)
+    i = pid % TILES
+    rest = pid // TILES
+    head = rest % heads
+    kind = rest // heads
+    win_y = tl.where(kind // 2 == 1, Hp // WH - 1, 0)
+    win_x = tl.where(kind % 2 == 1, Wp // WW - 1, 0)
+    L: tl.constexpr = TILES * BLOCK
+    qt, qy, qx, qpy, qpx, _, _, q_in, _ = _window_tokens(win_y, win_x, i * BLOCK, Hp, Wp, sh, sw, WH, WW, BLOCK)
+    row_base = ADD + (tl.cast(kind, tl.int64) * heads + head) * (L * L) + qt[:, None] * L
+    for j in range(TILES):
+        kt, ky, kx, kpy, kpx, _, _, k_in, _ = _window_tokens(win_y, win_x, j * BLOCK, Hp, Wp, sh, sw, WH, WW, BLOCK)
+        add = _bias_tile(qy, qx, q_in, ky, kx, k_in, TABLE, stride_t_row, stride_t_head, head, TH, TW)
+        if HAS_SHIFT:
+            add += _shift_mask(qpy, qpx, kpy, kpx, Hp, Wp, sh, sw, WH, WW)
+        tl.store(row_base + kt[None, :], add)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -138,62 +198,61 @@ def _score_bias(qy, qx, qpy, qpx, q_in, ky, kx, kpy, kpx, k_in, table, stride_t_
 def _window_attn_fwd_kernel(
     QKV,  # (B, H, W, 3·C), any strides
     QKV_BIAS,  # (3·C,) or a dummy pointer when HAS_QKV_BIAS is False
-    TABLE,  # ((2·TH−1)·(2·TW−1), heads) relative-position bias, any strides
+    ADD,  # (kinds, heads, L, L) fp32 from _score_add_kernel
     OUT,  # (B, H, W, C), any strides
     LSE,  # (B, windows, heads, M) fp32, base-2 log-sum-exp of the scaled scores
     stride_b, stride_h, stride_w, stride_c,
     stride_ob, stride_oh, stride_ow, stride_oc,
-    stride_t_row, stride_t_head,
-    H, W, C, heads, n_win_x, n_win, Hp, Wp, sh, sw, TH, TW, scale_log2,
-    WH: tl.constexpr, WW: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_QKV_BIAS: tl.constexpr,
-    PRECISION: tl.constexpr,
+    H, W, C, heads, heads_per_program, head_groups, n_win_x, n_win, sh, sw, scale_log2,
+    WH: tl.constexpr, WW: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr,
+    TILES: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_QKV_BIAS: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    # Flat grid, query blocks fastest, then heads, windows, batch.
+    # Flat grid, query tiles fastest, then groups of heads, windows, batch.
     pid = tl.program_id(0)
-    num_m = tl.cdiv(WH * WW, BLOCK_M)
-    m_block = pid % num_m
-    rest = pid // num_m
-    head = rest % heads
-    rest = rest // heads
+    i = pid % TILES
+    rest = pid // TILES
+    group = rest % head_groups
+    rest = rest // head_groups
     win = rest % n_win
     b = rest // n_win
     win_y = win // n_win_x
     win_x = win % n_win_x
+    kind = _window_kind(win_y, win_x, n_win_x, n_win, HAS_SHIFT)
+    head_start = group * heads_per_program
+    head_end = tl.minimum(head_start + heads_per_program, heads)
 
     offs_d = tl.arange(0, BLOCK_D)
     qkv_base = QKV + tl.cast(b, tl.int64) * stride_b
-    head_c = head * HEAD_DIM
-    qt, qy, qx, qpy, qpx, qoy, qox, q_in, q_real = _window_tokens(win_y, win_x, m_block * BLOCK_M, H, W, sh, sw,
-                                                                  WH, WW, BLOCK_M)
-    q = _load_part(qkv_base, QKV_BIAS, qoy, qox, q_real, offs_d, head_c, stride_h, stride_w, stride_c,
-                   HEAD_DIM, HAS_QKV_BIAS)
-
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for start_n in range(0, WH * WW, BLOCK_N):
-        kt, ky, kx, kpy, kpx, koy, kox, k_in, k_real = _window_tokens(win_y, win_x, start_n, H, W, sh, sw,
-                                                                      WH, WW, BLOCK_N)
-        k = _load_part(qkv_base, QKV_BIAS, koy, kox, k_real, offs_d, C + head_c, stride_h, stride_w,
-                       stride_c, HEAD_DIM, HAS_QKV_BIAS)
-        v = _load_part(qkv_base, QKV_BIAS, koy, kox, k_real, offs_d, 2 * C + head_c, stride_h, stride_w,
-                       stride_c, HEAD_DIM, HAS_QKV_BIAS)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
-        s += _score_bias(qy, qx, qpy, qpx, q_in, ky, kx, kpy, kpx, k_in, TABLE, stride_t_row, stride_t_head,
-                         head, TH, TW, Hp, Wp, sh, sw, WH, WW, HAS_SHIFT)
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
-        m_i = m_new
-
-    acc = acc / l_i[:, None]
-    _store_rows(OUT + tl.cast(b, tl.int64) * stride_ob, qoy, qox, q_real, offs_d, head_c, acc,
-                stride_oh, stride_ow, stride_oc, HEAD_DIM)
-    lse_row = ((tl.cast(b, tl.int64) * n_win + win) * heads + head) * (WH * WW)
-    tl.store(LSE + lse_row + qt, m_i + tl.math.log2(l_i), mask=q_in)
+    out_base = OUT + tl.cast(b, tl.int64) * stride_ob
+    qt, qoy, qox, q_in, q_real = _token_rows(win_y, win_x, i * BLOCK, H, W, sh, sw, WH, WW, BLOCK)
+    # The heads of the window one after another: the token geometry is worked out once, and (with
+    # num_stages ≥ 2) the next head's q, k, v, the neighbouring channels of the same token rows,
+    # load while this one computes.
+    for head in range(head_start, head_end):
+        head_c = head * HEAD_DIM
+        q = _load_part(qkv_base, QKV_BIAS, qoy, qox, q_in, q_real, offs_d, head_c, stride_h, stride_w, stride_c,
+                       HEAD_DIM, HAS_QKV_BIAS)
+        acc = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
+        m_i = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK], dtype=tl.float32)
+        for j in range(TILES):
+            kt, koy, kox, k_in, k_real = _token_rows(win_y, win_x, j * BLOCK, H, W, sh, sw, WH, WW, BLOCK)
+            k = _load_part(qkv_base, QKV_BIAS, koy, kox, k_in, k_real, offs_d, C + head_c, stride_h, stride_w,
+                           stride_c, HEAD_DIM, HAS_QKV_BIAS)
+            v = _load_part(qkv_base, QKV_BIAS, koy, kox, k_in, k_real, offs_d, 2 * C + head_c, stride_h, stride_w,
+                           stride_c, HEAD_DIM, HAS_QKV_BIAS)
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
+            s += _add_tile(ADD, kind, head, heads, i, j, BLOCK, TILES)
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            p = tl.math.exp2(s - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
+            m_i = m_new
+        _store_rows(out_base, qoy, qox, q_real, offs_d, head_c, acc / l_i[:, None], stride_oh, stride_ow, stride_oc,
+                    HEAD_DIM)
+        lse_row = ((tl.cast(b, tl.int64) * n_win + win) * heads + head) * (WH * WW)
+        tl.store(LSE + lse_row + qt, m_i + tl.math.log2(l_i), mask=q_in)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -202,11 +261,12 @@ def _window_attn_fwd_kernel(
 
 
 @triton.jit
-def _bwd_tile(q, k, v, do, lse, delta, add, pair_ok, scale_log2, PRECISION: tl.constexpr):
-    """One (query tile, key tile) of the backward: the probabilities P and dS = P∘(dP − delta), the
-    gradient of the scores in natural units (before the scale; it is also the bias gradient)."""
-    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2 + add
-    p = tl.where(pair_ok, tl.math.exp2(s - lse[:, None]), 0.0)
+def _bwd_tile(s, v, do, lse, delta, PRECISION: tl.constexpr):
+    """One (query tile, key tile) of the backward from its scores in base-2 units (additions
+    included): the probabilities P and dS = P∘(dP − delta), the gradient of the scores in natural
+    units (before the scale; it is also the bias gradient). Keys outside the window score −inf and
+    queries outside it have lse = +inf, so both get P = 0."""
+    p = tl.math.exp2(s - lse[:, None])
     dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
     ds = p * (dp - delta[:, None])
     return p, ds
@@ -216,10 +276,10 @@ def _bwd_tile(q, k, v, do, lse, delta, add, pair_ok, scale_log2, PRECISION: tl.c
 def _load_rows(qkv_base, out_base, do_base, LSE, QKV_BIAS, lse_row, t, oy, ox, in_window, real, offs_d, head_c,
                stride_h, stride_w, stride_c, stride_oh, stride_ow, stride_oc, stride_dh, stride_dw, stride_dc,
                HEAD_DIM: tl.constexpr, HAS_QKV_BIAS: tl.constexpr):
-    """A query tile's q, dO, the row LSE and delta = rowsum(dO∘O). Padded rows have dO = 0: the
-    window reverse crops them, so they pass no gradient on."""
+    """A query tile's q, dO, the row LSE (+inf outside the window) and delta = rowsum(dO∘O). Padded
+    rows have dO = 0: the window reverse crops them, so they pass no gradient on."""
     d_ok = offs_d < HEAD_DIM
-    q = _load_part(qkv_base, QKV_BIAS, oy, ox, real, offs_d, head_c, stride_h, stride_w, stride_c,
+    q = _load_part(qkv_base, QKV_BIAS, oy, ox, in_window, real, offs_d, head_c, stride_h, stride_w, stride_c,
                    HEAD_DIM, HAS_QKV_BIAS)
     row_mask = real[:, None] & d_ok[None, :]
     do = tl.load(_map_ptrs(do_base, oy, ox, head_c + offs_d, stride_dh, stride_dw, stride_dc), mask=row_mask,
@@ -227,7 +287,7 @@ def _load_rows(qkv_base, out_base, do_base, LSE, QKV_BIAS, lse_row, t, oy, ox, i
     o = tl.load(_map_ptrs(out_base, oy, ox, head_c + offs_d, stride_oh, stride_ow, stride_oc), mask=row_mask,
                 other=0.0)
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
-    lse = tl.load(LSE + lse_row + t, mask=in_window, other=0.0)
+    lse = tl.load(LSE + lse_row + t, mask=in_window, other=float("inf"))
     return q, do.to(q.dtype), lse, delta
 
 
@@ -235,7 +295,7 @@ def _load_rows(qkv_base, out_base, do_base, LSE, QKV_BIAS, lse_row, t, oy, ox, i
 def _window_attn_bwd_kernel(
     QKV,  # (B, H, W, 3·C), any strides
     QKV_BIAS,  # (3·C,) or a dummy pointer when HAS_QKV_BIAS is False
-    TABLE,  # ((2·TH−1)·(2·TW−1), heads), any strides
+    ADD,  # (kinds, heads, L, L) fp32 from _score_add_kernel
     OUT,  # (B, H, W, C) the forward's output, any strides
     DOUT,  # (B, H, W, C), any strides
     LSE,  # (B, windows, heads, M) fp32 from the forward
@@ -247,8 +307,7 @@ def _window_attn_bwd_kernel(
     stride_ob, stride_oh, stride_ow, stride_oc,
     stride_db, stride_dh, stride_dw, stride_dc,
     stride_gb, stride_gh, stride_gw, stride_gc,
-    stride_t_row, stride_t_head,
-    items, items_per_chunk, H, W, C, heads, n_win_x, n_win, Hp, Wp, sh, sw, TH, TW, scale, scale_log2,
+    items, items_per_chunk, H, W, C, heads, n_win_x, n_win, sh, sw, scale, scale_log2,
     WH: tl.constexpr, WW: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr,
     TILES: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_QKV_BIAS: tl.constexpr, HAS_PAD: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -271,20 +330,18 @@ def _window_attn_bwd_kernel(
     pad_v = tl.zeros([BLOCK_D], dtype=tl.float32)
 
     if TILES == 1:
-        # The whole window is one tile (window ≤ 8): its bias is gathered once, and the bias gradient
-        # is summed over the items in registers.
-        t, ty, tx, _, _, _, _, t_in, _ = _window_tokens(0, 0, 0, H, W, sh, sw, WH, WW, BLOCK)
-        bias = _bias_tile(ty, tx, t_in, ty, tx, t_in, TABLE, stride_t_row, stride_t_head, head, TH, TW)
-        pair_ok = t_in[:, None] & t_in[None, :]
+        # The whole window is one tile (window ≤ 8): the bias gradient is summed over the items in
+        # registers. The loop body only loads, computes, stores and adds to sums, so Triton's
+        # pipeliner (num_stages = 3: two buffers) loads item i+1's q, k, v, dO, O, LSE and additions
+        # into shared memory (cp.async) while item i computes. The additions are reloaded per item
+        # (from L2, a few kinds per head) rather than held: 32 more registers per thread at four
+        # warps would spill.
+        t, _, _, t_in, _ = _token_rows(0, 0, 0, H, W, sh, sw, WH, WW, BLOCK)
         dbias = tl.zeros([BLOCK, BLOCK], dtype=tl.float32)
         for item in range(item_start, item_end):
             b = item // n_win
             win = item % n_win
-            t, ty, tx, py, px, oy, ox, t_in, real = _window_tokens(win // n_win_x, win % n_win_x, 0, H, W, sh, sw,
-                                                                   WH, WW, BLOCK)
-            add = bias
-            if HAS_SHIFT:
-                add += _shift_mask(py, px, py, px, Hp, Wp, sh, sw, WH, WW)
+            _, oy, ox, _, real = _token_rows(win // n_win_x, win % n_win_x, 0, H, W, sh, sw, WH, WW, BLOCK)
             qkv_base = QKV + tl.cast(b, tl.int64) * stride_b
             lse_row = (tl.cast(item, tl.int64) * heads + head) * M
             q, do, lse, delta = _load_rows(qkv_base, OUT + tl.cast(b, tl.int64) * stride_ob,
@@ -292,11 +349,14 @@ def _window_attn_bwd_kernel(
                                            oy, ox, t_in, real, offs_d, head_c, stride_h, stride_w, stride_c,
                                            stride_oh, stride_ow, stride_oc, stride_dh, stride_dw, stride_dc,
                                            HEAD_DIM, HAS_QKV_BIAS)
-            k = _load_part(qkv_base, QKV_BIAS, oy, ox, real, offs_d, C + head_c, stride_h, stride_w, stride_c,
+            k = _load_part(qkv_base, QKV_BIAS, oy, ox, t_in, real, offs_d, C + head_c, stride_h, stride_w, stride_c,
                            HEAD_DIM, HAS_QKV_BIAS)
-            v = _load_part(qkv_base, QKV_BIAS, oy, ox, real, offs_d, 2 * C + head_c, stride_h, stride_w,
+            v = _load_part(qkv_base, QKV_BIAS, oy, ox, t_in, real, offs_d, 2 * C + head_c, stride_h, stride_w,
                            stride_c, HEAD_DIM, HAS_QKV_BIAS)
-            p, ds = _bwd_tile(q, k, v, do, lse, delta, add, pair_ok, scale_log2, PRECISION)
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
+            s += _add_tile(ADD, _window_kind(win // n_win_x, win % n_win_x, n_win_x, n_win, HAS_SHIFT), head, heads,
+                           0, 0, BLOCK, TILES)
+            p, ds = _bwd_tile(s, v, do, lse, delta, PRECISION)
             dbias += ds
             dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
             ds16 = ds.to(q.dtype)
@@ -309,7 +369,7 @@ def _window_attn_bwd_kernel(
             if HAS_PAD:
                 pad_k += _padded_sum(dk, t_in, real)
                 pad_v += _padded_sum(dv, t_in, real)
-        tl.store(dbias_base + t[:, None] * M + t[None, :], dbias, mask=pair_ok)
+        tl.store(dbias_base + t[:, None] * M + t[None, :], dbias, mask=t_in[:, None] & t_in[None, :])
     else:
         # Tile by tile (window 12: 144 tokens in three tiles). Per item: key tiles outer with dk, dv in
         # registers, query tiles inner; dq and the bias sum go through fp32 scratch, which only this
@@ -320,32 +380,30 @@ def _window_attn_bwd_kernel(
             b = item // n_win
             win_y = (item % n_win) // n_win_x
             win_x = (item % n_win) % n_win_x
+            kind = _window_kind(win_y, win_x, n_win_x, n_win, HAS_SHIFT)
             qkv_base = QKV + tl.cast(b, tl.int64) * stride_b
             out_base = OUT + tl.cast(b, tl.int64) * stride_ob
             do_base = DOUT + tl.cast(b, tl.int64) * stride_db
             g_base = DQKV + tl.cast(b, tl.int64) * stride_gb
             lse_row = (tl.cast(item, tl.int64) * heads + head) * M
             for j in range(TILES):
-                kt, ky, kx, kpy, kpx, koy, kox, k_in, k_real = _window_tokens(win_y, win_x, j * BLOCK, H, W, sh, sw,
-                                                                              WH, WW, BLOCK)
-                k = _load_part(qkv_base, QKV_BIAS, koy, kox, k_real, offs_d, C + head_c, stride_h, stride_w,
+                kt, koy, kox, k_in, k_real = _token_rows(win_y, win_x, j * BLOCK, H, W, sh, sw, WH, WW, BLOCK)
+                k = _load_part(qkv_base, QKV_BIAS, koy, kox, k_in, k_real, offs_d, C + head_c, stride_h, stride_w,
                                stride_c, HEAD_DIM, HAS_QKV_BIAS)
-                v = _load_part(qkv_base, QKV_BIAS, koy, kox, k_real, offs_d, 2 * C + head_c, stride_h, stride_w,
-                               stride_c, HEAD_DIM, HAS_QKV_BIAS)
+                v = _load_part(qkv_base, QKV_BIAS, koy, kox, k_in, k_real, offs_d, 2 * C + head_c, stride_h,
+                               stride_w, stride_c, HEAD_DIM, HAS_QKV_BIAS)
                 dk = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
                 dv = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
                 tl.debug_barrier()
                 for i in range(TILES):
-                    qt, qy, qx, qpy, qpx, qoy, qox, q_in, q_real = _window_tokens(win_y, win_x, i * BLOCK, H, W,
-                                                                                  sh, sw, WH, WW, BLOCK)
+                    qt, qoy, qox, q_in, q_real = _token_rows(win_y, win_x, i * BLOCK, H, W, sh, sw, WH, WW, BLOCK)
                     q, do, lse, delta = _load_rows(qkv_base, out_base, do_base, LSE, QKV_BIAS, lse_row, qt,
                                                    qoy, qox, q_in, q_real, offs_d, head_c, stride_h, stride_w,
                                                    stride_c, stride_oh, stride_ow, stride_oc, stride_dh,
                                                    stride_dw, stride_dc, HEAD_DIM, HAS_QKV_BIAS)
-                    add = _score_bias(qy, qx, qpy, qpx, q_in, ky, kx, kpy, kpx, k_in, TABLE, stride_t_row,
-                                      stride_t_head, head, TH, TW, Hp, Wp, sh, sw, WH, WW, HAS_SHIFT)
-                    pair_ok = q_in[:, None] & k_in[None, :]
-                    p, ds = _bwd_tile(q, k, v, do, lse, delta, add, pair_ok, scale_log2, PRECISION)
+                    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
+                    s += _add_tile(ADD, kind, head, heads, i, j, BLOCK, TILES)
+                    p, ds = _bwd_tile(s, v, do, lse, delta, PRECISION)
                     dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv, input_precision=PRECISION)
                     ds16 = ds.to(q.dtype)
                     dk = tl.dot(tl.trans(ds16), q, dk, input_precision=PRECISION)
@@ -356,6 +414,7 @@ def _window_attn_bwd_kernel(
                         dq += tl.load(dq_ptrs)
                     tl.store(dq_ptrs, dq)
                     db_ptrs = dbias_base + qt[:, None] * M + kt[None, :]
+                    pair_ok = q_in[:, None] & k_in[None, :]
                     if item > item_start:
                         ds += tl.load(db_ptrs, mask=pair_ok, other=0.0)
                     tl.store(db_ptrs, ds, mask=pair_ok)
@@ -369,8 +428,7 @@ def _window_attn_bwd_kernel(
                     pad_v += _padded_sum(dv, k_in, k_real)
             tl.debug_barrier()
             for i in range(TILES):
-                qt, qy, qx, qpy, qpx, qoy, qox, q_in, q_real = _window_tokens(win_y, win_x, i * BLOCK, H, W, sh, sw,
-                                                                              WH, WW, BLOCK)
+                qt, qoy, qox, q_in, q_real = _token_rows(win_y, win_x, i * BLOCK, H, W, sh, sw, WH, WW, BLOCK)
                 dq = tl.load(dq_base + (i * BLOCK + rows)[:, None] * BLOCK_D + offs_d[None, :]) * scale
                 _store_rows(g_base, qoy, qox, q_real, offs_d, head_c, dq, stride_gh, stride_gw, stride_gc, HEAD_DIM)
     if HAS_PAD:
@@ -385,13 +443,18 @@ def _window_attn_bwd_kernel(
 # --------------------------------------------------------------------------------------------------
 
 # Tiles (kernels/tiles.json) are mostly 64 tokens square: a 7×7 window (49 tokens) is one tile, a 12×12
-# window (144) three. M = 64 keeps every dot on wgmma on sm_90. Eight warps: the backward holds the
-# window's bias, its summed gradient and five 64×64 products at once, and with four warps it spills. A
-# one-tile forward has no key loop to pipeline, so it takes one stage. float32 is tabled up to head dim
-# 64 (wider float32 tiles of the backward overflow sm_80's shared memory); on the 99 KiB family, float32
-# above head dim 32 takes 32-token tiles (the multi-tile path) to fit.
+# window (144) three. M = 64 keeps every dot on wgmma on sm_90. Swin's own case (one tile, head dim 32,
+# 16-bit) takes four warps: two or more programs per SM, where eight warps at the ~240 registers the
+# backward needs would fit one. Its backward takes three stages (two buffers: the next item loads while
+# this one computes; the 100 KiB sm_86 family fits two programs only with two stages), its forward
+# three on sm_80/sm_90 and two on sm_86. Other tiles keep eight warps: the backward holds the window's
+# summed bias gradient and several 64×64 products at once. float32 is tabled up to head dim 64 (wider
+# float32 tiles of the backward overflow sm_80's shared memory); on the 99 KiB family, float32 above head
+# dim 32 takes 32-token tiles (the multi-tile path) to fit.
 # Backward programs to aim for per streaming multiprocessor (each adds an M×M partial bias gradient).
 BWD_PROGRAMS_PER_SM = 4
+# Forward programs to aim for per multiprocessor before a window's heads are split over programs.
+FWD_PROGRAMS_PER_SM = 8
 
 # Allocation of tensors the kernels must fill completely; tests swap in a NaN-filling version.
 _empty = torch.empty
@@ -430,18 +493,43 @@ def _check_triton_inputs(qkv: torch.Tensor, bias_table: torch.Tensor, qkv_bias: 
                          f"got {tuple(qkv_bias.shape)}.")
 
 
-def _geometry_args(g: geo.WindowGeometry) -> tuple:
-    (Hp, Wp), (sh, sw), (th, tw) = g.padded, g.shift, g.table_window
-    return g.windows_per_row, g.num_windows, Hp, Wp, sh, sw, th, tw
+def _score_additions(bias_table: torch.Tensor, g: geo.WindowGeometry, num_heads: int, block: int,
+                     tiles: int) -> torch.Tensor:
+    """(kinds, heads, L, L) float32, L = tiles·block: what each kind of window (_window_kind; one kind
+    without a shift, four with) adds to its scores in base-2 units: the relative-position bias, the
+    shift mask, and −inf for keys outside the window. One launch, a few hundred KiB at Swin's sizes."""
+    (Hp, Wp), (sh, sw), (th, tw), (wh, ww) = g.padded, g.shift, g.table_window, g.window
+    kinds = 4 if sh or sw else 1
+    add = torch.empty((kinds, num_heads, tiles * block, tiles * block), dtype=torch.float32, device=bias_table.device)
+    _score_add_kernel[(kinds * num_heads * tiles,)](
+        bias_table, add, *bias_table.stride(), num_heads, Hp, Wp, sh, sw, th, tw,
+        WH=wh, WW=ww, BLOCK=block, TILES=tiles, HAS_SHIFT=kinds > 1, num_warps=4,
+    )
+    return add
 
 
 def _tile(kernel: str, qkv: torch.Tensor, head_dim: int, window_tokens: int) -> tables.TileConfig:
     return tables.required_tile(kernel, arch.device_family(qkv.device), qkv.dtype, head_dim, window_tokens)
 
 
+def _sm_count(device: torch.device) -> int | None:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else None
+
+
+def forward_head_groups(programs: int, heads: int, sm_count: int | None) -> int:
+    """Into how many groups the forward splits each window's heads, one program per (query block, group)
+    of the `programs` (batch × windows × query blocks): one group (every head in one program, which
+    reads whole token rows, works out their geometry once and loads one head while computing the
+    previous) unless that leaves fewer than FWD_PROGRAMS_PER_SM programs per multiprocessor of a GPU
+    with `sm_count` of them (None: one group, as for the interpreter)."""
+    if not sm_count:
+        return 1
+    return max(1, min(heads, math.ceil(FWD_PROGRAMS_PER_SM * sm_count / programs)))
+
+
 def _triton_forward(qkv: torch.Tensor, bias_table: torch.Tensor, qkv_bias: torch.Tensor | None,
                     g: geo.WindowGeometry, num_heads: int, scale: float,
-                    precision: str = "ieee") -> tuple[torch.Tensor, torch.Tensor]:
+                    precision: str = "ieee", head_groups: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     B, H, W, C3 = qkv.shape
     C = C3 // 3
     head_dim = C // num_heads
@@ -450,14 +538,19 @@ def _triton_forward(qkv: torch.Tensor, bias_table: torch.Tensor, qkv_bias: torch
     lse = _empty((B, g.num_windows, num_heads, M), dtype=torch.float32, device=qkv.device)
     c = _tile("window.fwd", qkv, head_dim, M)
     block = c["BLOCK"]
-    n_win_x, n_win, Hp, Wp, sh, sw, th, tw = _geometry_args(g)
-    _window_attn_fwd_kernel[(B * g.num_windows * num_heads * triton.cdiv(M, block),)](
-        qkv, qkv_bias if qkv_bias is not None else qkv, bias_table, out, lse,
-        *qkv.stride(), *out.stride(), *bias_table.stride(),
-        H, W, C, num_heads, n_win_x, n_win, Hp, Wp, sh, sw, th, tw, scale * LOG2E,
-        WH=wh, WW=ww, HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
-        BLOCK_M=block, BLOCK_N=block, HAS_SHIFT=bool(sh or sw), HAS_QKV_BIAS=qkv_bias is not None,
-        PRECISION=precision, num_warps=c.num_warps, num_stages=c.num_stages,
+    tiles = triton.cdiv(M, block)
+    add = _score_additions(bias_table, g, num_heads, block, tiles)
+    programs = B * g.num_windows * tiles
+    if head_groups is None:
+        head_groups = forward_head_groups(programs, num_heads, _sm_count(qkv.device))
+    per_group = triton.cdiv(num_heads, head_groups)
+    head_groups = triton.cdiv(num_heads, per_group)  # groups of equal size but the last
+    _window_attn_fwd_kernel[(programs * head_groups,)](
+        qkv, qkv_bias if qkv_bias is not None else qkv, add, out, lse, *qkv.stride(), *out.stride(),
+        H, W, C, num_heads, per_group, head_groups, g.windows_per_row, g.num_windows, *g.shift, scale * LOG2E,
+        WH=wh, WW=ww, HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK=block,
+        TILES=tiles, HAS_SHIFT=add.shape[0] > 1, HAS_QKV_BIAS=qkv_bias is not None, PRECISION=precision,
+        num_warps=c.num_warps, num_stages=c.num_stages,
     )
     return out, lse
 
@@ -512,12 +605,12 @@ def _triton_backward(dout: torch.Tensor, qkv: torch.Tensor, bias_table: torch.Te
     block_d = max(16, triton.next_power_of_2(head_dim))
     items = B * g.num_windows
     if chunks is None:
-        sm_count = torch.cuda.get_device_properties(qkv.device).multi_processor_count if qkv.is_cuda else None
-        chunks = backward_chunks(items, num_heads, sm_count)
+        chunks = backward_chunks(items, num_heads, _sm_count(qkv.device))
     per_chunk = triton.cdiv(items, max(1, min(chunks, items)))
     chunks = triton.cdiv(items, per_chunk)
-    n_win_x, n_win, Hp, Wp, sh, sw, th, tw = _geometry_args(g)
+    (Hp, Wp), (th, tw) = g.padded, g.table_window
     has_pad = (Hp, Wp) != (H, W)
+    add = _score_additions(bias_table, g, num_heads, block, tiles)
 
     dqkv = _empty((B, H, W, C3), dtype=qkv.dtype, device=qkv.device)
     dbias = torch.empty((chunks, num_heads, M, M), dtype=torch.float32, device=qkv.device)
@@ -525,11 +618,11 @@ def _triton_backward(dout: torch.Tensor, qkv: torch.Tensor, bias_table: torch.Te
     dq_acc = torch.empty((chunks * num_heads, tiles * block, block_d) if tiles > 1 else (1,),
                          dtype=torch.float32, device=qkv.device)
     _window_attn_bwd_kernel[(chunks * num_heads,)](
-        qkv, qkv_bias if qkv_bias is not None else qkv, bias_table, out, dout, lse, dqkv, dbias, dpad, dq_acc,
-        *qkv.stride(), *out.stride(), *dout.stride(), *dqkv.stride(), *bias_table.stride(),
-        items, per_chunk, H, W, C, num_heads, n_win_x, n_win, Hp, Wp, sh, sw, th, tw, scale, scale * LOG2E,
+        qkv, qkv_bias if qkv_bias is not None else qkv, add, out, dout, lse, dqkv, dbias, dpad, dq_acc,
+        *qkv.stride(), *out.stride(), *dout.stride(), *dqkv.stride(),
+        items, per_chunk, H, W, C, num_heads, g.windows_per_row, g.num_windows, *g.shift, scale, scale * LOG2E,
         WH=wh, WW=ww, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK=block, TILES=tiles,
-        HAS_SHIFT=bool(sh or sw), HAS_QKV_BIAS=qkv_bias is not None, HAS_PAD=has_pad,
+        HAS_SHIFT=add.shape[0] > 1, HAS_QKV_BIAS=qkv_bias is not None, HAS_PAD=has_pad,
         PRECISION=precision, num_warps=c.num_warps, num_stages=c.num_stages,
     )
     # A fixed-order sum over chunks, then each table row sums its pairs.
@@ -618,6 +711,8 @@ def triton_window_attention(qkv: torch.Tensor, bias_table: torch.Tensor, qkv_bia
     geometry = geo.window_geometry(qkv, bias_table, window_size, shift_size, shrink_window)
     _check_triton_inputs(qkv, bias_table, qkv_bias, num_heads, geometry.window[0] * geometry.window[1])
     scale = (qkv.shape[-1] // 3 // num_heads) ** -0.5 if scale is None else float(scale)
+    if qkv_bias is not None and qkv_bias.dtype != qkv.dtype:
+        qkv_bias = qkv_bias.to(qkv.dtype)  # padded tokens are loaded from it as from qkv: one element type
     if qkv.numel() == 0:
         return qkv.new_empty(*qkv.shape[:3], qkv.shape[-1] // 3)
     return _forward_op(qkv, bias_table, qkv_bias, _pack(geometry), num_heads, scale, precision)[0]

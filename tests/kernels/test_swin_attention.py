@@ -223,6 +223,23 @@ def test_triton_backward_sums_chunks(chunks, monkeypatch, device):
         assert_matches_oracle(qkv, table, bias, dout, num_heads=2, window_size=window, shift_size=window // 2)
 
 
+@pytest.mark.parametrize("groups", [2, 3])
+def test_triton_forward_splits_heads(groups, monkeypatch, device):
+    # A program walks a group of a window's heads; on a GPU with few windows the heads split into
+    # groups (forward_head_groups), the last one short when they do not divide evenly (3 heads in 2).
+    monkeypatch.setattr(sa, "forward_head_groups", lambda programs, heads, sm_count: groups)
+    for window, height, width in ((7, 9, 15), (12, 13, 12)):
+        qkv, table, bias, dout = _case(2, height, width, 3, 16, window, torch.float32, device, window + groups)
+        assert_matches_oracle(qkv, table, bias, dout, num_heads=3, window_size=window, shift_size=window // 2)
+
+
+def test_forward_head_groups():
+    assert sa.forward_head_groups(4096, 3, None) == 1  # the interpreter: every head in one program
+    assert sa.forward_head_groups(4096, 3, 132) == 1  # Swin-T stage 1, batch 64: windows fill the GPU
+    assert sa.forward_head_groups(64, 24, 132) == 17  # stage 4, batch 64: 17 groups asked, 12 of 2 heads run
+    assert sa.forward_head_groups(1, 2, 132) == 2  # never more groups than heads
+
+
 def test_triton_backward_is_deterministic(device):
     qkv, table, bias, dout = _case(3, 14, 14, 2, 32, 7, torch.float16, device, 4)
     first = _forward_backward("triton", qkv, table, bias, dout, num_heads=2, window_size=7, shift_size=3)
