@@ -28,8 +28,10 @@ class CheckpointError(ValueError):
     """A model folder or file that cannot be read: the message names the file and the fix."""
 
 
-def save(model: nn.Module, directory: str | os.PathLike[str], *, max_shard_size: int | str = "5GB") -> Path:
-    """Save `model` as a model folder (config.json + safetensors weights, sharded past max_shard_size)."""
+def save(model: nn.Module, directory: str | os.PathLike[str], *, max_shard_size: int | str = "5GB",
+         class_names: list[str] | None = None) -> Path:
+    """Save `model` as a model folder (config.json + safetensors weights, sharded past max_shard_size);
+    `class_names` (a classifier's label of each output index) go into config.json as "class_names"."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -37,6 +39,8 @@ def save(model: nn.Module, directory: str | os.PathLike[str], *, max_shard_size:
     # What config.json holds: the family, the model name it was created from, and every config field.
     config = {"family": model_family(model), "model_name": getattr(model, "model_name", None),
               "config": dataclasses.asdict(model.config)}
+    if class_names is not None:
+        config["class_names"] = list(class_names)
     metadata = {_METADATA_KEY: json.dumps(config)}
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     limit = parse_size(max_shard_size)

@@ -9,11 +9,15 @@ it goes through exactly the same code.
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
+import re
+import signal
 from dataclasses import dataclass
 from pathlib import Path
+import weakref
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -30,6 +34,20 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 class DataError(ValueError):
     """Data that cannot be used: the message names the folder or file and the fix."""
+
+
+def worker_message(message: str) -> str:
+    """The message an error had in a DataLoader worker, from the one the main process sees.
+
+    torch re-raises a worker's exception in the main process as the same type holding, as its
+    message, "Caught TYPE in DataLoader worker process N." and the worker's whole traceback, whose
+    last entry is "module.TYPE: the original message". Other messages are returned as they are.
+    """
+    head = re.match(r"Caught (\w+) in DataLoader worker process \d+\.\n", message)
+    if head is None:
+        return message
+    ends = list(re.finditer(rf"^(?:[\w.]+\.)?{head.group(1)}: ", message, re.MULTILINE))
+    return message[ends[-1].end():].strip() if ends else message
 
 
 # --------------------------------------------------------------------------------------------------
@@ -298,16 +316,49 @@ def build_transform(cfg: TransformConfig, train: bool):
                        v2.Normalize(cfg.mean, cfg.std)])
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers ignore SIGINT and SIGTERM (a terminal's Ctrl-C, `timeout` and SLURM signal
+    the whole process group): the training process decides, saves, and stops them. Without this, a
+    worker prints a traceback or dies mid-step, and the loader raises in the middle of the save."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+# Iterators with live workers. Workers that ignore SIGTERM would hang the interpreter's exit whenever an
+# iterator outlives its loop (an exception kept with its traceback): multiprocessing's exit handler
+# SIGTERMs daemonic children and joins them. The hook below, registered after multiprocessing's and so
+# run before it, asks each such iterator's workers to finish, as the iterator's own cleanup does.
+_LIVE_ITERATORS: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_workers_at_exit() -> None:
+    for iterator in list(_LIVE_ITERATORS):
+        iterator._shutdown_workers()
+
+
+class _Loader(DataLoader):
+    """A DataLoader whose multi-process iterators are stopped at interpreter exit (see above)."""
+
+    def _get_iterator(self):
+        iterator = super()._get_iterator()
+        if self.num_workers > 0:
+            _LIVE_ITERATORS.add(iterator)
+        return iterator
+
+
 def build_loader(dataset: Dataset, *, batch_size: int, workers: int, sampler=None, drop_last: bool = False,
                  seed: int = 0) -> DataLoader:
-    """A DataLoader over an ImageFolderDataset: skipped-image collation, pinned memory on CUDA hosts.
+    """A DataLoader over an ImageFolderDataset: skipped-image collation, pinned memory on CUDA hosts,
+    workers that leave stop signals to the training process.
 
     Worker seeds come from the loader's own generator, never from the global RNG that drives
     dropout, so starting an iterator mid-epoch (after a resume) changes nothing downstream.
     """
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      pin_memory=torch.cuda.is_available(), drop_last=drop_last,
-                      collate_fn=collate_skipping_bad, generator=torch.Generator().manual_seed(seed))
+    return _Loader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                   pin_memory=torch.cuda.is_available(), drop_last=drop_last,
+                   collate_fn=collate_skipping_bad, generator=torch.Generator().manual_seed(seed),
+                   worker_init_fn=_ignore_stop_signals)
 
 
 def clip_transform_config(image_size: int) -> TransformConfig:

@@ -183,8 +183,9 @@ def test_data_problems_name_the_folder_or_file(tiny_image_folder, tmp_path):
     metrics = json.loads((tmp_path / "o" / "metrics.jsonl").read_text().splitlines()[-1])
     assert metrics["bad_images_skipped"] == 1
     shutil.rmtree(data / "val")
-    result = runner.invoke(app, args)
+    result = runner.invoke(app, [*args, "--overwrite"])  # the data is checked before the old run is replaced
     assert result.exit_code == 1 and "no val split" in result.output
+    assert (tmp_path / "o" / "metrics.jsonl").is_file()
 
 
 def test_corrupt_training_state_is_named(tiny_image_folder, tmp_path):

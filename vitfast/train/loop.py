@@ -8,6 +8,13 @@ with an uninterrupted single-process one:
 - each sample's augmentation is seeded by (seed, epoch, index), whatever worker or rank loads it;
 - the checkpoint's training state holds the model, optimizer, scheduler, scaler, position (epoch
   and step within it) and the RNG states.
+
+What was saved is never lost or made worse: before any save the weights (and, at an epoch's end, the
+validation metrics) must be finite, or the run stops and leaves the last good files as they were;
+the best epoch by validation metric is kept in `best/` beside the last; a fresh run refuses a folder
+holding another run unless told to resume or overwrite it; SIGINT and SIGTERM, in training or in
+validation, save a resumable checkpoint before the run stops; and a resume refuses flags that would
+change what the saved state means (see RESUME_MUST_MATCH).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import signal
 import threading
@@ -37,33 +45,89 @@ from vitfast.train.tasks import build_task
 
 STATE_NAME = "train_state.pt"
 METRICS_NAME = "metrics.jsonl"
+ARGS_NAME = "train_args.json"
+BEST_DIR = "best"
+# What `vitfast train` writes into --output (and, the model files, into best/): all --overwrite removes.
+MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors",
+               "tokenizer.json")
+RUN_FILES = (STATE_NAME, METRICS_NAME, ARGS_NAME)
+# For the signal tests (tests/bad_inputs/test_train_safety.py): when this variable names a file, the
+# loop writes "train E" or "val E" into it as each phase of epoch E starts, so a test can send its
+# signal in the phase it means. Nothing else reads it.
+PHASE_FILE_ENV = "VITFAST_PHASE_FILE"
+
+# Flags a resume must repeat: each changes what the saved state means (the data order, the model's
+# shapes, the schedule the optimizer state was built on) or is silently overridden by it (the
+# optimizer's learning rates and weight decay come from the state).
+RESUME_MUST_MATCH = {
+    "model": "--model", "data_dir": "--data-dir", "train_data": "--train-data", "batch_size": "--batch-size",
+    "grad_accum_steps": "--grad-accum-steps", "img_size": "--img-size", "scale": "the crop scale",
+    "seed": "--seed", "lr": "--lr", "min_lr": "--min-lr", "warmup_epochs": "--warmup-epochs",
+    "weight_decay": "--weight-decay", "drop_path": "--drop-path", "tokenizer": "--tokenizer",
+    "bpe_path": "--bpe-path", "csv_img_key": "--csv-img-key", "csv_caption_key": "--csv-caption-key",
+    "csv_separator": "--csv-separator",
+}
+# Flags a resume may change, with what changes (one warning line each). The others change nothing in
+# the result (--workers, --grad-checkpointing, --quiet) or only its rounding (--attn-backend, --compile).
+RESUME_MAY_CHANGE = {
+    "amp_dtype": ("--amp-dtype", "the numerics change from here on"),
+    "clip_grad": ("--clip-grad", "gradient clipping changes from here on"),
+    "skip_bad_images": ("--skip-bad-images", "unreadable images are handled differently from here on"),
+    "val_data": ("--val-data", "validation metrics change, so best/ compares epochs on different data"),
+}
 
 
 class TrainingError(RuntimeError):
-    """Training stopped (non-finite loss, bad resume state): the message says what is kept and what to try."""
+    """Training stopped (non-finite loss, weights or metrics): the message says what is kept and what to try."""
+
+
+class TrainUsageError(ValueError):
+    """Flags that cannot run as given (a folder holding another run, a resume with changed flags, a
+    learning rate ≤ 0): the CLI exits 2, as for any usage error."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the run after saving a resumable checkpoint (`signum` says which;
+    the CLI exits 128 + signum)."""
+
+    def __init__(self, saved: str, output: Path, signum: int) -> None:
+        super().__init__(f"{saved}; continue with --resume latest --output {output} and the same flags")
+        self.saved, self.signum = saved, signum
 
 
 class _StopRequested(Exception):
-    """Raised between optimizer steps after Ctrl-C, so the saved state is never half a step."""
+    """Raised between optimizer steps (or between validation batches) after SIGINT/SIGTERM, so the
+    saved state is never half a step."""
 
 
 @contextlib.contextmanager
-def _deferred_sigint(flag: dict) -> Iterator[None]:
-    """The first Ctrl-C sets flag["stop"] (the loop saves and stops after the step in flight); a
-    second one interrupts at once."""
+def _deferred_stop(flag: dict) -> Iterator[None]:
+    """SIGINT (Ctrl-C) and SIGTERM (SLURM preemption, `docker stop`, `timeout`) set flag["stop"] to
+    the signal's number: the loop saves and stops after the optimizer step in flight, or after the
+    validation batch in flight (validation changes no state). A second signal of the same kind acts
+    as it would without vitfast (SIGINT: KeyboardInterrupt; SIGTERM: the process ends). DataLoader
+    workers ignore both (vitfast.data.build_loader): the training process stops them."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    pid = os.getpid()
+    previous: dict = {}
 
-    def on_sigint(signum, frame):
-        flag["stop"] = True
-        signal.signal(signal.SIGINT, previous)
+    def on_signal(signum, frame):
+        if os.getpid() != pid:  # a DataLoader worker
+            return
+        flag["stop"] = signum
+        signal.signal(signum, previous[signum])
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, on_signal)
+        if previous[signum] is None:  # installed outside Python
+            previous[signum] = signal.SIG_DFL
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @dataclass
@@ -99,6 +163,40 @@ class TrainConfig:
     csv_separator: str = "\t"
     tokenizer: str | None = None  # a tokenizer.json, "clip" (CLIP's BPE) or "train" (a BPE on the captions)
     bpe_path: str | None = None  # CLIP's bpe_simple_vocab_16e6.txt.gz; default: open_clip's copy
+    overwrite: bool = False  # replace the run already in --output (only the files training writes)
+
+    def check(self) -> None:
+        """Refuse what cannot run, before any data is read: the rules the command line applies when it
+        parses the flags, for callers of the library."""
+        def number(flag: str, value: float | None, low: float, *, above: bool = False, below: float | None = None,
+                   hint: str = "") -> None:
+            if value is None:
+                return
+            bad = not math.isfinite(value) or value < low or (above and value == low) or \
+                (below is not None and value >= below)
+            if bad:
+                rule = (f"above {low:g}" if above else f"at least {low:g}") + (f" and below {below:g}" if below else "")
+                raise TrainUsageError(f"{flag} must be a finite number {rule}; got {value}.{hint}")
+
+        number("--lr", self.lr, 0, above=True, hint=" Pass e.g. --lr 1e-3.")
+        number("--min-lr", self.min_lr, 0)
+        if self.min_lr > self.lr:
+            raise TrainUsageError(f"--min-lr ({self.min_lr:g}) must not be above --lr ({self.lr:g}): the cosine "
+                                  "schedule decays from --lr down to --min-lr.")
+        number("--weight-decay", self.weight_decay, 0)
+        number("--warmup-epochs", self.warmup_epochs, 0)
+        number("--clip-grad", self.clip_grad, 0, above=True, hint=" Leave it out for no clipping.")
+        number("--drop-path", self.drop_path, 0, below=1)
+        for flag, value, low in (("--epochs", self.epochs, 1), ("--batch-size", self.batch_size, 1),
+                                 ("--grad-accum-steps", self.grad_accum_steps, 1), ("--workers", self.workers, 0),
+                                 ("--img-size", self.img_size, 1)):
+            if value is not None and value < low:
+                raise TrainUsageError(f"{flag} must be at least {low}; got {value}.")
+        if len(self.csv_separator) != 1:
+            raise TrainUsageError(f"--csv-separator must be one character (e.g. '\\t' or ','); got "
+                                  f"{self.csv_separator!r}.")
+        if self.resume and self.overwrite:
+            raise TrainUsageError("--resume continues the run in --output and --overwrite replaces it; pass one.")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -165,27 +263,100 @@ def read_train_state(resume: str, output: Path) -> dict:
                               "It may be corrupt; resume from another checkpoint or start afresh.") from None
 
 
-# --------------------------------------------------------------------------------------------------
-# The loop
-# --------------------------------------------------------------------------------------------------
+def _run_files(folder: Path) -> list[str]:
+    """The files of a training run in `folder` (what a fresh run would replace)."""
+    names = [STATE_NAME, METRICS_NAME, "config.json", "model.safetensors", "model.safetensors.index.json",
+             f"{BEST_DIR}/config.json"]
+    return [name for name in names if (folder / name).is_file()]
+
+
+def _remove_run(folder: Path) -> None:
+    """--overwrite: remove what `vitfast train` wrote into `folder` and its best/, nothing else."""
+    for where in (folder / BEST_DIR, folder):
+        for pattern in MODEL_FILES + (RUN_FILES if where == folder else ()):
+            for path in where.glob(pattern):
+                path.unlink()
+    with contextlib.suppress(OSError):  # left if it holds anything vitfast did not write
+        (folder / BEST_DIR).rmdir()
+
+
+def _check_resume_flags(saved: dict, cfg: TrainConfig, start_epoch: int, say: Callable[[str], None]) -> None:
+    """Refuse a resume whose flags change what the saved state means; warn about those that only
+    change what comes next (--epochs: the schedule; RESUME_MAY_CHANGE)."""
+    def same(key: str, old, new) -> bool:
+        if isinstance(old, (list, tuple)):
+            return tuple(old) == tuple(new or ())
+        # a path given differently (relative, absolute) is the same if it names the same file now
+        return old == new or (key in ("data_dir", "train_data", "bpe_path") and old is not None and new is not None
+                              and Path(old).resolve() == Path(new).resolve())
+
+    for key, flag in RESUME_MUST_MATCH.items():
+        old, new = saved.get(key, getattr(cfg, key)), getattr(cfg, key)
+        if not same(key, old, new):
+            again = f"pass {flag} {old} again" if old is not None else f"leave {flag} out"
+            raise TrainUsageError(
+                f"{flag} was {old!r} in the saved run and is {new!r} now; a resume must repeat it (the saved "
+                f"state was built on it): {again}, or start a new run with --overwrite or another --output.")
+    if start_epoch >= cfg.epochs:
+        raise TrainUsageError(f"the saved run has finished {start_epoch} epochs and --epochs is {cfg.epochs}: "
+                              f"nothing to do. Pass --epochs above {start_epoch} to train on.")
+    if saved.get("epochs", cfg.epochs) != cfg.epochs:
+        say(f"warning: --epochs is {cfg.epochs}, the saved run planned {saved['epochs']}: the warmup + cosine "
+            f"schedule is re-planned over {cfg.epochs} epochs from the saved step (the learning rate jumps to "
+            "the new curve), so the result equals neither unbroken run.")
+    for key, (flag, effect) in RESUME_MAY_CHANGE.items():
+        if key in saved and saved[key] != getattr(cfg, key):
+            say(f"warning: {flag} was {saved[key]!r} in the saved run and is {getattr(cfg, key)!r} now: {effect}.")
+
+
+def _non_finite(model: nn.Module, val: dict) -> list[str]:
+    """What is not finite: validation metrics by name, then the weights (a count of tensors)."""
+    bad = [f"val {k} {v}" for k, v in val.items() if isinstance(v, float) and not math.isfinite(v)]
+    tensors = [k for k, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if tensors:
+        bad.append(f"{len(tensors)} weight tensor(s) ({tensors[0]}, ...)")
+    return bad
+
+
+_RESTART = ("Start again with a lower --lr (or --clip-grad 1.0, or --amp-dtype fp32) and --overwrite or "
+            "another --output.")
+
+
+def _json_line(metrics: dict) -> str:
+    """A metrics.jsonl line in strict JSON: a non-finite number (none reaches it today: such epochs
+    stop the run) is written as null."""
+    return json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in metrics.items()},
+                      allow_nan=False)
 
 
 def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None] = print) -> dict:
     """Train `cfg.model` on its data (or the default data); returns the last epoch's metrics.
 
-    Writes under cfg.output: the model folder (config.json + model.safetensors, + tokenizer.json for
-    CLIP) and train_state.pt after every epoch, and metrics.jsonl.
+    Writes under cfg.output, after every epoch whose weights and validation metrics are finite: the
+    model folder (config.json with the class names + model.safetensors, + tokenizer.json for CLIP),
+    train_state.pt and a metrics.jsonl line (strict JSON); and the best epoch so far (task.best_key)
+    as a model folder in best/. Raises TrainUsageError before any data work if cfg.output holds
+    another run and neither cfg.resume nor cfg.overwrite is set; TrainingError when the loss, weights
+    or metrics stop being finite (nothing is saved then); Interrupted after SIGINT/SIGTERM (saved).
     """
+    cfg.check()
     check_model_name(cfg.model)  # before any data work: a typo fails at once
+    output = Path(cfg.output)
+    existing = _run_files(output)
+    if existing and not cfg.resume and not cfg.overwrite:
+        raise TrainUsageError(f"{output} already holds a training run ({', '.join(existing)}); pass --resume latest "
+                              "to continue it, --overwrite to replace it, or another --output.")
     rt = init_runtime()
     amp = amp_dtype_for(cfg.amp_dtype, rt.device)
-    output = Path(cfg.output)
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
 
     say = log if rt.is_main else (lambda msg: None)  # messages every rank would repeat: rank 0 says them
+    state = read_train_state(cfg.resume, output) if cfg.resume else None
+    if state is not None and "config" in state:
+        _check_resume_flags(state["config"], cfg, state["epoch"], say)
     task = build_task(cfg, rt, output, say)
     model = task.model
     train_set = vdata.SeededAugment(task.train_set, cfg.seed)
@@ -207,8 +378,10 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
     stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
 
     start_epoch, start_step = 0, 0
-    if cfg.resume:
-        state = read_train_state(cfg.resume, output)
+    saved_at: list[int] = []  # [epoch, step] of the last checkpoint in output
+    best: dict | None = None  # {"epoch", "key", "summary"} of best/
+    pending: dict | None = None  # the training stats of an epoch interrupted in its validation
+    if state is not None:
         try:
             for name, part in stateful.items():
                 part.load_state_dict(state[name])
@@ -216,6 +389,8 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
             raise CheckpointError(f"the training state does not fit model {cfg.model} with these flags "
                                   f"({' '.join(str(exc).split())[:200]}).") from None
         start_epoch, start_step = state["epoch"], state["step_in_epoch"]
+        best, pending = state.get("best"), state.get("pending_stats")
+        saved_at[:] = [start_epoch, start_step]
         _set_rng_state(state["rng"])
         say(f"resumed from {cfg.resume} at epoch {start_epoch + 1}, step {start_step}")
 
@@ -225,52 +400,109 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
             model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     run_model = torch.compile(ddp_model) if cfg.compile else ddp_model
 
-    def save_checkpoint(epoch: int, step_in_epoch: int) -> None:
+    def save_model(folder: Path) -> None:
+        save(model, folder, class_names=task.class_names)
+        task.save_extra(folder)
+
+    def save_checkpoint(epoch: int, step_in_epoch: int, stats: dict | None = None) -> None:
+        saved_at[:] = [epoch, step_in_epoch]
         if not rt.is_main:
             return
-        save(model, output)
-        task.save_extra(output)
+        save_model(output)
         state = {name: part.state_dict() for name, part in stateful.items()}
-        state |= {"epoch": epoch, "step_in_epoch": step_in_epoch, "rng": _rng_state(), "config": asdict(cfg)}
+        state |= {"epoch": epoch, "step_in_epoch": step_in_epoch, "rng": _rng_state(), "config": asdict(cfg),
+                  "best": best}
+        if stats is not None:
+            state["pending_stats"] = stats
         atomic_write(output / STATE_NAME, lambda p: torch.save(state, p))
+
+    def kept() -> str:
+        if not saved_at:
+            return "nothing was saved"
+        e, s = saved_at
+        at = f"the end of epoch {e}" if s == 0 else f"epoch {e + 1}, step {s}"
+        also = f", the best in {output / BEST_DIR} (epoch {best['epoch']})" if best else ""
+        return f"{output} keeps the last good checkpoint, from {at}{also}"
 
     if rt.is_main:
         output.mkdir(parents=True, exist_ok=True)
-        (output / "train_args.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        if cfg.overwrite:
+            _remove_run(output)
+        if state is None:  # the flags the run started with; a resume leaves the folder's files alone until it saves
+            (output / ARGS_NAME).write_text(json.dumps(asdict(cfg), indent=2) + "\n")
         n_params = sum(p.numel() for p in model.parameters())
         log(f"{cfg.model}: {n_params / 1e6:.2f}M params, {task.description}; {rt.world} process(es) on "
             f"{rt.device}, {cfg.epochs} epochs of {steps_per_epoch} steps")
 
+    phase_file = os.environ.get(PHASE_FILE_ENV)
+
+    def enter(phase: str, epoch: int) -> None:
+        if phase_file and rt.is_main:
+            Path(phase_file).write_text(f"{phase} {epoch + 1}")
+
+    def stop_validation() -> None:  # called before each validation batch
+        if position["stop"] and rt.world == 1:  # under DDP, validation's all-reduce must finish
+            raise _StopRequested
+
     metrics: dict = {}
     epoch = start_epoch
-    # optimizer steps done in the current epoch, and whether Ctrl-C asked to stop
-    position = {"step": start_step, "stop": False}
+    stats: dict | None = None
+    # optimizer steps done in the current epoch, and the signal that asked to stop (0: none)
+    position = {"step": start_step, "stop": 0}
     try:
-        for epoch in range(start_epoch, cfg.epochs):
-            train_set.epoch = epoch
-            position["step"] = start_step if epoch == start_epoch else 0
-            sampler.set_epoch(epoch, skip=position["step"] * cfg.grad_accum_steps * cfg.batch_size)
-            with _deferred_sigint(position):
-                stats = _train_epoch(task, run_model, model, loader, optimizer, scheduler, scaler, cfg, rt, amp,
-                                     epoch, position, steps_per_epoch, progress_factory)
-            val = task.evaluate(rt.device, amp)
-            metrics = {"epoch": epoch + 1, **stats, **{f"val_{k}": v for k, v in val.items()}}
-            if rt.is_main:
-                with open(output / METRICS_NAME, "a") as f:
-                    f.write(json.dumps(metrics) + "\n")
-                log(f"epoch {epoch + 1}/{cfg.epochs}: loss {stats['train_loss']:.4f}, {task.summary(val)}, "
-                    f"{stats['images_per_s']:.0f} img/s")
-            save_checkpoint(epoch + 1, 0)
-        if rt.world > 1:
-            # Every rank leaves together: one tearing gloo down while another still finishes its
-            # checkpoint write was seen to abort the process (SIGABRT) under load.
-            dist.barrier()
+        with _deferred_stop(position):
+            for epoch in range(start_epoch, cfg.epochs):
+                train_set.epoch = epoch
+                position["step"] = start_step if epoch == start_epoch else 0
+                stats = pending if position["step"] >= steps_per_epoch and pending else None
+                if stats is None:
+                    sampler.set_epoch(epoch, skip=position["step"] * cfg.grad_accum_steps * cfg.batch_size)
+                    enter("train", epoch)
+                    stats = _train_epoch(task, run_model, model, loader, optimizer, scheduler, scaler, cfg, rt, amp,
+                                         epoch, position, steps_per_epoch, progress_factory, kept)
+                    position["step"] = steps_per_epoch
+                enter("val", epoch)
+                val = task.evaluate(rt.device, amp, stop_validation)
+                bad = _non_finite(model, val)
+                if bad:
+                    raise TrainingError(f"epoch {epoch + 1} diverged ({', '.join(bad)} not finite): stopped without "
+                                        f"saving, so {kept()}. {_RESTART}")
+                metrics = {"epoch": epoch + 1, **stats, **{f"val_{k}": v for k, v in val.items()}}
+                key = task.best_key(val)
+                if best is None or not key or key > tuple(best["key"]):  # (): nothing measured, the last is best
+                    best = {"epoch": epoch + 1, "key": list(key), "summary": task.summary(val)}
+                    if rt.is_main:
+                        save_model(output / BEST_DIR)
+                save_checkpoint(epoch + 1, 0)
+                if rt.is_main:
+                    with open(output / METRICS_NAME, "a") as f:
+                        f.write(_json_line(metrics) + "\n")
+                    log(f"epoch {epoch + 1}/{cfg.epochs}: loss {stats['train_loss']:.4f}, {task.summary(val)}, "
+                        f"{stats['images_per_s']:.0f} img/s")
+                position["step"] = 0
+                if epoch + 1 < cfg.epochs and _any_rank(bool(position["stop"]), rt):
+                    raise _StopRequested  # the epoch is saved: stop before the next
+            if rt.world > 1:
+                # Every rank leaves together: one tearing gloo down while another still finishes its
+                # checkpoint write was seen to abort the process (SIGABRT) under load.
+                dist.barrier()
+        if metrics:
+            say(f"done: the last epoch ({metrics['epoch']}, {task.summary(val)}) is in {output}; the best "
+                f"(epoch {best['epoch']}, {best['summary']}) is in {output / BEST_DIR}")
     except _StopRequested:
+        signum = position["stop"] or signal.SIGINT
         done = position["step"]
-        save_checkpoint(epoch, done)
-        say(f"interrupted: saved a checkpoint at epoch {epoch + 1}, step {done} in {output}; "
-            f"continue with --resume latest --output {output}")
-        raise KeyboardInterrupt from None
+        if done == 0:
+            where = f"the end of epoch {epoch + 1}"  # saved before the stop
+        elif _non_finite(model, {}):
+            raise TrainingError(f"{signal.Signals(signum).name} in epoch {epoch + 1}, but the weights are not "
+                                f"finite: nothing was saved, so {kept()}. {_RESTART}") from None
+        else:
+            save_checkpoint(epoch, done, stats if done >= steps_per_epoch else None)
+            where = (f"epoch {epoch + 1} after its training, before its validation" if done >= steps_per_epoch
+                     else f"epoch {epoch + 1}, step {done} of {steps_per_epoch}")
+        raise Interrupted(f"{signal.Signals(signum).name}: saved a checkpoint at {where} in {output}", output,
+                          signum) from None
     finally:
         if rt.world > 1 and dist.is_initialized():
             del run_model, ddp_model  # DDP's reducer holds collective state: release it before the group
@@ -288,8 +520,10 @@ def _any_rank(flag: bool, rt: Runtime) -> bool:
 
 
 def _train_epoch(task, run_model, model, loader, optimizer, scheduler, scaler, cfg: TrainConfig, rt: Runtime,
-                 amp: torch.dtype | None, epoch: int, position: dict, steps: int, progress_factory) -> dict:
+                 amp: torch.dtype | None, epoch: int, position: dict, steps: int, progress_factory,
+                 kept: Callable[[], str]) -> dict:
     run_model.train()
+    optimizer.zero_grad(set_to_none=True)  # an epoch whose last batches were all unreadable left some
     accum = cfg.grad_accum_steps
     start_step = step = position["step"]
     seen = n_loss = micro = bad_images = 0
@@ -303,6 +537,9 @@ def _train_epoch(task, run_model, model, loader, optimizer, scheduler, scaler, c
                 break
             bad_images += skipped
             data_time += time.perf_counter() - tick
+            if images.shape[0] == 0:  # every image of the batch was unreadable (--skip-bad-images)
+                tick = time.perf_counter()
+                continue
             images, labels = images.to(rt.device, non_blocking=True), labels.to(rt.device, non_blocking=True)
             # Under DDP, gradients are all-reduced only on the micro-batch that ends a step.
             sync = contextlib.nullcontext() if micro == accum - 1 or rt.world == 1 else run_model.no_sync()
@@ -311,10 +548,8 @@ def _train_epoch(task, run_model, model, loader, optimizer, scheduler, scaler, c
                 scaler.scale(loss / accum).backward()
             value = loss.detach()
             if not torch.isfinite(value):
-                raise TrainingError(
-                    f"the loss became {value.item()} at epoch {epoch + 1}, step {step + 1}; stopped without "
-                    f"saving, so {cfg.output} keeps the last good checkpoint. Try a lower --lr, --clip-grad 1.0, "
-                    "or --amp-dtype bf16/fp32.")
+                raise TrainingError(f"the loss became {value.item()} at epoch {epoch + 1}, step {step + 1}: stopped "
+                                    f"without saving, so {kept()}. {_RESTART}")
             loss_sum += value
             n_loss += 1
             seen += images.shape[0]
@@ -337,8 +572,8 @@ def _train_epoch(task, run_model, model, loader, optimizer, scheduler, scaler, c
                 elapsed = time.perf_counter() - t0
                 progress(step, loss=value.item(), lr=optimizer.param_groups[0]["lr"],
                          images_per_s=seen * rt.world / max(elapsed, 1e-9), data_time=data_time / n_loss)
-            if _any_rank(position["stop"], rt):
-                raise _StopRequested
+            if step < steps and _any_rank(bool(position["stop"]), rt):
+                raise _StopRequested  # the last step's stop is taken before validation
             tick = time.perf_counter()
     finally:
         if progress is not None:

@@ -5,6 +5,7 @@ says what else the model folder holds; loop.py owns the loop, the checkpoints an
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable
 
@@ -23,8 +24,25 @@ from vitfast.tokenizer import TOKENIZER_NAME, clip_bpe_tokenizer, load_tokenizer
 from vitfast.train.evaluate import clip_eval_data
 
 
+class _Checked:
+    """A loader that calls `check` before yielding each batch: the training loop's stop check, which
+    raises to end the validation early."""
+
+    def __init__(self, loader, check: Callable[[], None]) -> None:
+        self.loader, self.check = loader, check
+
+    def __iter__(self):
+        for batch in self.loader:
+            self.check()
+            yield batch
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
 class ClassificationTask:
-    """ImageFolder classes; cross-entropy; top-1/top-5 on the val split."""
+    """ImageFolder classes; cross-entropy; top-1/top-5 on the val split; the best epoch is the one with
+    the highest val top-1, ties going to the lower val loss."""
 
     def __init__(self, cfg, rt: Runtime) -> None:
         default_data = cfg.data_dir is None
@@ -33,6 +51,7 @@ class ClassificationTask:
             dist.barrier()  # rank 0 may have generated the default data; others wait until it is there
         train_root, val_root = vdata.find_split(self.root, "train"), vdata.find_split(self.root, "val")
         classes = vdata.ImageFolderDataset(train_root).classes
+        self.class_names = classes  # saved in config.json, so a prediction's index maps to its folder name
         overrides = {"num_classes": len(classes), "attn_backend": cfg.attn_backend, "img_size": cfg.img_size,
                      "drop_path_rate": cfg.drop_path}  # None: the model's default
         self.model = create_model(cfg.model, **{k: v for k, v in overrides.items() if v is not None})
@@ -54,11 +73,16 @@ class ClassificationTask:
     def after_step(self) -> None:
         pass
 
-    def evaluate(self, device: torch.device, amp: torch.dtype | None) -> dict:
-        return evaluate(self.model, self.val_loader, device, amp, distributed=self.distributed)
+    def evaluate(self, device: torch.device, amp: torch.dtype | None, check: Callable[[], None]) -> dict:
+        return evaluate(self.model, _Checked(self.val_loader, check), device, amp, distributed=self.distributed)
 
     def save_extra(self, output: Path) -> None:
         pass
+
+    @staticmethod
+    def best_key(val: dict) -> tuple[float, ...]:
+        """What best/ keeps the epoch of the highest (compared as a tuple)."""
+        return (val["top1"], -val["loss"])
 
     @staticmethod
     def summary(val: dict) -> str:
@@ -88,7 +112,11 @@ class ClipTask:
     """Image–text pairs from a CSV/TSV table or tar shards; the symmetric contrastive loss through
     vitfast.kernels.clip_loss (gathered across ranks under DDP); zero-shot accuracy on an ImageFolder's
     val split and retrieval recall on the val pairs. Every rank runs the whole validation, so no
-    collective is needed there; the figures are the same on all ranks."""
+    collective is needed there; the figures are the same on all ranks. The best epoch is the one with
+    the highest zero-shot top-1 when the run measures it, else the highest mean of the image→text
+    and text→image R@1 (CLIP's validation computes no loss), else (no validation data) the last."""
+
+    class_names = None
 
     def __init__(self, cfg, rt: Runtime, output: Path, log: Callable[[str], None]) -> None:
         if cfg.drop_path is not None:
@@ -126,12 +154,24 @@ class ClipTask:
     def after_step(self) -> None:
         self.model.clamp_logit_scale()
 
-    def evaluate(self, device: torch.device, amp: torch.dtype | None) -> dict:
-        metrics = evaluate_clip(self.model, self.tokenizer, self.eval_data, device, amp)
+    def evaluate(self, device: torch.device, amp: torch.dtype | None, check: Callable[[], None]) -> dict:
+        data = dataclasses.replace(self.eval_data, **{
+            name: _Checked(loader, check) for name in ("zero_shot_loader", "pairs_loader")
+            if (loader := getattr(self.eval_data, name)) is not None})
+        metrics = evaluate_clip(self.model, self.tokenizer, data, device, amp)
         return {**metrics, "logit_scale": self.model.logit_scale.exp().item()}
 
     def save_extra(self, output: Path) -> None:
         self.tokenizer.save(output)
+
+    @staticmethod
+    def best_key(val: dict) -> tuple[float, ...]:
+        """What best/ keeps the epoch of the highest (compared as a tuple)."""
+        if "zeroshot_top1" in val:
+            return (val["zeroshot_top1"],)
+        if "image_to_text_R@1" in val:
+            return ((val["image_to_text_R@1"] + val["text_to_image_R@1"]) / 2,)
+        return ()  # no validation data: best/ follows the last epoch
 
     @staticmethod
     def summary(val: dict) -> str:
