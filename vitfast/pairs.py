@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import tarfile
 from dataclasses import dataclass
@@ -36,6 +37,15 @@ class CsvFormat:
     caption_key: str = "title"
     separator: str = "\t"
 
+    def __post_init__(self) -> None:
+        if len(self.separator) != 1:
+            raise DataError(f"--csv-separator must be one character (a tab, written '\\t', or ',' ...); got "
+                            f"{self.separator!r}.")
+
+
+_log = logging.getLogger(__name__)
+_MAX_FIELD = 2**31 - 1  # csv's own limit, 131,072 characters, would refuse long captions (the tokenizer cuts them)
+
 
 def default_pairs(split: str) -> Path:
     """The built-in data's caption table of `split` ("train" or "val"), generated on first use."""
@@ -43,12 +53,24 @@ def default_pairs(split: str) -> Path:
 
 
 def read_pairs(path: str | os.PathLike[str], fmt: CsvFormat = CsvFormat()) -> tuple[list[Path], list[str]]:
-    """Image paths and captions of a CSV/TSV table, with errors that name the file, column and fix."""
+    """Image paths and captions of a UTF-8 CSV/TSV table, with errors that name the file, line and fix.
+
+    Captions of any length are read (the tokenizer keeps their first tokens, as CLIP's); empty ones are
+    counted in a warning on the "vitfast.pairs" logger.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"image-text table {path} does not exist; pass a CSV/TSV file (--train-data/--val-data).")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter=fmt.separator)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise DataError(f"{path}, line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the table as "
+                        "UTF-8.") from None
+    limit = csv.field_size_limit(_MAX_FIELD)
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=fmt.separator)
         columns = reader.fieldnames or []
         missing = [key for key in (fmt.img_key, fmt.caption_key) if key not in columns]
         if missing:
@@ -56,14 +78,23 @@ def read_pairs(path: str | os.PathLike[str], fmt: CsvFormat = CsvFormat()) -> tu
             raise DataError(f"{path} has no column {', '.join(map(repr, missing))} (columns: {shown}; separator "
                             f"{fmt.separator!r}). Set --csv-img-key, --csv-caption-key or --csv-separator.")
         images, captions = [], []
-        for line, row in enumerate(reader, start=2):
-            image, text = row.get(fmt.img_key), row.get(fmt.caption_key)
-            if image is None or text is None:
-                raise DataError(f"{path}, line {line}: fewer fields than the header; fix or remove the line.")
+        for row in reader:
+            image, caption = row.get(fmt.img_key), row.get(fmt.caption_key)
+            if image is None or caption is None:
+                raise DataError(f"{path}, line {reader.line_num}: fewer fields than the header; fix or remove "
+                                "the line.")
             images.append(path.parent / image)
-            captions.append(text)
+            captions.append(caption)
+    except csv.Error as exc:
+        raise DataError(f"{path}, line {reader.line_num}: {exc}; fix or remove the line.") from None
+    finally:
+        csv.field_size_limit(limit)
     if not images:
         raise DataError(f"{path} holds a header but no image-text pairs.")
+    empty = sum(not caption.strip() for caption in captions)
+    if empty:
+        _log.warning(f"warning: {empty} of {len(captions)} captions in {path} are empty; those images train "
+                     "against empty text.")
     return images, captions
 
 

@@ -13,7 +13,7 @@ from vitfast.checkpoint import read_state_dict
 from vitfast.choices import EXPORT_TARGETS
 from vitfast.convert.hf import vitfast_to_hf
 from vitfast.convert.infer import ConvertError
-from vitfast.convert.write import staged
+from vitfast.convert.write import check_destination, staged
 from vitfast.models import build_config
 from vitfast.tokenizer import load_tokenizer, write_hf_tokenizer
 
@@ -27,8 +27,7 @@ def export(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, to: str,
     src, dst = Path(src), Path(dst)
     if to not in EXPORT_TARGETS:
         raise ConvertError(f"unknown --to {to!r}; choose {' or '.join(EXPORT_TARGETS)}.")
-    if dst.exists() and not force:
-        raise ConvertError(f"{dst} already exists; pass --force to replace it.")
+    check_destination(dst, force)
     meta, state = read_state_dict(src)
     family = meta["family"]
     config = build_config(family, meta["config"])

@@ -15,7 +15,7 @@ from vitfast.convert.from_vitfast import export
 from vitfast.convert.hf import hf_to_vitfast
 from vitfast.convert.infer import (OPENAI_EXTRAS, ConvertError, assumptions, detect_source, infer_config,
                                    read_hf_folder, read_json, read_state)
-from vitfast.convert.write import build, staged, write_tokenizer
+from vitfast.convert.write import build, check_destination, staged, write_tokenizer
 from vitfast.models.peers import peer_model
 from vitfast.runtime import DTYPES
 from vitfast.tokenizer import TokenizerError, read_hf_tokenizer
@@ -41,8 +41,7 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, source:
         raise ConvertError(f"unknown --dtype {dtype!r}; choose fp32, fp16 or bf16.")
     if to is not None:
         return export(src, dst, to=to, max_shard_size=max_shard_size, force=force)
-    if dst.exists() and not force:
-        raise ConvertError(f"{dst} already exists; pass --force to replace it.")
+    check_destination(dst, force)
     if src.is_dir():
         family, config, state, tokenizer = _read_hf(src, source, tokenizer)
         source, name, warning = "hf", None, None

@@ -7,37 +7,65 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import torch
 
 from vitfast.convert.infer import ConvertError
+from vitfast.files import staging_dir
 from vitfast.models import build_config, build_model
 from vitfast.tokenizer import ClipTokenizer, clip_bpe_tokenizer, load_tokenizer
 
 
+# What a model folder holds: vitfast's (config.json, weights, tokenizer.json) and a Hugging Face
+# folder's (weights as safetensors or PyTorch bins, tokenizer and preprocessor files).
+_MODEL_FILES = re.compile(r"config\.json|model\.safetensors(\.index\.json)?|model-\d+-of-\d+\.safetensors|"
+                          r"pytorch_model\.bin(\.index\.json)?|pytorch_model-\d+-of-\d+\.bin|tokenizer\.json|"
+                          r"vocab\.json|merges\.txt|tokenizer_config\.json|special_tokens_map\.json|"
+                          r"preprocessor_config\.json|generation_config\.json")
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def check_destination(dst: Path, force: bool) -> None:
+    """Refuse a `dst` that exists unless `force` is given and it is a model folder (config.json and
+    weights, and nothing but model files): anything else there is the user's, and never deleted."""
+    if not dst.exists() and not dst.is_symlink():
+        return
+    if dst.is_symlink() or not dst.is_dir():
+        raise ConvertError(f"{dst} exists and is not a folder; choose another DST or remove it.")
+    names = sorted(p.name for p in dst.iterdir())
+    others = [name for name in names if not _MODEL_FILES.fullmatch(name)]
+    if names and (others or "config.json" not in names or not any(name in names for name in _WEIGHTS)):
+        held = (f"files that are not a model's ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
+                if others else "no config.json and weights")
+        raise ConvertError(f"{dst} exists and holds {held}, so it is not a model folder to replace; choose "
+                           "another DST or remove it.")
+    if not force:
+        raise ConvertError(f"{dst} already exists; pass --force to replace it.")
+
+
 @contextlib.contextmanager
 def staged(dst: Path, force: bool) -> Iterator[Path]:
-    """A temporary folder beside `dst`, renamed to `dst` when the block succeeds (replacing an existing
-    one only with `force`) and removed when it fails, so `dst` is never half-written."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
+    """A temporary folder beside `dst` (vitfast.files.staging_dir), renamed to `dst` when the block
+    succeeds and removed when it fails, so `dst` is never half-written. An existing `dst` is replaced
+    only with `force` and only when it is a model folder (:func:`check_destination`)."""
+    with staging_dir(dst) as tmp:
         yield tmp
-        if dst.exists() and force:
-            old = dst.with_name(f".{dst.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            dst.rename(old)
-            tmp.rename(dst)
-            shutil.rmtree(old, ignore_errors=True)
+        check_destination(dst, force)
+        if dst.exists():
+            with staging_dir(dst) as old:
+                os.replace(dst, old / dst.name)
+                try:
+                    os.replace(tmp, dst)
+                except BaseException:
+                    os.replace(old / dst.name, dst)
+                    raise
+                shutil.rmtree(old)
         else:
-            tmp.rename(dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            os.rename(tmp, dst)
 
 
 def build(family: str, config, state: dict[str, torch.Tensor]) -> torch.nn.Module:
