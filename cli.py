@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+import typer.core
 
 from vitfast.choices import (ATTENTION_BACKENDS, AUTO, CONVERT_SOURCES, DTYPE_NAMES, EXPORT_TARGETS, KERNEL_MODES,
                              MODEL_MODES)
@@ -19,7 +21,7 @@ from vitfast.choices import (ATTENTION_BACKENDS, AUTO, CONVERT_SOURCES, DTYPE_NA
 # The commands import vitfast's torch-heavy modules in their bodies (the one place where vitfast imports
 # its own modules lazily), so that `vitfast --help` stays fast; the imports below are for type hints.
 if TYPE_CHECKING:
-    from typing import Callable, Iterable, Iterator
+    from typing import Any, Callable, Iterable, Iterator
 
     from rich.console import Console
     from rich.progress import Progress
@@ -28,8 +30,92 @@ if TYPE_CHECKING:
     from vitfast.bench.model import ModelSweep
     from vitfast.bench.sweep import KernelSweep
 
+class _OneLineUsageErrors(typer.core.TyperGroup):
+    """The root group: a usage error anywhere below it (a bad or missing value, an unknown option or
+    command, a rule between flags) is one ``error:`` line on stderr and exit code 2, not click's panel."""
+
+    def make_context(self, *args, **kwargs):
+        with _usage_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with _usage_errors():
+            return super().invoke(ctx)
+
+
+# click's UsageError, the base of every parse error (typer >= 0.22 vendors click, so it is reached from a
+# class typer exports rather than imported from either package).
+_UsageError = typer.BadParameter.__mro__[1]
+
+
+@contextlib.contextmanager
+def _usage_errors() -> Iterator[None]:
+    try:
+        yield
+    except _UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `vitfast` alone prints the help; typer checks the same way
+            raise
+        param = getattr(exc, "param", None)
+        if isinstance(exc, typer.BadParameter) and exc.message:  # a value refused: the line names its flag
+            flag = "" if param is None else _flag(param)
+            text = exc.message.removeprefix("Value error, ")  # typer >= 0.22 words a bad choice through pydantic
+            message = text if text.startswith(flag) else f"{flag}: {text}"
+        else:
+            message = exc.format_message()
+        message = message.rstrip() if message.rstrip().endswith((".", "?", "!")) else f"{message.rstrip()}."
+        raise _fail(message if exc.ctx is None else f"{message} See {exc.ctx.command_path} --help.") from None
+
+
+def _flag(param) -> str:
+    """How the user wrote a flag: its long name (an argument: its name in capitals)."""
+    return max(param.opts, key=len) if param.param_type_name == "option" else param.human_readable_name
+
+
+def _check(ok: Callable[[Any], bool], must: str):
+    """A flag's range check, run while the command line is parsed (before any data is read): a value
+    for which `ok` is false is refused with "--flag must <must>; got <value>." (an unset flag passes)."""
+
+    def callback(param: typer.CallbackParam, value):
+        if value is not None and not ok(value):
+            raise typer.BadParameter(f"{_flag(param)} must {must}; got {value!r}.")
+        return value
+
+    return callback
+
+
+_AT_LEAST_1 = _check(lambda v: v >= 1, "be at least 1")
+_AT_LEAST_0 = _check(lambda v: v >= 0, "be at least 0")
+_NON_NEGATIVE = _check(lambda v: 0 <= v < math.inf, "be finite and at least 0")
+_POSITIVE = _check(lambda v: 0 < v < math.inf, "be finite and above 0")
+
+
+def _one_character(param: typer.CallbackParam, value: str) -> str:
+    """--csv-separator: one character once '\\t'-style escapes are read."""
+    try:
+        ok = len(_unescape(value)) == 1
+    except UnicodeDecodeError:
+        ok = False
+    if not ok:
+        raise typer.BadParameter(f"{_flag(param)} must be one character, like ',' or '\\t'; got {value!r}.")
+    return value
+
+
+def _size(param: typer.CallbackParam, value: str) -> str:
+    """A size like 5GB (vitfast.files.parse_size), above zero."""
+    from vitfast.files import parse_size
+
+    try:
+        ok = parse_size(value) > 0
+    except ValueError:
+        ok = False
+    if not ok:
+        raise typer.BadParameter(f"{_flag(param)} must be a size above zero, like 5GB, 500MB or 2GiB; got {value!r}.")
+    return value
+
+
 app = typer.Typer(
     name="vitfast",
+    cls=_OneLineUsageErrors,
     help="Vision transformers (ViT, Swin, CLIP) on fused Triton kernels.",
     no_args_is_help=True,
     add_completion=False,
@@ -43,9 +129,9 @@ app.add_typer(bench_app, name="bench")
 _QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines on stderr.")
 _BENCH_DTYPE = typer.Option(AUTO, "--dtype", help="bf16, fp16, fp32, or auto: bf16 on CUDA, fp32 on CPU.")
 _BENCH_DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
-_BENCH_WARMUP = typer.Option(None, "--warmup", show_default=False,
+_BENCH_WARMUP = typer.Option(None, "--warmup", show_default=False, callback=_AT_LEAST_0,
                              help="Untimed calls before timing. Default: 10 on CUDA, 1 on CPU.")
-_BENCH_REP = typer.Option(None, "--rep", show_default=False,
+_BENCH_REP = typer.Option(None, "--rep", show_default=False, callback=_AT_LEAST_1,
                           help="Timed calls; their median is reported. Default: 100 on CUDA, 3 on CPU.")
 _BENCH_JSON = typer.Option(None, "--json", help="Also write the results as JSON here.")
 _BENCH_PLOT = typer.Option(None, "--plot", help="Also save a PNG of time against peak memory.")
@@ -77,27 +163,35 @@ def _root() -> None:
 
 @app.command("train")
 def train_command(
+    ctx: typer.Context,
     model: str = typer.Option("vit_micro_patch4_32", "--model", "-m", help="Model name (see --list-models)."),
     data_dir: Path | None = typer.Option(None, "--data-dir",
                                          help="ImageFolder root with train/ and val/. Default: the built-in set."),
-    epochs: int = typer.Option(10, "--epochs", min=1),
-    batch_size: int = typer.Option(128, "--batch-size", "-b", min=1, help="Per process."),
-    lr: float = typer.Option(2e-3, "--lr", help="Peak learning rate (AdamW)."),
-    min_lr: float = typer.Option(1e-5, "--min-lr", help="Cosine schedule floor."),
-    weight_decay: float = typer.Option(0.05, "--weight-decay"),
-    warmup_epochs: float = typer.Option(1.0, "--warmup-epochs"),
+    epochs: int = typer.Option(10, "--epochs", callback=_AT_LEAST_1),
+    batch_size: int = typer.Option(128, "--batch-size", "-b", callback=_AT_LEAST_1, help="Per process."),
+    lr: float = typer.Option(2e-3, "--lr", callback=_POSITIVE, help="Peak learning rate (AdamW); above 0."),
+    min_lr: float = typer.Option(1e-5, "--min-lr", callback=_NON_NEGATIVE,
+                                 help="Cosine schedule floor; from 0 to --lr."),
+    weight_decay: float = typer.Option(0.05, "--weight-decay", callback=_NON_NEGATIVE),
+    warmup_epochs: float = typer.Option(1.0, "--warmup-epochs", callback=_NON_NEGATIVE),
     amp_dtype: _Dtype = _AMP_DTYPE,
-    grad_accum_steps: int = typer.Option(1, "--grad-accum-steps", min=1),
+    grad_accum_steps: int = typer.Option(1, "--grad-accum-steps", callback=_AT_LEAST_1),
     grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing"),
-    clip_grad: float | None = typer.Option(None, "--clip-grad", help="Clip the gradient norm to this."),
+    clip_grad: float | None = typer.Option(None, "--clip-grad", callback=_POSITIVE,
+                                           help="Clip the gradient norm to this; above 0."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
     attn_backend: _AttnBackend = _ATTN_BACKEND,
     output: Path = typer.Option(Path("output/train"), "--output", "-o", help="Checkpoints and metrics go here."),
-    resume: str | None = typer.Option(None, "--resume", help="A checkpoint folder, or 'latest' (in --output)."),
+    resume: str | None = typer.Option(None, "--resume", help="A checkpoint folder, or 'latest' (in --output); "
+                                      "the flags must be the saved run's (--epochs may grow)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the training run already in --output "
+                                   "(only the files training writes; others stay)."),
     seed: int = typer.Option(42, "--seed"),
-    workers: int = typer.Option(2, "--workers", "-j", min=0, help="DataLoader worker processes."),
-    img_size: int | None = typer.Option(None, "--img-size", help="Default: the model's."),
-    drop_path: float | None = typer.Option(None, "--drop-path", help="Stochastic depth rate."),
+    workers: int = typer.Option(2, "--workers", "-j", callback=_AT_LEAST_0, help="DataLoader worker processes."),
+    img_size: int | None = typer.Option(None, "--img-size", callback=_AT_LEAST_1,
+                                        help="Default: the model's; a multiple of its patch size."),
+    drop_path: float | None = typer.Option(None, "--drop-path", callback=_check(lambda v: 0 <= v < 1, "be in [0, 1)"),
+                                           help="Stochastic depth rate, in [0, 1)."),
     skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="Skip (and count) unreadable images."),
     train_data: Path | None = typer.Option(None, "--train-data",
                                            help="CLIP: CSV/TSV of image-text pairs, or tar shards "
@@ -107,7 +201,8 @@ def train_command(
                                          help="CLIP: CSV/TSV or tar shards of pairs for retrieval metrics."),
     csv_img_key: str = typer.Option("filepath", "--csv-img-key", help="CLIP: the image-path column."),
     csv_caption_key: str = typer.Option("title", "--csv-caption-key", help="CLIP: the caption column."),
-    csv_separator: str = typer.Option("\t", "--csv-separator", help="CLIP: the tables' separator."),
+    csv_separator: str = typer.Option("\t", "--csv-separator", callback=_one_character,
+                                      help="CLIP: the tables' separator, one character."),
     tokenizer: str | None = typer.Option(
         None, "--tokenizer", help="CLIP: a tokenizer.json, 'clip' (CLIP's BPE) or 'train' (a BPE on the captions). "
         "Default: 'clip' for CLIP-sized vocabularies, else 'train'."),
@@ -122,6 +217,8 @@ def train_command(
     CLIP models (e.g. clip_tiny, ViT-B-32) train on image-text pairs (--train-data) and report
     zero-shot accuracy on the val split of --data-dir and retrieval recall on --val-data.
     """
+    if min_lr > lr:
+        raise typer.BadParameter(f"--min-lr must be at most --lr ({lr}); got {min_lr}.")
     if list_models:
         import vitfast
 
@@ -137,33 +234,63 @@ def train_command(
         workers=workers, img_size=img_size, drop_path=drop_path, skip_bad_images=skip_bad_images, quiet=quiet,
         train_data=_str_or_none(train_data), val_data=_str_or_none(val_data), csv_img_key=csv_img_key,
         csv_caption_key=csv_caption_key, csv_separator=_unescape(csv_separator), tokenizer=tokenizer,
-        bpe_path=_str_or_none(bpe_path),
+        bpe_path=_str_or_none(bpe_path), overwrite=overwrite,
     )
+    from vitfast.train import Interrupted, TrainUsageError
+
     err = _stderr()
     log = (lambda msg: None) if quiet else (lambda msg: err.print(msg, markup=False))
     _kernel_setup(tf32, quiet)
     with _user_errors():
-        metrics = train(cfg, progress_factory=None if quiet else _epoch_progress(err), log=log)
+        try:
+            metrics = train(cfg, progress_factory=None if quiet else _epoch_progress(err), log=log)
+        except TrainUsageError as exc:  # another run in --output, a resume with changed flags
+            raise _fail(str(exc), 2) from None
+        except Interrupted as exc:  # SIGINT or SIGTERM, after saving: exit 130 or 143, as shells report them
+            if os.environ.get("RANK", "0") == "0":
+                err.print(f"{exc.saved}; continue with: {_resume_command(ctx)}", markup=False, soft_wrap=True)
+            raise typer.Exit(128 + exc.signum) from None
     if metrics and os.environ.get("RANK", "0") == "0":  # under torchrun, one table, from rank 0
         _print_result(metrics, json_out=False)
+
+
+def _resume_command(ctx: typer.Context) -> str:
+    """The `vitfast train` command line that continues this run: its flags that differ from their
+    defaults, with --resume latest."""
+    import shlex
+
+    words = ["vitfast", "train"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        value = getattr(value, "value", value)  # a choice
+        default = getattr(param.default, "value", param.default)
+        if param.name in ("resume", "overwrite") or value is None or str(value) == str(default):
+            continue
+        if param.is_flag:
+            words.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            words += [max(param.opts, key=len), str(value)]
+    return shlex.join([*words, "--resume", "latest"])
 
 
 @app.command("eval")
 def eval_command(
     model_dir: Path = typer.Option(..., "--model-dir", help="A model folder written by `vitfast train` or `save`."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="ImageFolder root; default: the built-in set."),
-    batch_size: int = typer.Option(256, "--batch-size", "-b", min=1),
-    workers: int = typer.Option(2, "--workers", "-j", min=0),
+    batch_size: int = typer.Option(256, "--batch-size", "-b", callback=_AT_LEAST_1),
+    workers: int = typer.Option(2, "--workers", "-j", callback=_AT_LEAST_0),
     amp_dtype: _Dtype = _AMP_DTYPE,
     attn_backend: _AttnBackend = _ATTN_BACKEND,
-    json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON (strict: NaN and ±inf as null)."),
     skip_bad_images: bool = typer.Option(False, "--skip-bad-images"),
     val_data: Path | None = typer.Option(None, "--val-data",
                                          help="CLIP: CSV/TSV or tar shards of image-text pairs for retrieval."),
     csv_img_key: str = typer.Option("filepath", "--csv-img-key", help="CLIP: the image-path column."),
     csv_caption_key: str = typer.Option("title", "--csv-caption-key", help="CLIP: the caption column."),
-    csv_separator: str = typer.Option("\t", "--csv-separator", help="CLIP: the table's separator."),
+    csv_separator: str = typer.Option("\t", "--csv-separator", callback=_one_character,
+                                      help="CLIP: the table's separator, one character."),
     tf32: bool = _TF32,
+    quiet: bool = _QUIET,
 ) -> None:
     """Evaluate a saved model: a classifier's top-1, top-5, loss and images/s on the val split; a CLIP's
     zero-shot top-1/top-5 on the val split of --data-dir and image/text retrieval R@1/5/10 on --val-data
@@ -171,12 +298,14 @@ def eval_command(
     from vitfast.pairs import CsvFormat
     from vitfast.train import evaluate_folder
 
-    _kernel_setup(tf32, quiet=False)
-    with _user_errors():
+    err = _stderr()
+    _kernel_setup(tf32, quiet)
+    with _user_errors(), _progress(err, quiet) as progress:
         metrics = evaluate_folder(model_dir, data_dir, batch_size=batch_size, workers=workers,
                                   amp_dtype=amp_dtype.value, attn_backend=attn_backend.value,
                                   skip_bad_images=skip_bad_images, val_data=val_data,
-                                  csv_format=CsvFormat(csv_img_key, csv_caption_key, _unescape(csv_separator)))
+                                  csv_format=CsvFormat(csv_img_key, csv_caption_key, _unescape(csv_separator)),
+                                  track=lambda loader, what: progress.track(loader, description=what))
     _print_result(metrics, json_out=json_out)
 
 
@@ -190,7 +319,7 @@ def convert_command(
                                      "the weights leave a choice (a ViT's head count, QuickGELU)."),
     dtype: _ExactDtype | None = typer.Option(None, "--dtype", show_default=False,
                                              help="Cast the weights; default: the source's dtype."),
-    max_shard_size: str = typer.Option("5GB", "--max-shard-size"),
+    max_shard_size: str = typer.Option("5GB", "--max-shard-size", callback=_size),
     tokenizer: Path | None = typer.Option(None, "--tokenizer", help="CLIP: a vitfast tokenizer.json; default: "
                                           "a Hugging Face folder's own tokenizer files, else CLIP's BPE for "
                                           "49408-token vocabularies."),
@@ -205,7 +334,7 @@ def convert_command(
     (--to) export a vitfast folder for timm or Hugging Face transformers."""
     from vitfast.convert import convert, export
 
-    with _user_errors():
+    with _user_errors("DST"):
         if to is not None:
             report = export(src, dst, to=to.value, max_shard_size=max_shard_size, force=force)
         else:
@@ -232,18 +361,24 @@ def _stderr():
 
 
 @contextlib.contextmanager
-def _user_errors() -> Iterator[None]:
+def _user_errors(destination: str = "--output") -> Iterator[None]:
     """Turn the library's user-facing errors (ValueError, which DataError and CheckpointError are, and
-    TrainingError) into a one-line message and exit 1, and Ctrl-C into exit 130."""
+    TrainingError) and OS errors (a path, what is wrong with it and the fix, `destination` naming where
+    output goes) into a one-line message and exit 1, also when a DataLoader worker raised them; Ctrl-C
+    into exit 130."""
     try:
         yield
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     except Exception as exc:
+        from vitfast.data import worker_message
+        from vitfast.files import describe_os_error
         from vitfast.train import TrainingError
 
+        if isinstance(exc, OSError):
+            raise _fail(worker_message(describe_os_error(exc, destination)), 1) from None
         if isinstance(exc, (ValueError, TrainingError)):
-            raise _fail(str(exc), 1) from None
+            raise _fail(worker_message(str(exc)), 1) from None
         raise
 
 
@@ -287,11 +422,23 @@ def _epoch_progress(err):
     return start
 
 
+def _strict_json(value):
+    """`value` with each NaN or infinite float (a diverged model's loss) as None, null in JSON: strict parsers
+    (JSON.parse, jq, Go, Rust) reject Python's bare NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
+
+
 def _print_result(metrics: dict, json_out: bool) -> None:
     import json
 
     if json_out:
-        print(json.dumps(metrics, indent=2))
+        print(json.dumps(_strict_json(metrics), indent=2, allow_nan=False))
         return
     from rich.console import Console
     from rich.table import Table
@@ -305,10 +452,10 @@ def _print_result(metrics: dict, json_out: bool) -> None:
 @bench_app.command("attention")
 def bench_attention(
     batch_size: int | None = typer.Option(
-        None, "--batch-size", "-b", show_default=False,
+        None, "--batch-size", "-b", show_default=False, callback=_AT_LEAST_1,
         help="Batch size B. Default: 64 on CUDA (ViT-B training), 1 on CPU."),
-    heads: int = typer.Option(12, "--heads", help="Attention heads H."),
-    head_dim: int = typer.Option(64, "--head-dim", help="Head dim D."),
+    heads: int = typer.Option(12, "--heads", callback=_AT_LEAST_1, help="Attention heads H."),
+    head_dim: int = typer.Option(64, "--head-dim", callback=_AT_LEAST_1, help="Head dim D."),
     dtype: _Dtype = _BENCH_DTYPE,
     seq_lens: str = typer.Option("197,257,577,1025,2048,4096", "--seq-lens",
                                  help="Comma-separated sequence lengths N."),
@@ -322,7 +469,7 @@ def bench_attention(
                                 "attention → output projection of a (B, N, H·D) input, 16-bit under autocast."),
     device: str = _BENCH_DEVICE,
     warmup: int | None = typer.Option(
-        None, "--warmup", show_default=False,
+        None, "--warmup", show_default=False, callback=_AT_LEAST_0,
         help="Untimed calls before timing; the first compiles. Default: 10 on CUDA, 1 on CPU."),
     rep: int | None = _BENCH_REP,
     json_path: Path | None = _BENCH_JSON,
@@ -351,13 +498,13 @@ def bench_attention(
 @bench_app.command("window")
 def bench_window(
     batch_size: int | None = typer.Option(
-        None, "--batch-size", "-b", show_default=False,
+        None, "--batch-size", "-b", show_default=False, callback=_AT_LEAST_1,
         help="Batch size B. Default: 64 on CUDA (the issue's Swin-T reference), 1 on CPU."),
     stages: str = typer.Option("stage1,stage2,stage3", "--stages",
                                help="Comma-separated Swin-T stages at 224: stage1 (56×56, C=96, 3 heads), stage2 "
                                     "(28×28, 192, 6), stage3 (14×14, 384, 12), stage4 (7×7, 768, 24)."),
-    window: int = typer.Option(7, "--window", help="Window size."),
-    shift: int = typer.Option(3, "--shift", help="Cyclic shift (0: no shift)."),
+    window: int = typer.Option(7, "--window", callback=_AT_LEAST_1, help="Window size."),
+    shift: int = typer.Option(3, "--shift", callback=_AT_LEAST_0, help="Cyclic shift (0: no shift), below --window."),
     dtype: _Dtype = _BENCH_DTYPE,
     backends: str = typer.Option("triton,sdpa,eager", "--backends",
                                  help="Comma-separated: triton, sdpa, eager; or a peer: flex (FlexAttention, "
@@ -379,6 +526,8 @@ def bench_window(
 
     Exit code: 0, 1 when no case ran at all, 2 on bad flags.
     """
+    if shift >= window:
+        raise typer.BadParameter(f"--shift must be below --window ({window}); got {shift}.")
     from vitfast.bench.window import plan
 
     _bench(lambda: plan(batch=batch_size, stages=_csv(stages, "--stages"), window=window, shift=shift,
@@ -392,7 +541,7 @@ def bench_clip_loss(
     batch_sizes: str | None = typer.Option(
         None, "--batch-sizes", show_default=False,
         help="Comma-separated batch sizes N. Default: 4096,8192,16384,32768,65536 on CUDA, 256,1024,4096 on CPU."),
-    dim: int = typer.Option(512, "--dim", help="Embedding dim D (triton: a multiple of 16)."),
+    dim: int = typer.Option(512, "--dim", callback=_AT_LEAST_1, help="Embedding dim D (triton: a multiple of 16)."),
     dtype: _Dtype = _BENCH_DTYPE,
     backends: str = typer.Option(
         "triton,chunked,eager", "--backends",
@@ -411,7 +560,8 @@ def bench_clip_loss(
         None, "--memory-limit", show_default=False,
         help="With --max-batch: a batch fits when one call's footprint is at most this (e.g. 2GiB); needed on "
              "CPU. Default on CUDA: until the GPU runs out of memory."),
-    max_batch_cap: int = typer.Option(2**22, "--max-batch-cap", help="With --max-batch: the largest N tried."),
+    max_batch_cap: int = typer.Option(2**22, "--max-batch-cap", callback=_AT_LEAST_1,
+                                      help="With --max-batch: the largest N tried."),
     json_path: Path | None = _BENCH_JSON,
     csv_path: Path | None = typer.Option(None, "--csv", help="Also write the sweep's rows as CSV here."),
     plot_path: Path | None = _BENCH_PLOT,
@@ -452,9 +602,10 @@ def bench_clip_loss(
 def bench_model_command(
     model: str = typer.Option("vit_base_patch16_224", "--model", "-m", help="A vitfast model name (ViT, Swin, CLIP)."),
     mode: _ModelMode = typer.Option("both", "--mode", help="train, infer, or both."),
-    batch_size: int | None = typer.Option(None, "--batch-size", "-b", show_default=False,
+    batch_size: int | None = typer.Option(None, "--batch-size", "-b", show_default=False, callback=_AT_LEAST_1,
                                           help="Default: 256 on CUDA (timm's benchmark), 8 on CPU."),
-    img_size: int | None = typer.Option(None, "--img-size", help="Default: the model's."),
+    img_size: int | None = typer.Option(None, "--img-size", callback=_AT_LEAST_1,
+                                        help="Default: the model's; a multiple of its patch size."),
     amp_dtype: _Dtype = _AMP_DTYPE,
     attn_backend: str = typer.Option("triton,sdpa,eager", "--attn-backend",
                                      help="Comma-separated vitfast attention backends: triton, sdpa, eager."),

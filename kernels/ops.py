@@ -189,8 +189,9 @@ def window_attention(qkv: torch.Tensor, bias_table: torch.Tensor, *, num_heads: 
         qkv: the block's qkv projection of the (B, H, W, C) map, channels last; any strides.
         bias_table: relative-position bias, ((2·Mh−1)·(2·Mw−1), heads).
         num_heads: attention heads; C must be divisible by it.
-        window_size, shift_size: an int or an (h, w) pair. Along an axis where the map is no larger
-            than the window, the window shrinks to the map and the shift becomes 0 (as timm).
+        window_size, shift_size: an int or an (h, w) pair, the shift from 0 to below the window
+            (ValueError otherwise). Along an axis where the map is no larger than the window, the
+            window shrinks to the map and the shift becomes 0 (as timm).
         qkv_bias: the projection's bias, the q, k, v of padded tokens (timm zero-pads before qkv).
         scale: multiplier of q·kᵀ; defaults to head_dim^-0.5.
         shrink_window: apply the shrink rule above to this call's map. False keeps the window and
@@ -209,6 +210,7 @@ def window_attention(qkv: torch.Tensor, bias_table: torch.Tensor, *, num_heads: 
                          f"got {tuple(qkv.shape)}.")
     if bias_table.dim() != 2 or bias_table.shape[1] != num_heads:
         raise ValueError(f"bias_table must be (table rows, num_heads={num_heads}); got {tuple(bias_table.shape)}.")
+    geo.check_window(window_size, shift_size)
     _check_backend(backend, ATTENTION_BACKENDS, "window-attention")
     operand = policy.operand_dtype(precision, qkv.dtype, qkv.device.type)
     qkv, qkv_bias = policy.cast(operand, qkv, qkv_bias)

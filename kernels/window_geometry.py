@@ -18,6 +18,15 @@ def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
     return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
 
 
+def check_window(window_size: int | tuple[int, int], shift_size: int | tuple[int, int]) -> None:
+    """Raise ValueError unless each axis has a window of at least 1 and a shift from 0 to below its window
+    (Swin shifts by window // 2; a shift of a whole window or more would move tokens into other windows)."""
+    (wh, ww), (sh, sw) = _pair(window_size), _pair(shift_size)
+    if min(wh, ww) < 1 or not (0 <= sh < wh and 0 <= sw < ww):
+        raise ValueError(f"shift_size {shift_size} must be at least 0 and less than window_size {window_size} "
+                         f"along each axis (Swin uses window_size // 2).")
+
+
 def effective_window(height: int, width: int, window_size: int | tuple[int, int],
                      shift_size: int | tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
     """timm's per-axis rule: where the map is no larger than the window, the window shrinks to the

@@ -154,7 +154,7 @@ def test_cli_open_clip_backend_is_the_baseline():
     (["--batch-sizes", "1k"], "--batch-sizes takes comma-separated integers"),
     (["--max-batch"], "on a CPU the largest-batch search needs a memory limit"),
     (["--max-batch", "--memory-limit", "lots"], "cannot read the size 'lots'"),
-    (["--max-batch", "--memory-limit", "1GiB", "--max-batch-cap", "0"], "largest-batch cap must be at least 1"),
+    (["--max-batch", "--memory-limit", "1GiB", "--max-batch-cap", "0"], "--max-batch-cap must be at least 1"),
 ])
 def test_cli_bad_input_is_one_line_error(bad, message):
     result = run_cli(*TINY, *bad)

@@ -48,7 +48,7 @@ def test_cli_sweep_writes_json_and_png(tmp_path):
 
 @pytest.mark.parametrize("bad, message", [
     (["--stages", "stage9"], "unknown stage 'stage9'"),
-    (["--shift", "7"], "shift must be in [0, window)"),
+    (["--shift", "7"], "--shift must be below --window (7)"),
     (["--backends", "flash"], "unknown backend 'flash'"),
     (["--dtype", "fp8"], "'fp8' is not one of"),
 ])

@@ -12,7 +12,6 @@ from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from vitfast.choices import ATTENTION_BACKENDS
@@ -79,10 +78,12 @@ class Attention(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Conv patchify (timm's ``proj``), channels last: (B, C, H, W) to (B, ⌈H/p⌉, ⌈W/p⌉, D).
+    """Conv patchify (timm's ``proj``), channels last: (B, C, H, W) to (B, H/p, W/p, D).
 
-    Images are padded to whole patches, as timm's Swin with strict_img_size=False (ViT refuses such
-    sizes before it gets here); Swin's patches are then normalized (``norm``), ViT's are not.
+    H and W must be multiples of the patch size p, for ViT and Swin alike: timm's PatchEmbed refuses
+    other sizes too (Swin's ``strict_img_size=False`` lifts only the fixed size; padding to whole
+    patches is a separate ``dynamic_img_pad`` that timm's Swin does not use), and a padded patch would
+    give logits no timm or HF model gives. Swin's patches are then normalized (``norm``), ViT's are not.
     """
 
     def __init__(self, patch_size: int, in_chans: int, dim: int, norm: bool = False):
@@ -95,7 +96,7 @@ class PatchEmbed(nn.Module):
         _, _, h, w = x.shape
         p = self.patch_size
         if h % p or w % p:
-            x = F.pad(x, (0, (-w) % p, 0, (-h) % p))
+            raise ValueError(f"image size {h}×{w} is not a multiple of the patch size {p}.")
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 

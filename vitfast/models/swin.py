@@ -2,7 +2,8 @@
 
 Parameter names match timm's for the same model name (buffers are non-persistent), so a timm state
 dict loads with ``strict=True`` and gives the same logits, also at input sizes other than the trained
-one (as timm with ``strict_img_size=False``). Every block's attention goes through
+one (as timm with ``strict_img_size=False``); like timm's (and ViT), a size must be a multiple of the
+patch size. Every block's attention goes through
 ``vitfast.kernels.window_attention`` with the backend from the config.
 """
 
@@ -24,7 +25,7 @@ from .layers import Attention, Block, PatchEmbed, check_attn_backend, init_linea
 class SwinConfig:
     """Hyper-parameters of a Swin V1; `vitfast.create_model(name, **overrides)` starts from a named one."""
 
-    img_size: int = 224  # the size windows and shifts are fixed for; other sizes run too (padded)
+    img_size: int = 224  # the size windows and shifts are fixed for; other multiples of patch_size run too
     patch_size: int = 4
     in_chans: int = 3
     num_classes: int = 1000
@@ -42,6 +43,12 @@ class SwinConfig:
         self.depths, self.num_heads = tuple(self.depths), tuple(self.num_heads)
 
     def validate(self) -> None:
+        if not 0 <= self.drop_path_rate < 1:
+            raise ValueError(f"drop_path_rate must be in [0, 1); got {self.drop_path_rate}.")
+        if self.img_size % self.patch_size:
+            raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}.")
+        if self.window_size < 1:
+            raise ValueError(f"window_size must be at least 1; got {self.window_size}.")
         if len(self.depths) != len(self.num_heads):
             raise ValueError(f"depths {self.depths} and num_heads {self.num_heads} differ in length.")
         for i, heads in enumerate(self.num_heads):

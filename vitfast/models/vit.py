@@ -38,6 +38,8 @@ class ViTConfig:
     norm_eps: float = 1e-6  # every LayerNorm's epsilon: timm's and the original ViT's; HF's ViT uses 1e-12
 
     def validate(self) -> None:
+        if not 0 <= self.drop_path_rate < 1:
+            raise ValueError(f"drop_path_rate must be in [0, 1); got {self.drop_path_rate}.")
         check_attn_backend(self.attn_backend)
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}.")
@@ -116,9 +118,7 @@ class VisionTransformer(nn.Module):
         """(B, C, H, W) images, H and W multiples of the patch size, to (B, prefix + N, D) normalized tokens."""
         _, _, h, w = x.shape
         p = self.config.patch_size
-        if h % p or w % p:
-            raise ValueError(f"image size {h}×{w} is not a multiple of the patch size {p}.")
-        x = self.patch_embed(x).flatten(1, 2)
+        x = self.patch_embed(x).flatten(1, 2)  # refuses a size that is not a multiple of p
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         # Another input size gets the learned grid resized to match; the trained size gets it as is.
