@@ -200,7 +200,8 @@ def find_split(root: str | os.PathLike[str], split: str) -> Path:
     """The folder of `split` ("train" or "val") under `root`, accepting timm's synonyms."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist.")
+        problem = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DataError(f"data folder {root} {problem}: --data-dir takes an ImageFolder root holding train/ and val/.")
     names = TRAIN_SYNONYMS if split == "train" else VAL_SYNONYMS
     for name in names:
         if (root / name).is_dir():

@@ -149,6 +149,7 @@ def test_eval_says_which_attention_backend_auto_runs_and_why(tiny_image_folder, 
     [
         (["train", "--model", "vit_nope"], "unknown model 'vit_nope'"),
         (["train", "--data-dir", "/nonexistent/data"], "does not exist"),
+        (["train", "--data-dir", __file__], "is a file, not a folder"),
         (["eval", "--model-dir", "/nonexistent/model"], "does not exist"),
         (["train", "--amp-dtype", "fp16"], "needs a CUDA GPU"),
     ],
