@@ -259,7 +259,7 @@ def _resume_command(ctx: typer.Context) -> str:
     defaults, with --resume latest."""
     import shlex
 
-    words = ["vitfast", "train"]
+    words = [*_launcher_words(os.environ), "train"]
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
         value = getattr(value, "value", value)  # a choice
@@ -271,6 +271,17 @@ def _resume_command(ctx: typer.Context) -> str:
         else:
             words += [max(param.opts, key=len), str(value)]
     return shlex.join([*words, "--resume", "latest"])
+
+
+def _launcher_words(env) -> list[str]:
+    """How this process was started, for the resume line: `vitfast`, or under torchrun (its variables
+    in `env`) `torchrun --nproc_per_node N -m vitfast`, with --nnodes past one node (the rendezvous
+    flags are the user's own)."""
+    if "TORCHELASTIC_RUN_ID" not in env or "LOCAL_WORLD_SIZE" not in env:
+        return ["vitfast"]
+    per_node, world = int(env["LOCAL_WORLD_SIZE"]), int(env.get("WORLD_SIZE", env["LOCAL_WORLD_SIZE"]))
+    nodes = ["--nnodes", str(world // per_node)] if world > per_node else []
+    return ["torchrun", *nodes, "--nproc_per_node", str(per_node), "-m", "vitfast"]
 
 
 @app.command("eval")

@@ -43,3 +43,16 @@ def test_help_lists_the_library_names(command, flag, names):
     assert result.exit_code == 0
     line = next(line for line in _plain(result.output).splitlines() if f"{flag} " in line and "<" in line)
     assert "<" + "|".join(names) + ">" in line
+
+
+@pytest.mark.parametrize("env, words", [
+    ({}, ["vitfast"]),
+    ({"TORCHELASTIC_RUN_ID": "1", "LOCAL_WORLD_SIZE": "8", "WORLD_SIZE": "8"},
+     ["torchrun", "--nproc_per_node", "8", "-m", "vitfast"]),
+    ({"TORCHELASTIC_RUN_ID": "1", "LOCAL_WORLD_SIZE": "8", "WORLD_SIZE": "32"},
+     ["torchrun", "--nnodes", "4", "--nproc_per_node", "8", "-m", "vitfast"]),
+])
+def test_the_resume_line_starts_as_the_run_was_launched(env, words):
+    from vitfast.cli import _launcher_words
+
+    assert _launcher_words(env) == words
