@@ -14,6 +14,7 @@ vitfast.choices, as the CLI's flags do.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -91,12 +92,27 @@ def _choose_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal:
                            int(q.shape[-2]) if q.dim() == 4 else 0, reason, "sdpa", _attention_self_check, (causal,))
 
 
-def _attention_fallback(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
-                        backend: str) -> torch.Tensor:
+def _run_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float, backend: str,
+                   precision: str, run_triton: Callable[[str], torch.Tensor],
+                   fallback_layout: Callable[[torch.Tensor], torch.Tensor] = lambda out: out) -> torch.Tensor:
+    """The backend both attention entry points share: "auto" resolved by dispatch, `run_triton` (given
+    tl.dot's float32 precision) for Triton, falling back to SDPA on a kernel error under "auto"; SDPA
+    and eager on the (B, H, N, D) q, k, v, their output put in the entry point's layout."""
+    auto = backend == "auto"
+    if auto:
+        backend = _choose_attention(q, k, v, causal)
+    if backend == "triton":
+        try:
+            return run_triton(policy.float32_dot(precision))
+        except KERNEL_ERRORS as exc:
+            if not auto:
+                raise
+            dispatch.record_failure("causal_attention" if causal else "attention", q.device, q.dtype, exc)
+            backend = "sdpa"
     with torch.autocast(q.device.type, enabled=False):
         if backend == "sdpa":
-            return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
-        return reference.attention(q, k, v, causal=causal, scale=scale)
+            return fallback_layout(F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale))
+        return fallback_layout(reference.attention(q, k, v, causal=causal, scale=scale))
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
@@ -124,19 +140,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     q, k, v = policy.cast(operand, q, k, v)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    auto = backend == "auto"
-    if auto:
-        backend = _choose_attention(q, k, v, causal)
-    if backend == "triton":
-        try:
-            return flash_attention.triton_attention(q, k, v, causal=causal, scale=scale,
-                                                    precision=policy.float32_dot(precision))
-        except KERNEL_ERRORS as exc:
-            if not auto:
-                raise
-            dispatch.record_failure("causal_attention" if causal else "attention", q.device, q.dtype, exc)
-            backend = "sdpa"
-    return _attention_fallback(q, k, v, causal, scale, backend)
+    def run_triton(fp32_dot: str) -> torch.Tensor:
+        return flash_attention.triton_attention(q, k, v, causal=causal, scale=scale, precision=fp32_dot)
+
+    return _run_attention(q, k, v, causal, scale, backend, precision, run_triton)
 
 
 def packed_attention(qkv: torch.Tensor, num_heads: int, *, causal: bool = False, scale: float | None = None,
@@ -163,20 +170,12 @@ def packed_attention(qkv: torch.Tensor, num_heads: int, *, causal: bool = False,
     q, k, v = flash_attention.unpack_heads(qkv, 3, num_heads)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    auto = backend == "auto"
-    if auto:
-        backend = _choose_attention(q, k, v, causal)
-    if backend == "triton":
-        try:
-            return flash_attention.triton_packed_attention(qkv, num_heads, causal=causal, scale=scale,
-                                                           precision=policy.float32_dot(precision))
-        except KERNEL_ERRORS as exc:
-            if not auto:
-                raise
-            dispatch.record_failure("causal_attention" if causal else "attention", q.device, q.dtype, exc)
-            backend = "sdpa"
+    def run_triton(fp32_dot: str) -> torch.Tensor:
+        return flash_attention.triton_packed_attention(qkv, num_heads, causal=causal, scale=scale, precision=fp32_dot)
+
     # SDPA's fused kernels write (B, N, H, D) memory: the transpose and flatten are views there.
-    return _attention_fallback(q, k, v, causal, scale, backend).transpose(1, 2).flatten(2)
+    return _run_attention(q, k, v, causal, scale, backend, precision, run_triton,
+                          fallback_layout=lambda out: out.transpose(1, 2).flatten(2))
 
 
 def window_attention(qkv: torch.Tensor, bias_table: torch.Tensor, *, num_heads: int,
