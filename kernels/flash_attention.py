@@ -170,6 +170,72 @@ def _attn_fwd_kernel(
 
 
 @triton.jit
+def _delta_rows(o_base, do_base, start_m, stride_on, stride_od, stride_don, stride_dod, N,
+                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    """rowsum(O ∘ dO) in float32 of one head's query rows [start_m, start_m + BLOCK_M)."""
+    mask = _tile_mask(start_m, N, BLOCK_M, BLOCK_D, HEAD_DIM)
+    o = tl.load(_tile_ptrs(o_base, start_m, stride_on, stride_od, BLOCK_M, BLOCK_D), mask=mask, other=0.0)
+    do = tl.load(_tile_ptrs(do_base, start_m, stride_don, stride_dod, BLOCK_M, BLOCK_D), mask=mask, other=0.0)
+    return tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+
+
+@triton.jit
+def _load_key_block(K, V, bh, H, start_n, N, stride_kb, stride_kh, stride_kn, stride_kd,
+                    stride_vb, stride_vh, stride_vn, stride_vd,
+                    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One head's key rows [start_n, start_n + BLOCK_N) of K and V, and the mask of those inside N."""
+    kv_mask = _tile_mask(start_n, N, BLOCK_N, BLOCK_D, HEAD_DIM)
+    k = tl.load(_tile_ptrs(_head_base(K, bh, H, stride_kb, stride_kh),
+                           start_n, stride_kn, stride_kd, BLOCK_N, BLOCK_D), mask=kv_mask, other=0.0)
+    v = tl.load(_tile_ptrs(_head_base(V, bh, H, stride_vb, stride_vh),
+                           start_n, stride_vn, stride_vd, BLOCK_N, BLOCK_D), mask=kv_mask, other=0.0)
+    return k, v, kv_mask
+
+
+@triton.jit
+def _key_block_step(k, v, dk, dv, q_base, do_base, lse_base, delta_base, start_m, offs_n, N,
+                    stride_qn, stride_qd, stride_don, stride_dod, qk_scale,
+                    CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                    PRECISION: tl.constexpr):
+    """A key block's dK and dV updated with query rows [start_m, start_m + BLOCK_M); also returns the
+    tile's dSᵀ (keys along rows), from which dQ's share follows. Rows past N get lse = +inf, hence
+    probability 0, and delta 0."""
+    offs_d = tl.arange(0, BLOCK_D)
+    arange_m = tl.arange(0, BLOCK_M)
+    offs_m = start_m + arange_m
+    m_in = offs_m < N
+    qT = tl.load(q_base + tl.cast(start_m, tl.int64) * stride_qn
+                 + offs_d[:, None] * stride_qd + arange_m[None, :] * stride_qn,
+                 mask=(offs_d[:, None] < HEAD_DIM) & m_in[None, :], other=0.0)
+    do = tl.load(_tile_ptrs(do_base, start_m, stride_don, stride_dod, BLOCK_M, BLOCK_D),
+                 mask=_tile_mask(start_m, N, BLOCK_M, BLOCK_D, HEAD_DIM), other=0.0)
+    lse = tl.load(lse_base + offs_m, mask=m_in, other=float("inf"))
+    delta = tl.load(delta_base + offs_m, mask=m_in, other=0.0)
+
+    pT = tl.math.exp2(tl.dot(k, qT, input_precision=PRECISION) * qk_scale - lse[None, :])
+    if CAUSAL:
+        pT = tl.where(offs_m[None, :] >= offs_n[:, None], pT, 0.0)
+    dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=PRECISION)
+    dpT = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+    dsT = pT * (dpT - delta[None, :])
+    dk = tl.dot(dsT.to(qT.dtype), tl.trans(qT), dk, input_precision=PRECISION)
+    return dk, dv, dsT
+
+
+@triton.jit
+def _store_key_block(DK, DV, dk, dv, kv_mask, bh, H, start_n, sm_scale,
+                     stride_dkb, stride_dkh, stride_dkn, stride_dkd, stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A key block's finished dK (scaled) and dV into their (B, H, N, D) tensors."""
+    tl.store(_tile_ptrs(_head_base(DK, bh, H, stride_dkb, stride_dkh),
+                        start_n, stride_dkn, stride_dkd, BLOCK_N, BLOCK_D),
+             (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(_tile_ptrs(_head_base(DV, bh, H, stride_dvb, stride_dvh),
+                        start_n, stride_dvn, stride_dvd, BLOCK_N, BLOCK_D),
+             dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
 def _attn_bwd_delta_kernel(
     O, DO,  # (B, H, N, D), any strides  # noqa: E741
     DELTA,  # (B·H, N) float32: rowsum(O ∘ dO)
@@ -182,12 +248,8 @@ def _attn_bwd_delta_kernel(
     num_m = tl.cdiv(N, BLOCK_M)
     bh = pid // num_m
     start_m = (pid % num_m) * BLOCK_M
-    mask = _tile_mask(start_m, N, BLOCK_M, BLOCK_D, HEAD_DIM)
-    o = tl.load(_tile_ptrs(_head_base(O, bh, H, stride_ob, stride_oh),
-                           start_m, stride_on, stride_od, BLOCK_M, BLOCK_D), mask=mask, other=0.0)
-    do = tl.load(_tile_ptrs(_head_base(DO, bh, H, stride_dob, stride_doh),
-                            start_m, stride_don, stride_dod, BLOCK_M, BLOCK_D), mask=mask, other=0.0)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    delta = _delta_rows(_head_base(O, bh, H, stride_ob, stride_oh), _head_base(DO, bh, H, stride_dob, stride_doh),
+                        start_m, stride_on, stride_od, stride_don, stride_dod, N, HEAD_DIM, BLOCK_D, BLOCK_M)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     tl.store(DELTA + tl.cast(bh, tl.int64) * N + offs_m, delta, mask=offs_m < N)
 
@@ -214,50 +276,23 @@ def _attn_bwd_dkdv_kernel(
     bh = pid // num_n
     start_n = (pid % num_n) * BLOCK_N
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    arange_m = tl.arange(0, BLOCK_M)
-
     q_base = _head_base(Q, bh, H, stride_qb, stride_qh)
     do_base = _head_base(DO, bh, H, stride_dob, stride_doh)
     lse_base = LSE + tl.cast(bh, tl.int64) * N
     delta_base = DELTA + tl.cast(bh, tl.int64) * N
 
-    kv_mask = _tile_mask(start_n, N, BLOCK_N, BLOCK_D, HEAD_DIM)
-    k = tl.load(_tile_ptrs(_head_base(K, bh, H, stride_kb, stride_kh),
-                           start_n, stride_kn, stride_kd, BLOCK_N, BLOCK_D), mask=kv_mask, other=0.0)
-    v = tl.load(_tile_ptrs(_head_base(V, bh, H, stride_vb, stride_vh),
-                           start_n, stride_vn, stride_vd, BLOCK_N, BLOCK_D), mask=kv_mask, other=0.0)
+    k, v, kv_mask = _load_key_block(K, V, bh, H, start_n, N, stride_kb, stride_kh, stride_kn, stride_kd,
+                                    stride_vb, stride_vh, stride_vn, stride_vd, HEAD_DIM, BLOCK_N, BLOCK_D)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-
     lo = (start_n // BLOCK_M) * BLOCK_M if CAUSAL else 0
     for start_m in range(lo, N, BLOCK_M):
-        offs_m = start_m + arange_m
-        m_in = offs_m < N
-        qT_ptrs = (q_base + tl.cast(start_m, tl.int64) * stride_qn
-                   + offs_d[:, None] * stride_qd + arange_m[None, :] * stride_qn)
-        qT = tl.load(qT_ptrs, mask=(offs_d[:, None] < HEAD_DIM) & m_in[None, :], other=0.0)
-        do = tl.load(_tile_ptrs(do_base, start_m, stride_don, stride_dod, BLOCK_M, BLOCK_D),
-                     mask=_tile_mask(start_m, N, BLOCK_M, BLOCK_D, HEAD_DIM), other=0.0)
-        # Rows past N get lse = +inf, hence probability 0, and delta 0.
-        lse = tl.load(lse_base + offs_m, mask=m_in, other=float("inf"))
-        delta = tl.load(delta_base + offs_m, mask=m_in, other=0.0)
-
-        pT = tl.math.exp2(tl.dot(k, qT, input_precision=PRECISION) * qk_scale - lse[None, :])
-        if CAUSAL:
-            pT = tl.where(offs_m[None, :] >= offs_n[:, None], pT, 0.0)
-        dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=PRECISION)
-        dpT = tl.dot(v, tl.trans(do), input_precision=PRECISION)
-        dsT = pT * (dpT - delta[None, :])
-        dk = tl.dot(dsT.to(qT.dtype), tl.trans(qT), dk, input_precision=PRECISION)
-
-    dk = dk * sm_scale
-    tl.store(_tile_ptrs(_head_base(DK, bh, H, stride_dkb, stride_dkh),
-                        start_n, stride_dkn, stride_dkd, BLOCK_N, BLOCK_D),
-             dk.to(DK.dtype.element_ty), mask=kv_mask)
-    tl.store(_tile_ptrs(_head_base(DV, bh, H, stride_dvb, stride_dvh),
-                        start_n, stride_dvn, stride_dvd, BLOCK_N, BLOCK_D),
-             dv.to(DV.dtype.element_ty), mask=kv_mask)
+        dk, dv, _ = _key_block_step(k, v, dk, dv, q_base, do_base, lse_base, delta_base, start_m, offs_n, N,
+                                    stride_qn, stride_qd, stride_don, stride_dod, qk_scale,
+                                    CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_M, PRECISION)
+    _store_key_block(DK, DV, dk, dv, kv_mask, bh, H, start_n, sm_scale,
+                     stride_dkb, stride_dkh, stride_dkn, stride_dkd, stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+                     BLOCK_N, BLOCK_D)
 
 
 @triton.jit
@@ -361,48 +396,28 @@ def _attn_bwd_fused_kernel(
     acc_base = DQ_ACC + tl.cast(bh, tl.int64) * N * BLOCK_D
 
     for start_m in range(0, N, BLOCK_M):
-        mask = _tile_mask(start_m, N, BLOCK_M, BLOCK_D, HEAD_DIM)
-        o = tl.load(_tile_ptrs(o_base, start_m, stride_on, stride_od, BLOCK_M, BLOCK_D), mask=mask, other=0.0)
-        do = tl.load(_tile_ptrs(do_base, start_m, stride_don, stride_dod, BLOCK_M, BLOCK_D), mask=mask, other=0.0)
-        tl.store(delta_base + start_m + arange_m, tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1),
-                 mask=(start_m + arange_m) < N)
+        tl.store(delta_base + start_m + arange_m,
+                 _delta_rows(o_base, do_base, start_m, stride_on, stride_od, stride_don, stride_dod, N,
+                             HEAD_DIM, BLOCK_D, BLOCK_M), mask=(start_m + arange_m) < N)
     # Other threads of this program read what these stores wrote.
     tl.debug_barrier()
 
     last_n = ((N - 1) // BLOCK_N) * BLOCK_N
     for start_n in range(0, N, BLOCK_N):
         offs_n = start_n + arange_n
-        kv_mask = _tile_mask(start_n, N, BLOCK_N, BLOCK_D, HEAD_DIM)
-        k = tl.load(_tile_ptrs(_head_base(K, bh, H, stride_kb, stride_kh),
-                               start_n, stride_kn, stride_kd, BLOCK_N, BLOCK_D), mask=kv_mask, other=0.0)
-        v = tl.load(_tile_ptrs(_head_base(V, bh, H, stride_vb, stride_vh),
-                               start_n, stride_vn, stride_vd, BLOCK_N, BLOCK_D), mask=kv_mask, other=0.0)
+        k, v, kv_mask = _load_key_block(K, V, bh, H, start_n, N, stride_kb, stride_kh, stride_kn, stride_kd,
+                                        stride_vb, stride_vh, stride_vn, stride_vd, HEAD_DIM, BLOCK_N, BLOCK_D)
         dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         lo = (start_n // BLOCK_M) * BLOCK_M if CAUSAL else 0
         for start_m in range(lo, N, BLOCK_M):
+            dk, dv, dsT = _key_block_step(k, v, dk, dv, q_base, do_base, lse_base, delta_base, start_m, offs_n, N,
+                                          stride_qn, stride_qd, stride_don, stride_dod, qk_scale,
+                                          CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_M, PRECISION)
+            # This key block's share of dQ, added to the key blocks before it (none for the first). Key
+            # rows past N are zero in k, so their dSᵀ adds nothing.
             offs_m = start_m + arange_m
-            m_in = offs_m < N
-            q_mask = m_in[:, None] & d_in[None, :]
-            qT = tl.load(q_base + tl.cast(start_m, tl.int64) * stride_qn
-                         + offs_d[:, None] * stride_qd + arange_m[None, :] * stride_qn,
-                         mask=d_in[:, None] & m_in[None, :], other=0.0)
-            do = tl.load(_tile_ptrs(do_base, start_m, stride_don, stride_dod, BLOCK_M, BLOCK_D), mask=q_mask,
-                         other=0.0)
-            # Rows past N get lse = +inf, hence probability 0, and delta 0.
-            lse = tl.load(lse_base + offs_m, mask=m_in, other=float("inf"))
-            delta = tl.load(delta_base + offs_m, mask=m_in, other=0.0)
-
-            pT = tl.math.exp2(tl.dot(k, qT, input_precision=PRECISION) * qk_scale - lse[None, :])
-            keep = offs_n[:, None] < N
-            if CAUSAL:
-                keep = keep & (offs_m[None, :] >= offs_n[:, None])
-            pT = tl.where(keep, pT, 0.0)
-            dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=PRECISION)
-            dsT = pT * (tl.dot(v, tl.trans(do), input_precision=PRECISION) - delta[None, :])
-            dk = tl.dot(dsT.to(qT.dtype), tl.trans(qT), dk, input_precision=PRECISION)
-
-            # This key block's share of dQ, added to the key blocks before it (none for the first).
+            q_mask = (offs_m < N)[:, None] & d_in[None, :]
             acc_ptrs = acc_base + offs_m[:, None] * BLOCK_D + offs_d[None, :]
             dq = tl.load(acc_ptrs, mask=q_mask & (start_n > 0), other=0.0)
             dq = tl.dot(tl.trans(dsT).to(k.dtype), k, dq, input_precision=PRECISION)
@@ -415,12 +430,9 @@ def _attn_bwd_fused_kernel(
                      (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_mask & (start_n == final_n))
         # The next key block reads the dQ rows this one wrote, possibly in other threads.
         tl.debug_barrier()
-        tl.store(_tile_ptrs(_head_base(DK, bh, H, stride_dkb, stride_dkh),
-                            start_n, stride_dkn, stride_dkd, BLOCK_N, BLOCK_D),
-                 (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
-        tl.store(_tile_ptrs(_head_base(DV, bh, H, stride_dvb, stride_dvh),
-                            start_n, stride_dvn, stride_dvd, BLOCK_N, BLOCK_D),
-                 dv.to(DV.dtype.element_ty), mask=kv_mask)
+        _store_key_block(DK, DV, dk, dv, kv_mask, bh, H, start_n, sm_scale,
+                         stride_dkb, stride_dkh, stride_dkn, stride_dkd, stride_dvb, stride_dvh, stride_dvn,
+                         stride_dvd, BLOCK_N, BLOCK_D)
 
 
 # --------------------------------------------------------------------------------------------------
