@@ -4,11 +4,14 @@ Parameter names match timm's for the same model name (buffers are non-persistent
 dict loads with ``strict=True`` and gives the same logits, also at input sizes other than the trained
 one (as timm with ``strict_img_size=False``); like timm's (and ViT), a size must be a multiple of the
 patch size. Every block's attention goes through
-``vitfast.kernels.window_attention`` with the backend from the config.
+``vitfast.kernels.window_attention`` with the backend from the config. Weights trained at another
+``window_size`` load too: their bias tables are resized as timm's checkpoint filter resizes them
+(`resize_relative_position_table`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +22,83 @@ from vitfast.kernels import window_attention
 from vitfast.kernels.window_geometry import effective_window
 
 from .layers import Attention, Block, PatchEmbed, check_attn_backend, init_linears, run_blocks
+
+
+def _table_side(rows: int) -> int | None:
+    """The side 2w−1 of a square bias table with `rows` rows, or None where `rows` is no odd square."""
+    side = math.isqrt(rows)
+    return side if side * side == rows and side % 2 else None
+
+
+def _source_offsets(src: int, dst: int) -> list[float]:
+    """BEiT's placement of a `src`-long axis of relative offsets on the `dst`-long axis it is resized to.
+
+    The offsets 0, ±1, ±(1+q), ±(1+q+q²), … grow geometrically, q being bisected in [1.01, 1.5] (float64)
+    until the outermost one reaches dst // 2: the centre, where the bias is sharpest, keeps unit steps.
+    Shrinking pins q to 1.01 (the outermost offset lies past dst // 2); growing past what q = 1.5 reaches
+    leaves the outer targets beyond the source grid.
+    """
+    half, reach = src // 2, dst // 2
+    low, high = 1.01, 1.5
+    while high - low > 1e-6:
+        q = (low + high) / 2.0
+        if (1.0 - q**half) / (1.0 - q) > reach:  # 1 + q + … + q^(half−1)
+            high = q
+        else:
+            low = q
+    offsets, offset = [], 1.0
+    for i in range(half):
+        offsets.append(offset)
+        offset += q ** (i + 1)
+    return [-o for o in reversed(offsets)] + [0.0] + offsets
+
+
+def _axis_interpolation(src: int, dst: int, device: torch.device):
+    """Per target offset along one axis: the source indices left and right of it and its (non-negative)
+    distances past the left one and short of the right one. A target beyond the grid gets the edge
+    index on both sides with one distance 0 (so it takes the edge value); one exactly on the first
+    point gets both distances 1."""
+    points = torch.tensor(_source_offsets(src, dst), dtype=torch.float32, device=device)
+    targets = torch.arange(-(dst // 2), dst // 2 + 1, dtype=torch.float32, device=device)
+    right = torch.bucketize(targets, points).clamp(max=src - 1)  # first point at or after the target
+    left = (right - 1).clamp(min=0)
+    past_left = (targets - points[left]).clamp(min=0)
+    short_of_right = (points[right] - targets).clamp(min=0)
+    on_first = (past_left == 0) & (short_of_right == 0)
+    past_left[on_first] = short_of_right[on_first] = 1.0
+    return left, right, past_left, short_of_right
+
+
+def resize_relative_position_table(table: torch.Tensor, new_window: int | tuple[int, int]) -> torch.Tensor:
+    """A Swin relative-position bias table for another window, as timm resizes one when loading a checkpoint.
+
+    `table` is ((2w−1)², heads) for a square window w; the result is ((2h'−1)·(2w'−1), heads) for
+    `new_window` (h' = w' for an int), same dtype and device, computed in float32. Each head's
+    (2w−1)×(2w−1) grid is put on BEiT's geometric source offsets (`_source_offsets`) and read at the new
+    integer offsets by bilinear interpolation, clamped to the edge outside the grid: timm's
+    `resize_rel_pos_bias_table` without scipy (its `RegularGridInterpolator`), with the same float32
+    operations in the same order, so the two agree bit for bit. The same window returns `table` itself.
+    """
+    if table.ndim != 2:
+        raise ValueError(f"expected a (positions, heads) table; got shape {tuple(table.shape)}.")
+    src = _table_side(table.shape[0])
+    if src is None:
+        raise ValueError(f"a table of {table.shape[0]} rows is not (2w-1)² for a window w.")
+    new_h, new_w = (new_window, new_window) if isinstance(new_window, int) else new_window
+    if min(new_h, new_w) < 1:
+        raise ValueError(f"new_window must be at least 1; got {new_window}.")
+    dst_h, dst_w = 2 * new_h - 1, 2 * new_w - 1
+    if (src, src) == (dst_h, dst_w):
+        return table
+    grid = table.float().reshape(src, src, -1)  # (Δy, Δx, heads)
+    ly, ry, py, sy = (t[:, None] for t in _axis_interpolation(src, dst_h, table.device))
+    lx, rx, px, sx = (t[None, :] for t in _axis_interpolation(src, dst_w, table.device))
+    py, sy, px, sx = (d[..., None] for d in (py, sy, px, sx))  # against the heads axis
+    # Each corner weighs by the distances to the opposite corner, over the cell's area (zero distances
+    # make the weights of a target on a grid line, or clamped outside, fall on that line).
+    resized = (grid[ly, lx] * (sy * sx) + grid[ly, rx] * (sy * px) + grid[ry, lx] * (py * sx)
+               + grid[ry, rx] * (py * px)) / ((py + sy) * (px + sx))
+    return resized.reshape(dst_h * dst_w, -1).to(table.dtype)
 
 
 @dataclass
@@ -138,10 +218,24 @@ class SwinTransformer(nn.Module):
         self.norm = nn.LayerNorm(dims[-1])
         self.head = ClassifierHead(dims[-1], config.num_classes, config.drop_rate)
         init_linears(self)
+        self._register_load_state_dict_pre_hook(self._resize_loaded_bias_tables)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for stage in self.layers:
             stage.grad_checkpointing = enable
+
+    def _resize_loaded_bias_tables(self, state_dict, prefix, *args) -> None:
+        """Weights trained with another window_size: each block's loaded bias table is resized (as timm's
+        checkpoint filter does) to the window that block actually has, which a stage's small map may
+        have shrunk. Tables that no resize could fit (other head counts) are left for the size error."""
+        for name, module in self.named_modules():
+            if not isinstance(module, WindowAttention):
+                continue
+            key = f"{prefix}{name}.relative_position_bias_table"
+            table, own = state_dict.get(key), module.relative_position_bias_table
+            if (table is not None and table.shape != own.shape and table.ndim == 2
+                    and table.shape[1] == own.shape[1] and _table_side(table.shape[0]) is not None):
+                state_dict[key] = resize_relative_position_table(table, module.window)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.layers(self.patch_embed(x)))
