@@ -29,7 +29,8 @@ RECALL_AT = (1, 5, 10)
 @torch.no_grad()
 def zero_shot_classifier(model: nn.Module, tokenizer, names: Sequence[str], templates: Sequence[str] = TEMPLATES,
                          *, device: torch.device, amp: torch.dtype | None = None) -> torch.Tensor:
-    """(D, classes) normalized text embeddings, each the mean over the templates of one class."""
+    """(D, classes) normalized text embeddings, each the mean over the templates (format strings with
+    one `{}`) of one class; a class's prompts are encoded as one batch."""
     weights = []
     for name in names:
         tokens = tokenizer([t.format(name) for t in templates]).to(device)
@@ -94,13 +95,15 @@ def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, chunk: in
 
 @dataclass
 class ClipEvalData:
-    """What a CLIP is evaluated on: an ImageFolder val split with its class names (zero-shot), and/or
-    image-text pairs (retrieval); `description` says what and where, for logs."""
+    """What a CLIP is evaluated on: an ImageFolder val split with its class names and the prompt
+    templates they are put into (zero-shot; vitfast's short `TEMPLATES` unless told otherwise, e.g.
+    OpenAI's 80 for ImageNet), and/or image-text pairs (retrieval); `description` says what and where, for logs."""
 
     zero_shot_loader: DataLoader | None = None
     names: list[str] | None = None
     pairs_loader: DataLoader | None = None
     description: list[str] = field(default_factory=list)
+    templates: tuple[str, ...] = TEMPLATES
 
 
 def evaluate_clip(model: nn.Module, tokenizer, data: ClipEvalData, device: torch.device,
@@ -112,7 +115,7 @@ def evaluate_clip(model: nn.Module, tokenizer, data: ClipEvalData, device: torch
     metrics: dict[str, float] = {}
     try:
         if data.zero_shot_loader is not None:
-            classifier = zero_shot_classifier(model, tokenizer, data.names, device=device, amp=amp)
+            classifier = zero_shot_classifier(model, tokenizer, data.names, data.templates, device=device, amp=amp)
             metrics |= zero_shot_accuracy(model, data.zero_shot_loader, classifier, device, amp)
         if data.pairs_loader is not None:
             image_emb, text_emb = encode_pairs(model, data.pairs_loader, device, amp)
