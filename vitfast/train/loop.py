@@ -24,6 +24,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -39,7 +40,7 @@ import torch.nn as nn
 from vitfast import data as vdata
 from vitfast.checkpoint import CheckpointError, save
 from vitfast.files import atomic_write
-from vitfast.models import check_model_name
+from vitfast.models import check_model_name, model_family, named_config
 from vitfast.runtime import Runtime, amp_dtype_for, autocast, init_runtime
 from vitfast.train.tasks import build_task
 
@@ -63,9 +64,9 @@ RESUME_MUST_MATCH = {
     "model": "--model", "data_dir": "--data-dir", "train_data": "--train-data", "batch_size": "--batch-size",
     "grad_accum_steps": "--grad-accum-steps", "img_size": "--img-size", "scale": "the crop scale",
     "seed": "--seed", "lr": "--lr", "min_lr": "--min-lr", "warmup_epochs": "--warmup-epochs",
-    "weight_decay": "--weight-decay", "drop_path": "--drop-path", "tokenizer": "--tokenizer",
-    "bpe_path": "--bpe-path", "csv_img_key": "--csv-img-key", "csv_caption_key": "--csv-caption-key",
-    "csv_separator": "--csv-separator",
+    "weight_decay": "--weight-decay", "layer_decay": "--layer-decay", "drop_path": "--drop-path",
+    "tokenizer": "--tokenizer", "bpe_path": "--bpe-path", "csv_img_key": "--csv-img-key",
+    "csv_caption_key": "--csv-caption-key", "csv_separator": "--csv-separator", "pretrained": "--pretrained",
 }
 # Flags a resume may change, with what changes (one warning line each). The others change nothing in
 # the result (--workers, --grad-checkpointing, --quiet) or only its rounding (--attn-backend, --compile).
@@ -140,6 +141,7 @@ class TrainConfig:
     lr: float = 2e-3
     min_lr: float = 1e-5
     weight_decay: float = 0.05
+    layer_decay: float | None = None  # layer-wise lr decay (ViT, Swin), as timm's --layer-decay; None: off
     warmup_epochs: float = 1.0
     amp_dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     grad_accum_steps: int = 1
@@ -164,6 +166,9 @@ class TrainConfig:
     tokenizer: str | None = None  # a tokenizer.json, "clip" (CLIP's BPE) or "train" (a BPE on the captions)
     bpe_path: str | None = None  # CLIP's bpe_simple_vocab_16e6.txt.gz; default: open_clip's copy
     overwrite: bool = False  # replace the run already in --output (only the files training writes)
+    # start from published weights (vitfast.pretrained): a tag, "default" (the tag in --model, or timm's
+    # default), hf-hub:ORG/NAME or a local folder; None: random initialization
+    pretrained: str | None = None
 
     def check(self) -> None:
         """Refuse what cannot run, before any data is read: the rules the command line applies when it
@@ -187,6 +192,18 @@ class TrainConfig:
         number("--warmup-epochs", self.warmup_epochs, 0)
         number("--clip-grad", self.clip_grad, 0, above=True, hint=" Leave it out for no clipping.")
         number("--drop-path", self.drop_path, 0, below=1)
+        if self.layer_decay is not None:
+            if not (math.isfinite(self.layer_decay) and 0 < self.layer_decay <= 1):
+                raise TrainUsageError(f"--layer-decay must be a finite number above 0 and at most 1; got "
+                                      f"{self.layer_decay}. Pass e.g. --layer-decay 0.75, or leave it out for "
+                                      "one learning rate for all layers.")
+            try:
+                family = named_config(self.model.partition(".")[0])[0]
+            except ValueError:  # an unknown --model: train() names it, with suggestions
+                family = None
+            if family == "clip":
+                raise TrainUsageError(f"--layer-decay applies to ViT and Swin classifiers; {self.model} is a CLIP "
+                                      "model (open_clip has no layer decay): leave --layer-decay out.")
         for flag, value, low in (("--epochs", self.epochs, 1), ("--batch-size", self.batch_size, 1),
                                  ("--grad-accum-steps", self.grad_accum_steps, 1), ("--workers", self.workers, 0),
                                  ("--img-size", self.img_size, 1)):
@@ -204,13 +221,95 @@ class TrainConfig:
 # --------------------------------------------------------------------------------------------------
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups as timm: no weight decay on biases, norms, position embeddings and tokens."""
-    decay, no_decay = [], []
+# Layer ids for layer-wise lr decay: timm's group_matcher(coarse=False) of the same architecture, numbered
+# as timm's param_groups_layer_decay numbers them (group_with_matcher): each parameter name gets a sort
+# key; the distinct keys, sorted, are layers 0, 1, ...; a key ending in _WITH_PREVIOUS joins the layer
+# before it (the final norm shares the last block's layer); names no rule matches (the head) come last.
+_WITH_PREVIOUS = 99999
+_LAYER_RULES: dict[str, list[tuple[re.Pattern, Callable[[re.Match], tuple]]]] = {
+    "vit": [
+        (re.compile(r"cls_token|reg_token|pos_embed|patch_embed|norm_pre"), lambda m: (0,)),
+        (re.compile(r"blocks\.(\d+)"), lambda m: (1, int(m[1]))),
+        (re.compile(r"norm"), lambda m: (1, _WITH_PREVIOUS)),
+    ],
+    "swin": [
+        (re.compile(r"patch_embed"), lambda m: (0,)),
+        # a stage's downsample (patch merging) shares the layer of the stage's first block
+        (re.compile(r"layers\.(\d+)\.downsample"), lambda m: (1, int(m[1]), 0)),
+        (re.compile(r"layers\.(\d+)\.\w+\.(\d+)"), lambda m: (1, int(m[1]), int(m[2]))),
+        (re.compile(r"norm"), lambda m: (1, _WITH_PREVIOUS)),
+    ],
+}
+# Exempt from weight decay under layer decay, beside ndim <= 1: timm's model.no_weight_decay() (ViT:
+# these names; Swin: every relative_position_bias_table), as timm's create_optimizer_v2 passes it.
+_NO_WEIGHT_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "dist_token")
+
+
+def layer_ids(model: nn.Module) -> dict[str, int]:
+    """Each parameter's layer for layer-wise lr decay (ViT, Swin; TrainUsageError otherwise): 0 for the
+    stem, one per block upwards, the head last, as timm's param_groups_layer_decay assigns them."""
+    try:
+        family = model_family(model)
+    except ValueError:
+        family = type(model).__name__
+    if family not in _LAYER_RULES:
+        raise TrainUsageError(f"--layer-decay applies to ViT and Swin classifiers, not to a {family} model: "
+                              "leave --layer-decay out.")
+    head = (math.inf,)
+
+    def key(name: str) -> tuple:
+        for pattern, to_key in _LAYER_RULES[family]:
+            m = pattern.match(name)
+            if m:
+                return to_key(m)
+        return head
+
+    keys = {name: key(name) for name, _ in model.named_parameters()}
+    layer_of: dict[tuple, int] = {}
+    layer = -1
+    for k in sorted(set(keys.values())):
+        if layer < 0 or k[-1] != _WITH_PREVIOUS:
+            layer += 1
+        layer_of[k] = layer
+    return {name: layer_of[k] for name, k in keys.items()}
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+    """AdamW groups as timm: no weight decay on biases, norms, position embeddings and tokens.
+
+    With `layer_decay` (ViT and Swin): timm's param_groups_layer_decay groups, one per (layer, decay or
+    not), each with lr_scale = layer_decay ** (top layer - layer) (the head 1, each layer below it
+    layer_decay times the one above), and no weight decay on ndim <= 1 parameters and timm's
+    no_weight_decay() names (which for Swin include the relative position bias tables). Groups are
+    ordered from the top layer down, so param_groups[0] runs at the schedule's own learning rate."""
+    if layer_decay is None:
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 or name.endswith(("pos_embed", "cls_token")) else decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    ids = layer_ids(model)
+    top = max(ids.values())
+    groups: dict[tuple[int, bool], dict] = {}
     for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 or name.endswith(("pos_embed", "cls_token")) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if not p.requires_grad:
+            continue
+        exempt = p.ndim <= 1 or name in _NO_WEIGHT_DECAY_NAMES or "relative_position_bias_table" in name
+        group = groups.setdefault((ids[name], not exempt), {
+            "params": [], "weight_decay": 0.0 if exempt else weight_decay,
+            "lr_scale": layer_decay ** (top - ids[name])})
+        group["params"].append(p)
+    return [groups[k] for k in sorted(groups, key=lambda k: (-k[0], not k[1]))]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW on param_groups(model, cfg.weight_decay, cfg.layer_decay), each group's learning rate
+    cfg.lr × its lr_scale (1 without layer decay): the schedule (a LambdaLR factor) multiplies it, so
+    every layer follows warmup + cosine at its own scale, and the saved optimizer and scheduler state
+    hold the scaled rates (a resume continues them)."""
+    groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
+    return torch.optim.AdamW([{**g, "lr": cfg.lr * g.get("lr_scale", 1.0)} for g in groups], lr=cfg.lr,
+                             betas=(0.9, 0.999))
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> Callable[[int], float]:
@@ -329,6 +428,20 @@ def _json_line(metrics: dict) -> str:
                       allow_nan=False)
 
 
+def _check_model(cfg: TrainConfig) -> None:
+    """--model names a model vitfast knows, and a tag or a Hub repo in it comes with --pretrained."""
+    if cfg.model.startswith("hf-hub:"):
+        if not cfg.pretrained:
+            raise TrainUsageError(f"--model {cfg.model} is a Hub repo of published weights; add --pretrained to "
+                                  "start from them.")
+        return
+    base, dot, tag = cfg.model.partition(".")
+    check_model_name(base)
+    if dot and not cfg.pretrained:
+        raise TrainUsageError(f"--model {cfg.model} names the pretrained tag {tag!r}; add --pretrained to start from "
+                              f"those weights, or pass --model {base} to start from random ones.")
+
+
 def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None] = print) -> dict:
     """Train `cfg.model` on its data (or the default data); returns the last epoch's metrics.
 
@@ -340,7 +453,7 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
     or metrics stop being finite (nothing is saved then); Interrupted after SIGINT/SIGTERM (saved).
     """
     cfg.check()
-    check_model_name(cfg.model)  # before any data work: a typo fails at once
+    _check_model(cfg)  # before any data work: a typo fails at once
     output = Path(cfg.output)
     existing = _run_files(output)
     if existing and not cfg.resume and not cfg.overwrite:
@@ -371,7 +484,7 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
 
     model.to(rt.device)
     model.set_grad_checkpointing(cfg.grad_checkpointing)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+    optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
         steps_per_epoch * cfg.epochs, int(cfg.warmup_epochs * steps_per_epoch), cfg.lr, cfg.min_lr))
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
