@@ -34,13 +34,26 @@ class _OneLineUsageErrors(typer.core.TyperGroup):
     """The root group: a usage error anywhere below it (a bad or missing value, an unknown option or
     command, a rule between flags) is one ``error:`` line on stderr and exit code 2, not click's panel."""
 
-    def make_context(self, *args, **kwargs):
+    def make_context(self, info_name, args, *rest, **kwargs):
         with _usage_errors():
-            return super().make_context(*args, **kwargs)
+            return super().make_context(info_name, _bare_flags(list(args)), *rest, **kwargs)
 
     def invoke(self, ctx):
         with _usage_errors():
             return super().invoke(ctx)
+
+
+# Options whose value may be left out, and what they mean alone (typer has no optional option values).
+_OPTIONAL_VALUES = {"--pretrained": "default"}
+
+
+def _bare_flags(args: list[str]) -> list[str]:
+    """`--pretrained` with no value after it (the end, or another option next) as `--pretrained=default`."""
+    out = []
+    for i, arg in enumerate(args):
+        bare = arg in _OPTIONAL_VALUES and (i + 1 == len(args) or args[i + 1].startswith("-"))
+        out.append(f"{arg}={_OPTIONAL_VALUES[arg]}" if bare else arg)
+    return out
 
 
 # click's UsageError, the base of every parse error (typer >= 0.22 vendors click, so it is reached from a
@@ -138,6 +151,10 @@ _BENCH_PLOT = typer.Option(None, "--plot", help="Also save a PNG of time against
 _AMP_DTYPE = typer.Option(AUTO, "--amp-dtype", help="Autocast dtype; auto: bf16 on CUDA, fp32 (no autocast) on CPU.")
 _ATTN_BACKEND = typer.Option(AUTO, "--attn-backend",
                              help="Attention kernels; auto: Triton where a GPU run measured it faster, else SDPA.")
+_PRETRAINED = typer.Option(None, "--pretrained", show_default=False, metavar="[TAG]",
+                           help="Start from published weights: alone, the tag in --model (timm's name.tag) or timm's "
+                           "default; or a tag (open_clip's laion2b_s34b_b79k, openai ...), hf-hub:ORG/NAME or a "
+                           "local repo folder. Offline: HF_HUB_OFFLINE=1 reads the Hub cache only.")
 _TF32 = typer.Option(True, "--tf32/--no-tf32",
                      help="TF32 for float32 matmuls on CUDA, as timm and open_clip; --no-tf32: exact float32.")
 
@@ -208,11 +225,18 @@ def train_command(
         "Default: 'clip' for CLIP-sized vocabularies, else 'train'."),
     bpe_path: Path | None = typer.Option(None, "--bpe-path", help="CLIP's bpe_simple_vocab_16e6.txt.gz "
                                          "(default: the copy inside an installed open_clip)."),
-    list_models: bool = typer.Option(False, "--list-models", help="Print the model names and exit."),
+    pretrained: str | None = _PRETRAINED,
+    layer_decay: float | None = typer.Option(None, "--layer-decay", help="Layer-wise learning-rate decay for "
+                                             "fine-tuning ViT and Swin (timm's), e.g. 0.75; in (0, 1]."),
+    list_models: bool = typer.Option(False, "--list-models", help="Print the model names and exit (with "
+                                     "--pretrained: the pretrained tags, name.tag)."),
     tf32: bool = _TF32,
     quiet: bool = _QUIET,
 ) -> None:
     """Train an image classifier or a CLIP; on a GPU, or on several with `torchrun --nproc_per_node N`.
+
+    With --pretrained, start from published weights (fine-tuning): a folder with another class count gets a
+    new head, another --img-size resamples the position embeddings, as timm does.
 
     CLIP models (e.g. clip_tiny, ViT-B-32) train on image-text pairs (--train-data) and report
     zero-shot accuracy on the val split of --data-dir and retrieval recall on --val-data.
@@ -222,7 +246,7 @@ def train_command(
     if list_models:
         import vitfast
 
-        print("\n".join(vitfast.list_models()))
+        print("\n".join(vitfast.list_models(pretrained=pretrained is not None)))
         return
     from vitfast.train import TrainConfig, train
 
@@ -234,7 +258,7 @@ def train_command(
         workers=workers, img_size=img_size, drop_path=drop_path, skip_bad_images=skip_bad_images, quiet=quiet,
         train_data=_str_or_none(train_data), val_data=_str_or_none(val_data), csv_img_key=csv_img_key,
         csv_caption_key=csv_caption_key, csv_separator=_unescape(csv_separator), tokenizer=tokenizer,
-        bpe_path=_str_or_none(bpe_path), overwrite=overwrite,
+        bpe_path=_str_or_none(bpe_path), overwrite=overwrite, pretrained=pretrained, layer_decay=layer_decay,
     )
     from vitfast.train import Interrupted, TrainUsageError
 
@@ -286,8 +310,16 @@ def _launcher_words(env) -> list[str]:
 
 @app.command("eval")
 def eval_command(
-    model_dir: Path = typer.Option(..., "--model-dir", help="A model folder written by `vitfast train` or `save`."),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="ImageFolder root; default: the built-in set."),
+    model_dir: Path | None = typer.Option(None, "--model-dir", help="A model folder written by `vitfast train`, "
+                                          "`convert` or `save`."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Instead of --model-dir: published weights by "
+                                     "name, with --pretrained (timm's name.tag, open_clip's name, hf-hub:ORG/NAME)."),
+    pretrained: str | None = _PRETRAINED,
+    revision: str | None = typer.Option(None, "--revision", help="With --model: the Hub repo's branch, tag or "
+                                        "commit."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="ImageFolder root; default: the built-in set. "
+                                         "A CLIP on ImageNet (synset folders) gets OpenAI's class names and "
+                                         "prompts."),
     batch_size: int = typer.Option(256, "--batch-size", "-b", callback=_AT_LEAST_1),
     workers: int = typer.Option(2, "--workers", "-j", callback=_AT_LEAST_0),
     amp_dtype: _Dtype = _AMP_DTYPE,
@@ -303,16 +335,20 @@ def eval_command(
     tf32: bool = _TF32,
     quiet: bool = _QUIET,
 ) -> None:
-    """Evaluate a saved model: a classifier's top-1, top-5, loss and images/s on the val split; a CLIP's
-    zero-shot top-1/top-5 on the val split of --data-dir and image/text retrieval R@1/5/10 on --val-data
-    (with neither, both on the built-in data)."""
+    """Evaluate a saved model (--model-dir) or published weights (--model NAME --pretrained [TAG]): a
+    classifier's top-1, top-5, loss and images/s on the val split, with the eval transforms the weights were
+    published with; a CLIP's zero-shot top-1/top-5 on the val split of --data-dir and image/text retrieval
+    R@1/5/10 on --val-data (with neither, both on the built-in data)."""
+    if model_dir is None and model is None:
+        raise typer.BadParameter("give --model-dir (a vitfast model folder) or --model NAME --pretrained [TAG].")
     from vitfast.pairs import CsvFormat
     from vitfast.train import evaluate_folder
 
     err = _stderr()
     _kernel_setup(tf32, quiet)
     with _user_errors(), _progress(err, quiet) as progress:
-        metrics = evaluate_folder(model_dir, data_dir, batch_size=batch_size, workers=workers,
+        metrics = evaluate_folder(model_dir, data_dir, model=model, pretrained=pretrained, revision=revision,
+                                  batch_size=batch_size, workers=workers,
                                   amp_dtype=amp_dtype.value, attn_backend=attn_backend.value,
                                   skip_bad_images=skip_bad_images, val_data=val_data,
                                   csv_format=CsvFormat(csv_img_key, csv_caption_key, _unescape(csv_separator)),
@@ -322,8 +358,9 @@ def eval_command(
 
 @app.command("convert")
 def convert_command(
-    src: Path = typer.Argument(..., help="A checkpoint: timm ViT/Swin (.safetensors, .pth, .bin, .pth.tar), "
-                               "a Hugging Face folder (ViT, Swin, CLIP), OpenAI CLIP (.pt) or open_clip."),
+    src: str = typer.Argument(..., help="A checkpoint: timm ViT/Swin (.safetensors, .pth, .bin, .pth.tar), "
+                              "a Hugging Face folder (ViT, Swin, CLIP), OpenAI CLIP (.pt) or open_clip; or a Hub "
+                              "repo, hf-hub:ORG/NAME (timm's, open_clip's or transformers' layout)."),
     dst: Path = typer.Argument(..., help="The vitfast model folder to write."),
     source: _Source = typer.Option(AUTO, "--from", help="Where the weights come from; auto: read from them."),
     model: str | None = typer.Option(None, "--model", "-m", help="The vitfast config with these shapes, when "
@@ -331,9 +368,11 @@ def convert_command(
     dtype: _ExactDtype | None = typer.Option(None, "--dtype", show_default=False,
                                              help="Cast the weights; default: the source's dtype."),
     max_shard_size: str = typer.Option("5GB", "--max-shard-size", callback=_size),
-    tokenizer: Path | None = typer.Option(None, "--tokenizer", help="CLIP: a vitfast tokenizer.json; default: "
-                                          "a Hugging Face folder's own tokenizer files, else CLIP's BPE for "
-                                          "49408-token vocabularies."),
+    tokenizer: Path | None = typer.Option(None, "--tokenizer", help="CLIP: a vitfast tokenizer.json, CLIP's "
+                                          "bpe_simple_vocab_16e6.txt.gz, or 'clip' (that file from open_clip); "
+                                          "default: a Hugging Face folder's own tokenizer files, else CLIP's BPE "
+                                          "for 49408-token vocabularies."),
+    revision: str | None = typer.Option(None, "--revision", help="With hf-hub:ORG/NAME: a branch, tag or commit."),
     force: bool = typer.Option(False, "--force", help="Replace DST if it exists."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the comparison with the source library."),
     to: _Target | None = typer.Option(None, "--to", show_default=False,
@@ -350,7 +389,8 @@ def convert_command(
             report = export(src, dst, to=to.value, max_shard_size=max_shard_size, force=force)
         else:
             report = convert(src, dst, source=source.value, model=model, dtype=None if dtype is None else dtype.value,
-                             max_shard_size=max_shard_size, tokenizer=tokenizer, force=force, verify=not no_verify)
+                             max_shard_size=max_shard_size, tokenizer=tokenizer, force=force, verify=not no_verify,
+                             revision=revision)
     if "warning" in report and not json_out:
         _stderr().print(f"warning: {report['warning']}", markup=False)
     _print_result(report, json_out=json_out)

@@ -1,6 +1,7 @@
 """vitfast: vision transformers (ViT, Swin, CLIP) on fused Triton kernels.
 
-The four functions below load on first use (PEP 562), so that importing a torch-free module such as
+The four functions below (``create_model`` with ``pretrained=`` loads published weights) load on first
+use (PEP 562), so that importing a torch-free module such as
 ``vitfast.choices`` (all that `vitfast --help` needs) does not import torch.
 """
 
@@ -8,7 +9,7 @@ import importlib
 
 __version__ = "0.1.0"
 __all__ = ["create_model", "list_models", "load", "save"]
-_HOME = {"create_model": "vitfast.models", "list_models": "vitfast.models", "load": "vitfast.checkpoint",
+_HOME = {"create_model": "vitfast.pretrained", "list_models": "vitfast.models", "load": "vitfast.checkpoint",
          "save": "vitfast.checkpoint"}
 
 

@@ -22,6 +22,9 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 _METADATA_KEY = "vitfast_config"
+# Optional config.json entries, kept as model attributes of the same names: the eval preprocessing the
+# weights were published with (timm's pretrained_cfg vocabulary) and where they came from.
+_PRETRAINED_KEYS = ("preprocess", "pretrained_from")
 
 
 class CheckpointError(ValueError):
@@ -31,7 +34,9 @@ class CheckpointError(ValueError):
 def save(model: nn.Module, directory: str | os.PathLike[str], *, max_shard_size: int | str = "5GB",
          class_names: list[str] | None = None) -> Path:
     """Save `model` as a model folder (config.json + safetensors weights, sharded past max_shard_size);
-    `class_names` (a classifier's label of each output index) go into config.json as "class_names"."""
+    `class_names` (a classifier's label of each output index; default: ``model.class_names``) go into
+    config.json as "class_names", and a pretrained model's ``preprocess`` and ``pretrained_from``
+    (vitfast.pretrained) beside them."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -39,8 +44,12 @@ def save(model: nn.Module, directory: str | os.PathLike[str], *, max_shard_size:
     # What config.json holds: the family, the model name it was created from, and every config field.
     config = {"family": model_family(model), "model_name": getattr(model, "model_name", None),
               "config": dataclasses.asdict(model.config)}
+    class_names = class_names if class_names is not None else getattr(model, "class_names", None)
     if class_names is not None:
         config["class_names"] = list(class_names)
+    for key in _PRETRAINED_KEYS:  # what vitfast.pretrained records: eval's transforms, the weights' origin
+        if getattr(model, key, None) is not None:
+            config[key] = getattr(model, key)
     metadata = {_METADATA_KEY: json.dumps(config)}
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     limit = parse_size(max_shard_size)
@@ -128,6 +137,9 @@ def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cp
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"the config in {path} is not a valid vitfast config ({exc}).") from None
     model.model_name = config.get("model_name")
+    model.class_names = config.get("class_names")
+    for key in _PRETRAINED_KEYS:
+        setattr(model, key, config.get(key))
     try:
         result = model.load_state_dict(state, strict=False)
         problems = [f"{what} {', '.join(keys[:5])}" for what, keys in [("missing", result.missing_keys),

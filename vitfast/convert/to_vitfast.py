@@ -15,7 +15,9 @@ from vitfast.convert.from_vitfast import export
 from vitfast.convert.hf import hf_to_vitfast
 from vitfast.convert.infer import (OPENAI_EXTRAS, ConvertError, assumptions, detect_source, infer_config,
                                    read_hf_folder, read_json, read_state)
+from vitfast.convert.repos import read_repo, hub_files, repo_tokenizer
 from vitfast.convert.write import build, check_destination, staged, write_tokenizer
+from vitfast.hub import HF_HUB_PREFIX, split_hub_id
 from vitfast.models.peers import peer_model
 from vitfast.runtime import DTYPES
 from vitfast.tokenizer import TokenizerError, read_hf_tokenizer
@@ -24,7 +26,7 @@ from vitfast.tokenizer import TokenizerError, read_hf_tokenizer
 def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, source: str = "auto",
             model: str | None = None, dtype: str | None = None, max_shard_size: int | str = "5GB",
             tokenizer: str | os.PathLike[str] | None = None, force: bool = False, verify: bool = True,
-            to: str | None = None) -> dict:
+            to: str | None = None, revision: str | None = None) -> dict:
     """Convert the checkpoint `src` into the vitfast model folder `dst`; returns a report.
 
     The report holds the source format, the family, the matched named config (if any), the number of
@@ -32,8 +34,13 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, source:
     library's outputs on a random input (None when that library is not installed). The source model is
     rebuilt from the inferred config, so the check proves the weight mapping; the head count, which
     weights do not fix, comes from the matched named config or --model. With `to`, `src` is a vitfast
-    folder to :func:`export` instead.
+    folder to :func:`export` instead. ``hf-hub:ORG/NAME`` reads a Hub repo (:func:`convert_hub`).
     """
+    if str(src).startswith(HF_HUB_PREFIX) and to is None:
+        return convert_hub(str(src), dst, revision=revision, model=model, dtype=dtype, max_shard_size=max_shard_size,
+                           tokenizer=tokenizer, force=force, verify=verify)
+    if revision is not None:
+        raise ConvertError("--revision applies to Hub repos (hf-hub:ORG/NAME); the source is a local path.")
     src, dst = Path(src), Path(dst)
     if source not in CONVERT_SOURCES:
         raise ConvertError(f"unknown --from {source!r}; choose one of {', '.join(CONVERT_SOURCES)}.")
@@ -68,6 +75,42 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, source:
     if verify:
         report["max_abs_diff"] = (_verify_against_transformers(src, dst, family, config) if source == "hf"
                                   else _verify_against_source(dst, family, config, state))
+    return report
+
+
+def convert_hub(src: str, dst: str | os.PathLike[str], *, revision: str | None = None, model: str | None = None,
+                dtype: str | None = None, max_shard_size: int | str = "5GB",
+                tokenizer: str | os.PathLike[str] | None = None, force: bool = False, verify: bool = True) -> dict:
+    """Convert the Hub repo ``hf-hub:ORG/NAME`` (timm's, open_clip's or transformers' layout, found from its
+    files) at `revision` into the vitfast model folder `dst`, with the preprocessing and class names it was
+    published with; checked like :func:`convert` against the library the layout belongs to."""
+    dst = Path(dst)
+    if dtype is not None and dtype not in DTYPES:
+        raise ConvertError(f"unknown --dtype {dtype!r}; choose fp32, fp16 or bf16.")
+    check_destination(dst, force)
+    repo, rev = split_hub_id(src)
+    pretrained = read_repo(hub_files(repo, revision or rev), model=model)
+    family, config = pretrained.family, pretrained.config
+    net = build(family, config, pretrained.state)
+    if dtype is not None:
+        net = net.to(DTYPES[dtype])
+    net.model_name = pretrained.model_name
+    net.preprocess, net.class_names, net.pretrained_from = (pretrained.preprocess, pretrained.class_names,
+                                                            pretrained.info())
+    if family == "clip" and tokenizer is None:
+        tokenizer = repo_tokenizer(pretrained)
+    with staged(dst, force) as tmp:
+        save(net, tmp, max_shard_size=max_shard_size)
+        if family == "clip":
+            write_tokenizer(tmp, config, tokenizer)
+    report = {"source": f"{pretrained.source} ({pretrained.where})", "family": family,
+              "model_name": pretrained.model_name, "tensors": len(pretrained.state), "output": str(dst)}
+    if pretrained.warning:
+        report["warning"] = pretrained.warning
+    if verify:
+        report["max_abs_diff"] = (_verify_against_transformers(pretrained.folder, dst, family, config)
+                                  if pretrained.source == "hf" else _verify_against_source(dst, family, config,
+                                                                                            pretrained.state))
     return report
 
 

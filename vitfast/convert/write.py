@@ -17,7 +17,7 @@ import torch
 from vitfast.convert.infer import ConvertError
 from vitfast.files import staging_dir
 from vitfast.models import build_config, build_model
-from vitfast.tokenizer import ClipTokenizer, clip_bpe_tokenizer, load_tokenizer
+from vitfast.tokenizer import CLIP_MERGES_NAME, ClipTokenizer, clip_bpe_tokenizer, load_tokenizer
 
 
 # What a model folder holds: vitfast's (config.json, weights, tokenizer.json) and a Hugging Face
@@ -86,14 +86,19 @@ def build(family: str, config, state: dict[str, torch.Tensor]) -> torch.nn.Modul
 
 
 def write_tokenizer(folder: Path, config, tokenizer: ClipTokenizer | str | os.PathLike[str] | None) -> None:
-    """tokenizer.json: `tokenizer` (a ClipTokenizer read from the source, or --tokenizer's vitfast
-    tokenizer.json), else CLIP's BPE at the model's context."""
+    """tokenizer.json: `tokenizer` (a ClipTokenizer read from the source, or --tokenizer: a vitfast
+    tokenizer.json, CLIP's ``bpe_simple_vocab_16e6.txt.gz`` as open_clip ships it, or "clip" for that
+    file inside an installed open_clip), else CLIP's BPE at the model's context."""
     if isinstance(tokenizer, ClipTokenizer):
         tok = tokenizer
+    elif tokenizer is not None and str(tokenizer) == "clip":
+        tok = clip_bpe_tokenizer(context_length=config.context_length)
     elif tokenizer is not None:
         if not Path(tokenizer).exists():
-            raise ConvertError(f"--tokenizer {tokenizer} does not exist; pass a vitfast tokenizer.json.")
-        tok = load_tokenizer(tokenizer)
+            raise ConvertError(f"--tokenizer {tokenizer} does not exist; pass a vitfast tokenizer.json, CLIP's "
+                               f"{CLIP_MERGES_NAME} or the word clip.")
+        tok = (clip_bpe_tokenizer(tokenizer, config.context_length) if _is_gzip(Path(tokenizer))
+               else load_tokenizer(tokenizer))
     elif config.vocab_size == 49408:
         tok = clip_bpe_tokenizer(context_length=config.context_length)
     else:
@@ -105,3 +110,11 @@ def write_tokenizer(folder: Path, config, tokenizer: ClipTokenizer | str | os.Pa
         raise ConvertError(f"the tokenizer's end token is id {tok.eot_token_id} but the model pools at id "
                            f"{config.eot_token_id}; pass the model's own tokenizer with --tokenizer.")
     tok.save(folder)
+
+
+def _is_gzip(path: Path) -> bool:
+    """Whether `path` is a gzip file (CLIP's merges), by its magic bytes, whatever its name."""
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"

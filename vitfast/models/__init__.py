@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import json
 import math
+from pathlib import Path
 
 import torch.nn as nn
 
@@ -24,9 +27,46 @@ _REGISTRY: dict[str, tuple[str, object]] = {
 }
 
 
-def list_models(pattern: str = "") -> list[str]:
-    """Names of the models vitfast can create, sorted; those containing `pattern` if given."""
-    return sorted(name for name in _REGISTRY if pattern in name)
+def list_models(pattern: str = "", pretrained: bool = False) -> list[str]:
+    """Names of the models vitfast can create, sorted; those containing `pattern` if given. With
+    `pretrained`, the pretrained weights known for them instead, as the peers spell them: timm's
+    ``name.tag`` (the default tag first) and open_clip's ``name.tag`` pairs (``ViT-B-32.laion2b_s34b_b79k``)."""
+    if not pretrained:
+        return sorted(name for name in _REGISTRY if pattern in name)
+    table = _pretrained_table()
+    return [f"{name}.{tag}" for source in ("timm", "open_clip") for name in sorted(table[source])
+            for tag in table[source][name] if pattern in f"{name}.{tag}"]
+
+
+@functools.cache
+def _pretrained_table() -> dict:
+    """pretrained.json: for each model, the Hub repo of each tag timm (``timm/<name>.<tag>``, default
+    tag first) or open_clip (its own table's repo, and whether the weights were trained with QuickGELU)
+    publishes. Checked against the installed timm and open_clip by tests/models/test_pretrained_table.py."""
+    return json.loads((Path(__file__).with_name("pretrained.json")).read_text(encoding="utf-8"))
+
+
+def pretrained_entry(name: str, tag: str | None) -> dict:
+    """{"source": "timm" | "open_clip", "hub": repo id, "tag": tag, "quick_gelu": ...} of a model and tag;
+    `tag` None is timm's default tag (open_clip has none, so its models need one). ValueError names the
+    known tags."""
+    check_model_name(name)
+    table = _pretrained_table()
+    source = "timm" if name in table["timm"] else "open_clip" if name in table["open_clip"] else None
+    if source is None:
+        raise ValueError(f"no pretrained weights are known for {name!r}; pass hf-hub:ORG/NAME or a local folder "
+                         "as pretrained, or see `vitfast train --list-models --pretrained`.")
+    tags = table[source][name]
+    if tag is None:
+        if source == "open_clip":
+            raise ValueError(f"{name} needs a pretrained tag, as in open_clip: one of {', '.join(tags)}.")
+        tag = next(iter(tags))
+    if tag not in tags:
+        close = difflib.get_close_matches(tag, tags, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown pretrained tag {tag!r} for {name}; known: {', '.join(tags)}.{hint}")
+    entry = tags[tag] if isinstance(tags[tag], dict) else {"hub": tags[tag]}
+    return {"source": source, "tag": tag, **entry}
 
 
 def model_family(model: nn.Module) -> str:

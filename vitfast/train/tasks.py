@@ -15,9 +15,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vitfast import data as vdata
+from vitfast.convert.repos import Pretrained, repo_tokenizer, resolve
 from vitfast.kernels import clip_loss
 from vitfast.metrics import evaluate, evaluate_clip
 from vitfast.models import create_model, named_config
+from vitfast.pretrained import from_pretrained
 from vitfast.pairs import CaptionTokens, CsvFormat, default_pairs, pairs_dataset
 from vitfast.runtime import Runtime
 from vitfast.tokenizer import TOKENIZER_NAME, clip_bpe_tokenizer, load_tokenizer, train_bpe
@@ -44,7 +46,7 @@ class ClassificationTask:
     """ImageFolder classes; cross-entropy; top-1/top-5 on the val split; the best epoch is the one with
     the highest val top-1, ties going to the lower val loss."""
 
-    def __init__(self, cfg, rt: Runtime) -> None:
+    def __init__(self, cfg, rt: Runtime, source: Pretrained | None = None) -> None:
         default_data = cfg.data_dir is None
         self.root = vdata.default_data_dir() if default_data else Path(cfg.data_dir)
         if rt.world > 1:
@@ -54,11 +56,18 @@ class ClassificationTask:
         self.class_names = classes  # saved in config.json, so a prediction's index maps to its folder name
         overrides = {"num_classes": len(classes), "attn_backend": cfg.attn_backend, "img_size": cfg.img_size,
                      "drop_path_rate": cfg.drop_path}  # None: the model's default
-        self.model = create_model(cfg.model, **{k: v for k, v in overrides.items() if v is not None})
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        # published weights: a new head for another class count, position tables resampled for another size
+        self.model = from_pretrained(source, **overrides) if source else create_model(cfg.model, **overrides)
         scale = cfg.scale or ((0.35, 1.0) if default_data else (0.08, 1.0))
-        tcfg = vdata.TransformConfig(self.model.config.img_size, scale=scale)
+        preprocess = getattr(self.model, "preprocess", None)
+        if preprocess:  # fine-tuning: the weights' own normalization and eval transforms, as timm's train.py
+            eval_cfg = vdata.eval_transform_config(preprocess)
+            tcfg = dataclasses.replace(eval_cfg, scale=scale)
+        else:
+            tcfg = eval_cfg = vdata.TransformConfig(self.model.config.img_size, scale=scale)
         self.train_set = vdata.ImageFolderDataset(train_root, vdata.build_transform(tcfg, True), cfg.skip_bad_images)
-        val_set = vdata.ImageFolderDataset(val_root, vdata.build_transform(tcfg, False), cfg.skip_bad_images)
+        val_set = vdata.ImageFolderDataset(val_root, vdata.build_transform(eval_cfg, False), cfg.skip_bad_images)
         if val_set.classes != classes:
             raise vdata.DataError(f"the train and val splits of {self.root} have different class folders.")
         sampler = vdata.EpochSampler(len(val_set), shuffle=False, seed=0, rank=rt.rank, world=rt.world)
@@ -118,7 +127,8 @@ class ClipTask:
 
     class_names = None
 
-    def __init__(self, cfg, rt: Runtime, output: Path, log: Callable[[str], None]) -> None:
+    def __init__(self, cfg, rt: Runtime, output: Path, log: Callable[[str], None],
+                 source: Pretrained | None = None) -> None:
         if cfg.drop_path is not None:
             raise ValueError("--drop-path applies to ViT and Swin classifiers; CLIP models have no stochastic depth.")
         default_data = cfg.train_data is None
@@ -127,22 +137,29 @@ class ClipTask:
         folder = vdata.default_data_dir() if default_data and cfg.data_dir is None else cfg.data_dir
         if rt.world > 1:
             dist.barrier()  # rank 0 may have generated the default data; others wait until it is there
-        _, base = named_config(cfg.model)
+        base = source.config if source else named_config(cfg.model)[1]
         tcfg = vdata.clip_transform_config(cfg.img_size or base.image_size)
+        preprocess = source.preprocess if source else None
+        if preprocess:  # the published normalization (the eval transform follows the model's own record)
+            tcfg = dataclasses.replace(tcfg, mean=tuple(preprocess["mean"]), std=tuple(preprocess["std"]))
         fmt = CsvFormat(cfg.csv_img_key, cfg.csv_caption_key, cfg.csv_separator)
         self.train_set = pairs_dataset(train_spec, vdata.build_transform(tcfg, True), fmt, cfg.skip_bad_images)
-        self.tokenizer = choose_tokenizer(cfg, base, self.train_set.captions, output, log)
+        if source and not cfg.tokenizer and not (cfg.resume and (output / TOKENIZER_NAME).is_file()):
+            self.tokenizer = repo_tokenizer(source, cfg.bpe_path)  # the one the weights were trained with
+        else:
+            self.tokenizer = choose_tokenizer(cfg, base, self.train_set.captions, output, log)
         overrides = {"vocab_size": self.tokenizer.vocab_size, "eot_token_id": self.tokenizer.eot_token_id,
                      "context_length": self.tokenizer.context_length, "attn_backend": cfg.attn_backend,
                      "image_size": tcfg.img_size}
-        self.model = create_model(cfg.model, **overrides)
+        self.model = from_pretrained(source, **overrides) if source else create_model(cfg.model, **overrides)
         self.train_set.tokenize = CaptionTokens(self.tokenizer)
         parts = [f"{len(self.train_set)} train pairs from {train_spec}"]
         if getattr(self.train_set, "incomplete", 0):
             parts.append(f"{self.train_set.incomplete} shard samples without an image or caption left out")
         self.eval_data = clip_eval_data(folder, val_spec, tcfg.img_size, self.tokenizer, fmt,
                                         batch_size=cfg.batch_size, workers=cfg.workers,
-                                        skip_bad_images=cfg.skip_bad_images)
+                                        skip_bad_images=cfg.skip_bad_images,
+                                        preprocess=getattr(self.model, "preprocess", None))
         parts += self.eval_data.description
         self.group = dist.group.WORLD if rt.world > 1 else None
         self.description = "; ".join(parts)
@@ -185,13 +202,17 @@ class ClipTask:
 
 
 def build_task(cfg, rt: Runtime, output: Path, log: Callable[[str], None]):
-    """The task for cfg.model's family."""
-    family, _ = named_config(cfg.model)
+    """The task for cfg.model's family; with cfg.pretrained, its model starts from the published weights
+    (vitfast.pretrained: a new head for another class count, resampled positions for another size)."""
+    source = resolve(cfg.model, cfg.pretrained) if cfg.pretrained else None
+    if source is not None:
+        log(f"pretrained weights: {source.where} ({source.source} layout)")
+    family = source.family if source else named_config(cfg.model)[0]
     if family == "clip":
-        return ClipTask(cfg, rt, output, log)
+        return ClipTask(cfg, rt, output, log, source)
     clip_only = [flag for flag, value in (("--train-data", cfg.train_data), ("--val-data", cfg.val_data),
                                           ("--tokenizer", cfg.tokenizer), ("--bpe-path", cfg.bpe_path)) if value]
     if clip_only:
         raise ValueError(f"{', '.join(clip_only)} apply to CLIP models; {cfg.model} is an image classifier, "
                          "trained on the ImageFolder given with --data-dir.")
-    return ClassificationTask(cfg, rt)
+    return ClassificationTask(cfg, rt, source)

@@ -1,0 +1,193 @@
+"""`vitfast eval`, `convert` and `train` on published weights, offline: eval gives timm's metrics with
+timm's transforms and open_clip's zero-shot on ImageNet folders; a fine-tune with another class count and
+size runs; bad names, tags and a missing network are one line each."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import OPEN_CLIP, REVISION, TAGGED, TIMM_VIT
+from PIL import Image
+
+import vitfast
+from vitfast.imagenet import IMAGENET_CLASSNAMES, IMAGENET_SYNSETS, OPENAI_IMAGENET_TEMPLATES
+from vitfast.train import evaluate_folder
+
+SIZES = [(37, 53), (300, 199), (64, 64), (50, 120), (33, 32)]
+
+
+def _folder(root: Path, classes: list[str], per_class: int = 2) -> Path:
+    """An ImageFolder of random images of odd sizes and modes (PNG and JPEG), val/ only."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(classes):
+        (root / "val" / name).mkdir(parents=True)
+        for i in range(per_class):
+            h, w = SIZES[(c * per_class + i) % len(SIZES)]
+            image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+            if i % 2:
+                image.convert("L").save(root / "val" / name / f"{i}.jpg", quality=90)
+            else:
+                image.save(root / "val" / name / f"{i}.png")
+    return root
+
+
+def _vitfast(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "vitfast", *args], capture_output=True, text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@torch.no_grad()
+def test_eval_of_a_timm_repo_gives_timms_loss_and_accuracy(offline, tmp_path):
+    """What timm's validate.py computes: its transforms from the pretrained config, its model, cross-entropy."""
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    root = _folder(tmp_path / "data", [f"c{i}" for i in range(5)], per_class=3)
+    ours = evaluate_folder(model=f"hf-hub:{TIMM_VIT}", pretrained=True, data_dir=root, workers=0,
+                           attn_backend="eager")
+    model = timm.create_model(f"hf-hub:{TIMM_VIT}", pretrained=True).eval()
+    transform = create_transform(**resolve_data_config({}, model=model))
+    images, labels = [], []
+    for c in range(5):
+        for path in sorted((root / "val" / f"c{c}").iterdir()):
+            images.append(transform(Image.open(path).convert("RGB")))
+            labels.append(c)
+    logits = model(torch.stack(images))
+    labels = torch.tensor(labels)
+    assert abs(ours["loss"] - F.cross_entropy(logits, labels).item()) <= 1e-4
+    assert ours["top1"] == pytest.approx(100 * (logits.argmax(1) == labels).float().mean().item())
+    assert ours["images"] == 15
+
+
+@torch.no_grad()
+def test_an_imagenet_model_on_some_synsets_scores_them_by_their_imagenet_index(offline, tmp_path):
+    """A 1000-class model on a folder of a few ImageNet synsets (as ImageNette): labels are ImageNet indices."""
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    picks = (1, 404, 999)
+    root = _folder(tmp_path / "nette", [IMAGENET_SYNSETS[i] for i in picks], per_class=2)
+    ours = evaluate_folder(model="vit_base_patch16_224", pretrained=True, data_dir=root, workers=0,
+                           attn_backend="eager")
+    model = timm.create_model(f"hf-hub:{TAGGED}", pretrained=True).eval()
+    transform = create_transform(**resolve_data_config({}, model=model))
+    images, labels = [], []
+    for i in picks:
+        for path in sorted((root / "val" / IMAGENET_SYNSETS[i]).iterdir()):
+            images.append(transform(Image.open(path).convert("RGB")))
+            labels.append(i)
+    logits, labels = model(torch.stack(images)), torch.tensor(labels)
+    assert abs(ours["loss"] - F.cross_entropy(logits, labels).item()) <= 1e-4
+    top5 = (logits.topk(5, dim=1).indices == labels[:, None]).any(1).float().mean().item()
+    assert ours["top5"] == pytest.approx(100 * top5)
+
+
+@torch.no_grad()
+def test_zero_shot_on_imagenet_synsets_matches_open_clip(offline, tmp_path):
+    import open_clip
+    from open_clip.zero_shot_classifier import build_zero_shot_classifier
+
+    synsets = [IMAGENET_SYNSETS[i] for i in (0, 217, 482)]
+    root = _folder(tmp_path / "imagenet", synsets, per_class=4)
+    ours = evaluate_folder(model=f"hf-hub:{OPEN_CLIP}", pretrained=True, data_dir=root, workers=0,
+                           attn_backend="eager")
+    model, _, preprocess = open_clip.create_model_and_transforms(f"hf-hub:{OPEN_CLIP}")
+    model.eval()
+    names = [IMAGENET_CLASSNAMES[i] for i in (0, 217, 482)]
+    classifier = build_zero_shot_classifier(model, open_clip.get_tokenizer(f"hf-hub:{OPEN_CLIP}"), names,
+                                            [lambda c, t=t: t.format(c) for t in OPENAI_IMAGENET_TEMPLATES],
+                                            device="cpu")
+    images, labels = [], []
+    for c, synset in enumerate(synsets):
+        for path in sorted((root / "val" / synset).iterdir()):
+            images.append(preprocess(Image.open(path).convert("RGB")))
+            labels.append(c)
+    logits = F.normalize(model.encode_image(torch.stack(images)), dim=-1) @ classifier
+    expected = 100 * (logits.argmax(1) == torch.tensor(labels)).float().mean().item()
+    assert ours["zeroshot_top1"] == pytest.approx(expected)
+
+
+def test_cli_convert_eval_and_fine_tune_offline(offline, hub, tmp_path, tiny_image_folder):
+    # convert a revision of a timm repo; the folder records where it came from and its preprocessing
+    report = json.loads(_vitfast("convert", f"hf-hub:{TIMM_VIT}", str(tmp_path / "vit"), "--revision", REVISION,
+                                 "--json").stdout)
+    assert report["max_abs_diff"] <= 1e-4 and report["source"] == f"timm (hf-hub:{TIMM_VIT}@{REVISION})"
+    saved = json.loads((tmp_path / "vit" / "config.json").read_text())
+    assert saved["config"]["depth"] == 1 and saved["preprocess"]["crop_pct"] == 0.9
+    # eval by name gives the converted folder's numbers
+    data = _folder(tmp_path / "data", [f"c{i}" for i in range(5)])
+    by_name = json.loads(_vitfast("eval", "--model", f"hf-hub:{TIMM_VIT}", "--pretrained", "--revision", REVISION,
+                                  "--data-dir", str(data), "-j", "0", "--json", "-q").stdout)
+    by_folder = json.loads(_vitfast("eval", "--model-dir", str(tmp_path / "vit"), "--data-dir", str(data), "-j", "0",
+                                    "--json", "-q").stdout)
+    assert by_name["loss"] == pytest.approx(by_folder["loss"], abs=1e-6)
+    # fine-tune on a 4-class folder at another size: a new head, resampled positions, class names saved
+    _vitfast("train", "--model", f"hf-hub:{TIMM_VIT}", "--pretrained", "--data-dir", str(tiny_image_folder),
+             "--img-size", "24", "--epochs", "1", "-b", "16", "-j", "0", "-o", str(tmp_path / "ft"), "-q",
+             "--layer-decay", "0.75")
+    tuned = vitfast.load(tmp_path / "ft")
+    assert tuned.config.num_classes == 4 and tuned.config.img_size == 24
+    assert tuned.class_names == ["checker", "circle", "hstripes", "square"]
+    assert tuned.preprocess["input_size"] == [3, 24, 24] and tuned.preprocess["mean"] == [0.5, 0.5, 0.5]
+    start = vitfast.create_model(f"hf-hub:{TIMM_VIT}", pretrained=True)
+    assert not torch.equal(tuned.blocks[0].attn.qkv.weight, start.blocks[0].attn.qkv.weight)  # it trained
+    assert _vitfast("eval", "--model-dir", str(tmp_path / "ft"), "--data-dir", str(tiny_image_folder), "-j", "0",
+                    "-q").returncode == 0
+
+
+def test_cli_clip_from_the_hub_converts_with_clips_bpe_and_evaluates(offline, tmp_path):
+    _vitfast("convert", f"hf-hub:{OPEN_CLIP}", str(tmp_path / "clip"))
+    assert (tmp_path / "clip" / "tokenizer.json").is_file()
+    out = _vitfast("eval", "--model", f"hf-hub:{OPEN_CLIP}", "--pretrained", "-j", "0", "--json", "-q").stdout
+    assert "zeroshot_top1" in json.loads(out)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["eval", "--model", "vit_base_patch16_224", "--pretrained", "nope"], ["unknown pretrained tag 'nope'"]),
+    (["eval", "--model", "vit_small_patch16_224", "--pretrained"],
+     ["timm/vit_small_patch16_224.augreg_in21k_ft_in1k", "config.json", "HF_HUB_OFFLINE"]),
+    (["eval"], ["give --model-dir"]),
+    (["train", "--model", "vit_base_patch16_224.augreg2_in21k_ft_in1k"], ["add --pretrained"]),
+    (["convert", "hf-hub:nobody/nothing", "x"], ["nobody/nothing", "config.json"]),
+    (["convert", "hf-hub:bad", "x"], ["is not a Hub repo"]),
+])
+def test_cli_refusals_are_one_line(offline, tmp_path, args, words):
+    result = _vitfast(*args, check=False)
+    assert result.returncode in (1, 2)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+def test_no_network_is_one_line_naming_the_fix(hub, monkeypatch, tmp_path):
+    """Online mode with an unreachable endpoint: huggingface_hub finds nothing in an empty cache."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    result = _vitfast("convert", f"hf-hub:{TIMM_VIT}", str(tmp_path / "out"), check=False)
+    assert result.returncode == 1
+    line = result.stderr.strip()
+    assert line.startswith("error:") and "\n" not in line and "cannot reach the Hub" in line and "HF_ENDPOINT" in line
+
+
+@pytest.mark.parametrize("tokenizer", ["clip", "gz"])
+def test_convert_tokenizer_takes_clips_bpe_file_or_the_word_clip(offline, tmp_path, tokenizer):
+    from vitfast.tokenizer import clip_bpe_tokenizer, load_tokenizer
+
+    import open_clip
+
+    source = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    value = "clip" if tokenizer == "clip" else str(source)
+    _vitfast("convert", f"hf-hub:{OPEN_CLIP}", str(tmp_path / "c"), "--tokenizer", value, "--no-verify")
+    saved = load_tokenizer(tmp_path / "c")
+    assert torch.equal(saved(["a photo of a cat"]), clip_bpe_tokenizer(context_length=16)(["a photo of a cat"]))
