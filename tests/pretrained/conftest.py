@@ -19,7 +19,9 @@ HF_VIT = "google/vit-tiny-test"
 HF_CLIP = "openai/clip-tiny-test"
 # a real tag's repo name (vit_base_patch16_224's default tag), holding tiny weights with timm's model_args
 TAGGED = "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k"
-REVISION = "v2"  # a second revision of TIMM_VIT, with other weights
+REVISION = "v2"
+# what timm leaves in the cache for create_model("vit_tiny_patch16_224", pretrained=True): the weights only
+TIMM_FILLED = "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"  # a second revision of TIMM_VIT, with other weights
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +44,7 @@ def hub(tmp_path_factory) -> dict:
     add(OPEN_CLIP_QUICKGELU, hc.open_clip_model(tmp / "f", quick_gelu=True))
     add(HF_VIT, hc.hf_vit(tmp / "g"))
     add(HF_CLIP, hc.hf_clip(tmp / "i"))
+    add(TIMM_FILLED, hc.timm_filled(tmp / "j"))
     model, folder = hc.timm_vit(tmp / "h", classes=1000)
     config = json.loads((folder / "config.json").read_text())
     config["architecture"] = "vit_base_patch16_224"

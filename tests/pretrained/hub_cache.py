@@ -158,3 +158,18 @@ def _randomize(model: torch.nn.Module) -> None:
 def copy_folder(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def timm_filled(tmp: Path, name: str = "vit_tiny_patch16_224"):
+    """What timm itself leaves in the cache for `create_model(name, pretrained=True)`: model.safetensors
+    only, no config.json (timm takes the config from its own table). Real shapes: the named config."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False).eval()
+    _randomize(model)
+    folder = tmp / "timm_filled"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    return model, folder

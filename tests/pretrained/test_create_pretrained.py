@@ -198,7 +198,7 @@ def test_offline_without_the_files_names_the_repo_the_files_and_the_fix(offline)
     with pytest.raises(HubError) as info:
         vitfast.create_model("vit_small_patch16_224", pretrained=True)  # its default tag's repo is not cached
     text = str(info.value)
-    assert "timm/vit_small_patch16_224.augreg_in21k_ft_in1k" in text and "config.json" in text
+    assert "timm/vit_small_patch16_224.augreg_in21k_ft_in1k" in text and "model.safetensors" in text
     assert "HF_HUB_OFFLINE" in text and "\n" not in text
     with pytest.raises(HubError, match="laion/CLIP-ViT-B-32-laion2B-s34B-b79K .*open_clip_model.safetensors.*"
                                        "open_clip_pytorch_model.bin"):
@@ -242,3 +242,86 @@ def test_list_models_pretrained_spells_tags_as_the_peers():
     assert "vit_base_patch16_224.augreg2_in21k_ft_in1k" in names
     assert "ViT-B-32.laion2b_s34b_b79k" in names and "ViT-B-32.openai" in names
     assert vitfast.list_models("swin_tiny", pretrained=True)[0] == "swin_tiny_patch4_window7_224.ms_in1k"
+
+
+@torch.no_grad()
+def test_a_cache_timm_filled_needs_no_config_json(offline, hub):
+    """timm downloads only model.safetensors for a named model; the tag's pretrained_cfg comes from vitfast's
+    copy of timm's table, and the head counts from the named config, as timm builds it."""
+    import timm
+
+    ours = vitfast.create_model("vit_tiny_patch16_224", pretrained=True, attn_backend="eager").eval()
+    theirs = timm.create_model("vit_tiny_patch16_224", pretrained=True).eval()
+    x = _images(n=2, size=224)
+    assert _diff(ours(x), theirs(x)) <= TOL
+    assert ours.config.num_heads == 3 and len(ours.class_names) == 1000
+    assert ours.preprocess["crop_pct"] == theirs.pretrained_cfg["crop_pct"]
+    assert ours.preprocess["mean"] == list(theirs.pretrained_cfg["mean"])
+
+
+def test_a_name_that_is_not_the_repos_architecture_is_refused(offline):
+    with pytest.raises(ConvertError, match="holds vit_base_patch16_224 weights, not vit_small_patch16_224"):
+        vitfast.create_model("vit_small_patch16_224", pretrained=f"hf-hub:{TAGGED}")
+
+
+def test_revision_twice_must_agree(offline):
+    with pytest.raises(ConvertError, match="give one"):
+        vitfast.create_model(f"hf-hub:{TIMM_VIT}@{REVISION}", pretrained=True, revision="main")
+
+
+def test_open_clips_table_preprocessing_wins_over_the_repos(offline):
+    """open_clip merges its own table's preprocess_cfg for a named tag (e.g. ViT-L-14 laion2b_s32b_b82k: mean
+    and std 0.5; ViT-H-14 dfn5b: squash)."""
+    from vitfast.convert.repos import hub_files, read_repo
+
+    published = {"preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3, "resize_mode": "squash"}}
+    source = read_repo(hub_files(OPEN_CLIP), layout="open_clip", published=published)
+    assert source.preprocess["mean"] == [0.5] * 3 and source.preprocess["crop_mode"] == "squash"
+    assert read_repo(hub_files(OPEN_CLIP)).preprocess["crop_mode"] == "center"
+
+
+def _error(cls, text="boom"):
+    exc = cls.__new__(cls)  # the HTTP errors want a response object; the text is what vitfast reads
+    Exception.__init__(exc, text)
+    return exc
+
+
+@pytest.mark.parametrize("name, words", [
+    ("GatedRepoError", ["is gated", "hf auth login", "HF_TOKEN"]),
+    ("RepositoryNotFoundError", ["does not exist (or is private)"]),
+    ("RevisionNotFoundError", ["no such revision"]),
+    ("EntryNotFoundError", ["has none of the files", "config.json (not in the repo)"]),
+    ("HfHubHTTPError", ["the Hub refused", "429 Too Many Requests"]),
+])
+def test_each_hub_failure_is_one_line_with_its_fix(monkeypatch, tmp_path, name, words):
+    import huggingface_hub
+    import huggingface_hub.utils as hub_utils
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    cls = getattr(hub_utils, name)
+
+    def fail(*args, **kwargs):
+        raise _error(cls, "429 Too Many Requests")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fail)
+    with pytest.raises(HubError) as info:
+        vitfast.create_model(f"hf-hub:{TIMM_VIT}")
+    for word in words:
+        assert word in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_without_open_clip_a_clip_takes_the_repos_own_tokenizer_or_says_what_to_install(offline, monkeypatch):
+    import vitfast.convert.repos as repos
+
+    def no_open_clip(*args, **kwargs):
+        raise FileNotFoundError("CLIP's BPE merges file bpe_simple_vocab_16e6.txt.gz was not found")
+
+    monkeypatch.setattr(repos, "clip_bpe_tokenizer", no_open_clip)
+    with_files = repos.resolve(f"hf-hub:{HF_CLIP}")
+    assert repos.repo_tokenizer(with_files) is with_files.tokenizer
+    bare = repos.resolve(f"hf-hub:{OPEN_CLIP}")
+    assert bare.tokenizer is None
+    with pytest.raises(ConvertError, match="ships no tokenizer files.*install open_clip_torch"):
+        repos.repo_tokenizer(bare)

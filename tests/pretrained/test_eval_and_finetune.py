@@ -154,7 +154,7 @@ def test_cli_clip_from_the_hub_converts_with_clips_bpe_and_evaluates(offline, tm
 @pytest.mark.parametrize("args, words", [
     (["eval", "--model", "vit_base_patch16_224", "--pretrained", "nope"], ["unknown pretrained tag 'nope'"]),
     (["eval", "--model", "vit_small_patch16_224", "--pretrained"],
-     ["timm/vit_small_patch16_224.augreg_in21k_ft_in1k", "config.json", "HF_HUB_OFFLINE"]),
+     ["timm/vit_small_patch16_224.augreg_in21k_ft_in1k", "model.safetensors", "HF_HUB_OFFLINE"]),
     (["eval"], ["give --model-dir"]),
     (["train", "--model", "vit_base_patch16_224.augreg2_in21k_ft_in1k"], ["add --pretrained"]),
     (["convert", "hf-hub:nobody/nothing", "x"], ["nobody/nothing", "config.json"]),
@@ -177,17 +177,41 @@ def test_no_network_is_one_line_naming_the_fix(hub, monkeypatch, tmp_path):
     result = _vitfast("convert", f"hf-hub:{TIMM_VIT}", str(tmp_path / "out"), check=False)
     assert result.returncode == 1
     line = result.stderr.strip()
-    assert line.startswith("error:") and "\n" not in line and "cannot reach the Hub" in line and "HF_ENDPOINT" in line
+    assert line.startswith("error:") and "\n" not in line and "could not be reached" in line and "HF_ENDPOINT" in line
 
 
-@pytest.mark.parametrize("tokenizer", ["clip", "gz"])
-def test_convert_tokenizer_takes_clips_bpe_file_or_the_word_clip(offline, tmp_path, tokenizer):
-    from vitfast.tokenizer import clip_bpe_tokenizer, load_tokenizer
+def test_no_network_with_the_files_cached_still_loads(hub, monkeypatch, tmp_path):
+    """Not offline by flag, but the Hub unreachable: what the cache holds is enough (the optional files a
+    layout probes for count as absent once the Hub has proved unreachable)."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub["cache"]))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    report = json.loads(_vitfast("convert", f"hf-hub:{TIMM_VIT}", str(tmp_path / "out"), "--json").stdout)
+    assert report["max_abs_diff"] <= 1e-4
+
+
+def test_convert_tokenizer_takes_clips_bpe_file_or_the_word_clip(offline, tmp_path):
+    """--tokenizer is honoured: CLIP's .gz (by content, any name) and 'clip' replace a repo's own tokenizer,
+    and a broken .gz is named."""
+    import gzip
 
     import open_clip
+    from conftest import HF_CLIP
 
-    source = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    value = "clip" if tokenizer == "clip" else str(source)
-    _vitfast("convert", f"hf-hub:{OPEN_CLIP}", str(tmp_path / "c"), "--tokenizer", value, "--no-verify")
+    from vitfast.tokenizer import clip_bpe_tokenizer, load_tokenizer
+
+    merges = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    copy = tmp_path / "merges.bin"
+    copy.write_bytes(merges.read_bytes())
+    _vitfast("convert", f"hf-hub:{OPEN_CLIP}", str(tmp_path / "c"), "--tokenizer", str(copy), "--no-verify")
     saved = load_tokenizer(tmp_path / "c")
     assert torch.equal(saved(["a photo of a cat"]), clip_bpe_tokenizer(context_length=16)(["a photo of a cat"]))
+    # the transformers repo ships a small BPE: 'clip' (49408 tokens) is honoured, so refused by its size
+    refused = _vitfast("convert", f"hf-hub:{HF_CLIP}", str(tmp_path / "h"), "--tokenizer", "clip", check=False)
+    assert refused.returncode == 1 and "the tokenizer has 49408 tokens but the model" in refused.stderr
+    broken = tmp_path / "broken.gz"
+    with gzip.open(broken, "wt") as f:
+        f.write("not merges\n")
+    refused = _vitfast("convert", f"hf-hub:{OPEN_CLIP}", str(tmp_path / "b"), "--tokenizer", str(broken),
+                       check=False)
+    assert refused.returncode == 1 and "broken.gz" in refused.stderr and not (tmp_path / "b").exists()

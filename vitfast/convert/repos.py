@@ -29,7 +29,7 @@ import torch
 
 from vitfast import hub
 from vitfast.convert.hf import hf_to_vitfast
-from vitfast.convert.infer import ConvertError, clip_config, infer_config, read_state
+from vitfast.convert.infer import _SHAPE_FIELDS, ConvertError, clip_config, infer_config, read_state
 from vitfast.data import preprocess_from_hf, preprocess_from_open_clip, preprocess_from_timm
 from vitfast.imagenet import IMAGENET_CLASSNAMES
 from vitfast.models import named_config, pretrained_entry
@@ -76,24 +76,43 @@ class Files:
 
     def __init__(self, get: Callable[[str], Path | None], where: str, first: Callable) -> None:
         self._get, self.where, self._first = get, where, first
+        self.folder: Path | None = None  # where the files fetched so far are (a Hub cache snapshot)
 
     def get(self, name: str) -> Path | None:
-        return self._get(name)
+        found = self._get(name)
+        self.folder = found.parent if found is not None else self.folder
+        return found
 
     def first(self, names) -> Path:
         """The first of `names` the repo has; ConvertError/HubError naming each one tried."""
-        return self._first(names)
+        found = self._first(names)
+        self.folder = found.parent
+        return found
 
 
 def hub_files(repo: str, revision: str | None = None) -> Files:
+    """A Hub repo's files. Once the Hub proves unreachable, the rest come from the cache alone (each try would
+    otherwise wait through huggingface_hub's retries), and an optional file the cache lacks counts as absent."""
+    unreachable = []
+
     def get(name: str) -> Path | None:
         try:
-            return hub.download(repo, name, revision)
+            return hub.download(repo, name, revision, local_only=bool(unreachable))
         except hub.Missing:
             return None
+        except hub.Unreachable:
+            unreachable.append(name)
+            return None
+
+    def first(names) -> Path:
+        try:
+            return hub.download_first(repo, names, revision, local_only=bool(unreachable))
+        except hub.Unreachable:
+            unreachable.append(names[0])
+            return hub.download_first(repo, names, revision, local_only=True)
 
     where = hub.HF_HUB_PREFIX + repo + (f"@{revision}" if revision else "")
-    return Files(get, where, lambda names: hub.download_first(repo, names, revision))
+    return Files(get, where, first)
 
 
 def local_files(folder: Path) -> Files:
@@ -135,21 +154,31 @@ def _weights(files: Files, names) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------------------------------
 
 
-def read_repo(files: Files, layout: str = "auto", model: str | None = None,
-              quick_gelu: bool | None = None) -> Pretrained:
+def read_repo(files: Files, layout: str = "auto", model: str | None = None, quick_gelu: bool | None = None,
+              published: dict | None = None) -> Pretrained:
     """A repo of any layout the peers publish (`layout` "auto": found from its files), or of the one named.
 
     `model` names the vitfast config to use where the weights leave a choice (open_clip's activation,
-    a ViT's head count); `quick_gelu` forces the activation of an open_clip model.
+    a ViT's head count); `quick_gelu` forces the activation of an open_clip model. `published` is what the
+    peer's own table says of a named tag (pretrained.json): timm's pretrained_cfg, which stands in for a
+    config.json the cache lacks (timm itself downloads only the weights), or open_clip's preprocess_cfg,
+    which wins over the repo's as in open_clip.
     """
+    published = published or {}
     if layout in ("auto", "open_clip"):
         config_path = files.get(OPEN_CLIP_CONFIG)
-        if config_path is not None:
-            return _read_open_clip(files, _json(config_path), model, quick_gelu)
-        if layout == "open_clip" and model is not None:  # open_clip itself reads only the weights, for its own config
-            return _read_open_clip(files, {}, model, quick_gelu)
+        config = _json(config_path) if config_path is not None else {}
+        if "preprocess_cfg" in published:
+            config["preprocess_cfg"] = {**config.get("preprocess_cfg", {}), **published["preprocess_cfg"]}
+        if config_path is not None or (layout == "open_clip" and model is not None):
+            return _read_open_clip(files, config, model, quick_gelu)  # open_clip reads only weights for its names
         if layout == "open_clip":
             files.first([OPEN_CLIP_CONFIG])  # raises, naming the file and the repo
+    if layout == "timm" and "pretrained_cfg" in published:
+        config_path = files.get("config.json")
+        config = (_json(config_path) if config_path is not None
+                  else {"architecture": model, "pretrained_cfg": published["pretrained_cfg"]})
+        return _read_timm(files, config, model)
     config = _json(files.first(["config.json"]))
     if "architecture" in config or layout == "timm":
         return _read_timm(files, config, model)
@@ -170,7 +199,10 @@ def _read_timm(files: Files, config: dict, model: str | None) -> Pretrained:
                            "(swin_*) repos.")
     state = _weights(files, TIMM_WEIGHTS)
     known = {**VIT_CONFIGS, **SWIN_CONFIGS}
-    name = model or (arch if arch in known else None)
+    if model is not None and arch in known and model != arch and _shape(known[model]) != _shape(known[arch]):
+        raise ConvertError(f"{files.where} holds {arch} weights, not {model}: pass --model {arch} (or leave the "
+                           "name out), or the repo of the model you meant.")
+    name = arch if arch in known else model  # the repo's own architecture decides what the weights leave open
     family, vconfig, matched = infer_config(state, "timm", name)
     args = config.get("model_args") or {}
     pretrained_cfg = dict(config.get("pretrained_cfg") or {})
@@ -229,11 +261,15 @@ def _open_clip_unsupported(model_cfg: dict) -> list[str]:
     return found
 
 
+def _shape(config) -> dict:
+    return {k: v for k, v in dataclasses.asdict(config).items() if k in _SHAPE_FIELDS}
+
+
 def _read_open_clip(files: Files, config: dict, model: str | None, quick_gelu: bool | None) -> Pretrained:
-    model_cfg = config.get("model_cfg", config)
-    if not config and model is not None:  # no open_clip_config.json: the named model's architecture
-        model_cfg = {}
-    elif not isinstance(model_cfg, dict) or "vision_cfg" not in model_cfg or "text_cfg" not in model_cfg:
+    model_cfg = config.get("model_cfg", {k: v for k, v in config.items() if k != "preprocess_cfg"})
+    named_only = not model_cfg and model is not None  # no open_clip_config.json: the named model's architecture
+    if not named_only and (not isinstance(model_cfg, dict) or "vision_cfg" not in model_cfg
+                           or "text_cfg" not in model_cfg):
         raise ConvertError(f"{OPEN_CLIP_CONFIG} of {files.where} has no model_cfg with vision_cfg and text_cfg.")
     unsupported = _open_clip_unsupported(model_cfg)
     if unsupported:
@@ -283,8 +319,7 @@ def _read_transformers(files: Files, config: dict) -> Pretrained:
 
 
 def _folder(files: Files) -> Path:
-    found = files.get("config.json") or files.get(OPEN_CLIP_CONFIG)
-    return found.parent if found is not None else Path(files.where)
+    return files.folder if files.folder is not None else Path(files.where)
 
 
 def _hf_tokenizer(files: Files, context_length: int) -> ClipTokenizer | None:
@@ -303,9 +338,11 @@ def repo_tokenizer(pretrained: Pretrained, bpe_path=None) -> ClipTokenizer:
     if pretrained.source == "open_clip" or pretrained.tokenizer is None:
         try:
             return clip_bpe_tokenizer(bpe_path, config.context_length)
-        except TokenizerError as exc:
+        except (TokenizerError, OSError) as exc:  # no open_clip to take CLIP's BPE file from
             if pretrained.tokenizer is None:
-                raise ConvertError(f"{pretrained.where} ships no tokenizer files and {exc}") from None
+                raise ConvertError(f"{pretrained.where} ships no tokenizer files, and CLIP's BPE is not at hand "
+                                   f"({exc}); pass CLIP's bpe_simple_vocab_16e6.txt.gz (--bpe-path / --tokenizer) "
+                                   "or install open_clip_torch.") from None
     return pretrained.tokenizer
 
 
@@ -327,24 +364,36 @@ def resolve(name: str, pretrained: str | bool | None = True, revision: str | Non
     if isinstance(pretrained, str) and pretrained.startswith(hub.HF_HUB_PREFIX):
         name_given = None if name.startswith(hub.HF_HUB_PREFIX) else name
         repo, rev = hub.split_hub_id(pretrained)
-        return read_repo(hub_files(repo, revision or rev), model=_known(name_given))
+        return read_repo(hub_files(repo, _one_revision(rev, revision)), model=_known(name_given))
     if name.startswith(hub.HF_HUB_PREFIX):
+        if isinstance(pretrained, str) and not _default(pretrained):
+            raise ConvertError(f"{name} is a Hub repo already; pretrained={pretrained!r} (a tag or another "
+                               "source) does not apply to it.")
         repo, rev = hub.split_hub_id(name)
-        return read_repo(hub_files(repo, revision or rev))
+        return read_repo(hub_files(repo, _one_revision(rev, revision)))
     if isinstance(pretrained, str) and not _default(pretrained) and Path(pretrained).is_dir():
+        if revision is not None:
+            raise ConvertError(f"revision {revision!r} applies to Hub repos; {pretrained} is a local folder.")
         return read_repo(local_files(Path(pretrained)), model=_known(name))
     base, tag = split_tag(name, pretrained)
     entry = pretrained_entry(base, tag)
     if entry["source"] == "timm":
-        return read_repo(hub_files(entry["hub"], revision), layout="timm", model=base)
+        return read_repo(hub_files(entry["hub"], revision), layout="timm", model=base, published=entry)
     result = read_repo(hub_files(entry["hub"], revision), layout="open_clip", model=base,
-                       quick_gelu=named_config(base)[1].quick_gelu)
+                       quick_gelu=named_config(base)[1].quick_gelu, published=entry)
     if entry.get("quick_gelu") and not result.config.quick_gelu:
         message = (f"{base} with {tag!r} weights: these were trained with QuickGELU but {base} uses GELU, as "
                    f"open_clip builds it; use {base}-quickgelu for the activation they were trained with.")
         warnings.warn(message, stacklevel=2)
         result.warning = message
     return result
+
+
+def _one_revision(in_name: str | None, given: str | None) -> str | None:
+    if in_name and given and in_name != given:
+        raise ConvertError(f"the repo names revision {in_name!r} (@{in_name}) and --revision names {given!r}; "
+                           "give one.")
+    return in_name or given
 
 
 def split_tag(name: str, pretrained: str | bool | None) -> tuple[str, str | None]:

@@ -40,14 +40,16 @@ def list_models(pattern: str = "", pretrained: bool = False) -> list[str]:
 
 @functools.cache
 def _pretrained_table() -> dict:
-    """pretrained.json: for each model, the Hub repo of each tag timm (``timm/<name>.<tag>``, default
-    tag first) or open_clip (its own table's repo, and whether the weights were trained with QuickGELU)
-    publishes. Checked against the installed timm and open_clip by tests/models/test_pretrained_table.py."""
+    """pretrained.json: for each model, the Hub repo of each tag timm (``timm/<name>.<tag>``, default tag
+    first, with timm's pretrained_cfg: input size, interpolation, mean/std, crop) or open_clip (its own
+    table's repo, its preprocess_cfg, and whether the weights were trained with QuickGELU) publishes.
+    Checked against the installed timm and open_clip by tests/models/test_pretrained_table.py."""
     return json.loads((Path(__file__).with_name("pretrained.json")).read_text(encoding="utf-8"))
 
 
 def pretrained_entry(name: str, tag: str | None) -> dict:
-    """{"source": "timm" | "open_clip", "hub": repo id, "tag": tag, "quick_gelu": ...} of a model and tag;
+    """{"source": "timm" | "open_clip", "hub": repo id, "tag": tag, and timm's "pretrained_cfg" or open_clip's
+    "preprocess_cfg" and "quick_gelu"} of a model and tag;
     `tag` None is timm's default tag (open_clip has none, so its models need one). ValueError names the
     known tags."""
     check_model_name(name)
@@ -65,8 +67,7 @@ def pretrained_entry(name: str, tag: str | None) -> dict:
         close = difflib.get_close_matches(tag, tags, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown pretrained tag {tag!r} for {name}; known: {', '.join(tags)}.{hint}")
-    entry = tags[tag] if isinstance(tags[tag], dict) else {"hub": tags[tag]}
-    return {"source": source, "tag": tag, **entry}
+    return {"source": source, "tag": tag, **tags[tag]}
 
 
 def model_family(model: nn.Module) -> str:

@@ -204,7 +204,12 @@ class ClipTask:
 def build_task(cfg, rt: Runtime, output: Path, log: Callable[[str], None]):
     """The task for cfg.model's family; with cfg.pretrained, its model starts from the published weights
     (vitfast.pretrained: a new head for another class count, resampled positions for another size)."""
+    first = cfg.pretrained and rt.world > 1
+    if first and rt.rank != 0:
+        dist.barrier()  # rank 0 downloads first; the others then read its files from the cache
     source = resolve(cfg.model, cfg.pretrained) if cfg.pretrained else None
+    if first and rt.rank == 0:
+        dist.barrier()
     if source is not None:
         log(f"pretrained weights: {source.where} ({source.source} layout)")
     family = source.family if source else named_config(cfg.model)[0]
