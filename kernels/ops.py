@@ -19,9 +19,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from vitfast.choices import ATTENTION_BACKENDS, CLIP_LOSS_BACKENDS
+from vitfast.choices import ATTENTION_BACKENDS, CLIP_LOSS_BACKENDS, SIGLIP_LOSS_BACKENDS
 
-from . import dispatch, flash_attention, precision as policy, reference, similarity_ce, swin_attention
+from . import (dispatch, flash_attention, precision as policy, reference, similarity, similarity_ce,
+               similarity_sigmoid, swin_attention)
 from . import window_geometry as geo
 from ._triton import KERNEL_ERRORS
 
@@ -259,12 +260,13 @@ def _window_self_check(device: torch.device, dtype: torch.dtype, head_dim: int, 
     return _largest_difference(got, want, dtype)
 
 
-def _check_pairs(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale, logit_bias) -> None:
+def _check_pairs(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale, logit_bias,
+                 loss: str = "clip_loss") -> None:
     if image_emb.dim() != 2 or image_emb.shape != text_emb.shape:
         raise ValueError(f"image_emb and text_emb must both be (N, D) with the same N and D; got "
                          f"{tuple(image_emb.shape)} and {tuple(text_emb.shape)}.")
     if image_emb.shape[0] == 0:
-        raise ValueError("clip_loss needs at least one image-text pair; got N = 0.")
+        raise ValueError(f"{loss} needs at least one image-text pair; got N = 0.")
     if image_emb.dtype != text_emb.dtype or image_emb.device != text_emb.device:
         raise ValueError(f"image_emb and text_emb must share dtype and device; got {image_emb.dtype} on "
                          f"{image_emb.device} and {text_emb.dtype} on {text_emb.device}.")
@@ -306,7 +308,7 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torc
     all_image = all_text = None
     offset = 0
     if group is not None:
-        all_image, all_text, offset = similarity_ce.gather_pairs(image_emb, text_emb, group)
+        all_image, all_text, offset = similarity.gather_pairs(image_emb, text_emb, group)
     if backend == "eager":
         return reference.clip_loss(image_emb, text_emb, logit_scale, logit_bias, all_image=all_image,
                                    all_text=all_text, offset=offset)
@@ -341,4 +343,71 @@ def _clip_self_check(device: torch.device, dtype: torch.dtype, dim: int, size: i
 
     got = _forward_backward(loss(True), [image, text, scale], seed=1)
     want = _forward_backward(loss(False), [image, text, scale], seed=1)
+    return _largest_difference(got, want, dtype)
+
+
+def siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor | float,
+                logit_bias: torch.Tensor | float, *, group=None, backend: str = "auto",
+                precision: str = "auto") -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss, equal to open_clip's SigLipLoss, without the N×N logits.
+
+    Args:
+        image_emb, text_emb: (N, D) L2-normalized embeddings of N matching pairs; any strides.
+        logit_scale, logit_bias: scalars (tensors, usually ``param.exp()`` and the bias parameter, or floats).
+        group: a torch.distributed process group to train across ranks: every rank's texts are gathered
+            with gradient and this rank's images are scored against all of them, as open_clip's
+            ``SigLipLoss(rank, world_size)``; the texts' gradients reach the ranks that computed them. With
+            equal batches, the mean of the ranks' losses is the global batch's loss. Ranks may hold
+            different batch sizes.
+        backend: one of vitfast.choices.SIGLIP_LOSS_BACKENDS, as for :func:`clip_loss`: "triton" (tiled
+            kernels; D a multiple of 16), "chunked" (the same math in PyTorch, O(N·D) memory), "eager" (the
+            full N×N oracle), or "auto" (Triton where the dispatch table has a measured row and the kernel
+            passed its self-check, otherwise chunked).
+
+    Returns:
+        −Σ logsigmoid(labels · (scale · image·textᵀ + bias)) over the local images' rows, divided by the local
+        batch: a 0-dim float32 tensor (float64 for float64 inputs), with gradients for the embeddings, the
+        scale and the bias, accumulated in float32.
+    """
+    _check_backend(backend, SIGLIP_LOSS_BACKENDS, "siglip-loss")
+    _check_pairs(image_emb, text_emb, logit_scale, logit_bias, "siglip_loss")
+    if logit_bias is None:
+        raise ValueError("siglip_loss needs a logit_bias (SigLIP learns one, initialized to -10).")
+    if backend != "eager":
+        operand = policy.operand_dtype(precision, image_emb.dtype, image_emb.device.type)
+        image_emb, text_emb = policy.cast(operand, image_emb, text_emb)
+    texts, offset = (text_emb, 0) if group is None else similarity.gather_rows(text_emb, group, "siglip_loss")
+    if backend == "eager":
+        return reference.siglip_loss(image_emb, text_emb, logit_scale, logit_bias,
+                                     all_text=None if group is None else texts, offset=offset)
+    auto = backend == "auto"
+    if auto:
+        reason = similarity_sigmoid.unsupported_reason(image_emb.shape[1], image_emb.dtype, image_emb.device)
+        backend = dispatch.choose("siglip_loss", image_emb.device, image_emb.dtype, image_emb.shape[1],
+                                  int(texts.shape[0]), reason, "chunked", _siglip_self_check)
+    fp32_dot = policy.float32_dot(precision)
+    if backend == "triton":
+        try:
+            return similarity_sigmoid.tiled_siglip_loss(image_emb, texts, logit_scale, logit_bias, offset=offset,
+                                                        use_triton=True, precision=fp32_dot)
+        except KERNEL_ERRORS as exc:
+            if not auto:
+                raise
+            dispatch.record_failure("siglip_loss", image_emb.device, image_emb.dtype, exc)
+    return similarity_sigmoid.tiled_siglip_loss(image_emb, texts, logit_scale, logit_bias, offset=offset,
+                                                use_triton=False, precision=fp32_dot)
+
+
+def _siglip_self_check(device: torch.device, dtype: torch.dtype, dim: int, size: int) -> float | None:
+    image, text = (F.normalize(x.float(), dim=-1).to(dtype) for x in _random([(min(size, 512), dim)] * 2, device,
+                                                                               torch.float32))
+    scale, bias = torch.tensor(10.0, device=device), torch.tensor(-10.0, device=device)
+    fp32_dot = "ieee" if dtype == torch.float32 else "tf32"
+
+    def loss(use_triton: bool):
+        return lambda i, t, s, b: similarity_sigmoid.tiled_siglip_loss(i, t, s, b, use_triton=use_triton,
+                                                                        precision=fp32_dot)
+
+    got = _forward_backward(loss(True), [image, text, scale, bias], seed=1)
+    want = _forward_backward(loss(False), [image, text, scale, bias], seed=1)
     return _largest_difference(got, want, dtype)

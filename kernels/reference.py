@@ -89,3 +89,22 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torc
     labels = torch.arange(offset, offset + image_emb.shape[0], device=image_emb.device)
     return (torch.nn.functional.cross_entropy(logits_per_image, labels)
             + torch.nn.functional.cross_entropy(logits_per_text, labels)) / 2
+
+
+def siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor | float,
+                logit_bias: torch.Tensor | float, *, all_text: torch.Tensor | None = None,
+                offset: int = 0) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss over the full logits, as open_clip's SigLipLoss.
+
+    logits = logit_scale · image_emb · textsᵀ + logit_bias, texts the given ones or `all_text` (the
+    global batch, in which the given pairs sit at offset, offset+1, ...); labels +1 for the matching
+    pair and −1 elsewhere; the loss is −Σ logsigmoid(labels · logits) divided by the local batch.
+    Computed in float32 (float64 for float64 inputs); returns a 0-dim tensor of that dtype.
+    """
+    dtype = torch.float64 if image_emb.dtype == torch.float64 else torch.float32
+    texts = text_emb if all_text is None else all_text
+    logits = logit_scale * (image_emb.to(dtype) @ texts.to(dtype).t()) + logit_bias
+    labels = -torch.ones_like(logits)
+    n = image_emb.shape[0]
+    labels[torch.arange(n, device=logits.device), torch.arange(offset, offset + n, device=logits.device)] = 1.0
+    return -torch.nn.functional.logsigmoid(labels * logits).sum() / n

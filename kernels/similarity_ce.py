@@ -53,6 +53,7 @@ import torch
 
 from . import arch, tables
 from ._triton import require_triton, tl, triton
+from .similarity import WAVE_PROGRAMS, _acc_dtype, _chunk_rows, _similarity_tile, _splits, _tile, grad_block_d
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -61,24 +62,6 @@ LN2 = 0.6931471805599453
 # --------------------------------------------------------------------------------------------------
 # Kernels
 # --------------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _similarity_tile(A, B, rows, cols, n_a, n_b, D, stride_a, stride_ak, stride_b, stride_bk,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
-    """S[rows, cols] = A[rows]·B[cols]ᵀ in fp32, reduced over D in BLOCK_K slices."""
-    s = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    offs_k = tl.arange(0, BLOCK_K)
-    a_ptrs = A + tl.cast(rows, tl.int64)[:, None] * stride_a + offs_k[None, :] * stride_ak
-    b_ptrs = B + tl.cast(cols, tl.int64)[:, None] * stride_b + offs_k[None, :] * stride_bk
-    for k0 in range(0, D, BLOCK_K):
-        k_ok = (k0 + offs_k) < D
-        a = tl.load(a_ptrs, mask=(rows < n_a)[:, None] & k_ok[None, :], other=0.0)
-        b = tl.load(b_ptrs, mask=(cols < n_b)[:, None] & k_ok[None, :], other=0.0)
-        s = tl.dot(a, tl.trans(b), s, input_precision=PRECISION)
-        a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += BLOCK_K * stride_bk
-    return s
 
 
 @triton.jit
@@ -203,24 +186,6 @@ def _clip_grad_kernel(
 # Launchers
 # --------------------------------------------------------------------------------------------------
 
-# Grids aim at two waves of an H100/H200 (132 SMs) wherever the matrix has that many tiles: a fixed
-# number, not the device's SM count, so every GPU and rank splits the sums alike (bit-identical runs).
-WAVE_PROGRAMS = 2 * 132
-
-
-def grad_block_d(dim: int) -> int:
-    """Width of the gradient pass's accumulator (all of D, as one power-of-two tensor dimension)."""
-    return max(16, triton.next_power_of_2(dim))
-
-
-def _splits(blocks: int, others: int) -> tuple[int, int]:
-    """(blocks per split, splits): `blocks` column blocks cut into at least WAVE_PROGRAMS / `others`
-    contiguous splits (as many as there are blocks at most), for a grid of `others` × splits."""
-    wanted = min(blocks, max(1, triton.cdiv(WAVE_PROGRAMS, others)))
-    per = blocks // wanted
-    return per, triton.cdiv(blocks, per)
-
-
 def lse_grid(n_a: int, n_b: int, block_m: int, block_n: int, columns: bool) -> tuple[int, int, int]:
     """(row groups, blocks per column split, column splits) of the LSE pass. One-sided, a program per row
     block; with the column statistics, about √WAVE_PROGRAMS row groups, so that their partial column
@@ -228,10 +193,6 @@ def lse_grid(n_a: int, n_b: int, block_m: int, block_n: int, columns: bool) -> t
     row_blocks = triton.cdiv(n_a, block_m)
     groups = min(row_blocks, math.isqrt(WAVE_PROGRAMS - 1) + 1) if columns else row_blocks
     return (groups, *_splits(triton.cdiv(n_b, block_n), groups))
-
-
-def _tile(kernel: str, a: torch.Tensor) -> tables.TileConfig:
-    return tables.required_tile(kernel, arch.device_family(a.device), a.dtype, a.shape[1], a.shape[0])
 
 
 def _merge_lse(part: torch.Tensor) -> torch.Tensor:
@@ -269,23 +230,6 @@ def _triton_grad(a, b, scale, bias, lse_a, lse_b, precision: str) -> tuple[torch
     )
     # The splits' partial sums, added in a fixed order.
     return (g[0], row_sums[0]) if splits == 1 else (g.sum(0), row_sums.sum(0))
-
-
-# The chunked PyTorch path: the same passes with CHUNK_ELEMENTS logits (64 MiB in fp32) at a time.
-# 16-bit operands (rounded there by the precision policy) are multiplied in float32, as the Triton
-# kernels accumulate: PyTorch's 16-bit matmul would round every logit to 16 bits (open_clip's AMP
-# loss does), an error of up to scale·2⁻⁹ ≈ 0.2 per logit in bf16. Logits, probabilities and sums are
-# float32 (float64 for float64 operands).
-CHUNK_ELEMENTS = 1 << 24
-
-
-def _chunk_rows(n_cols: int) -> int:
-    """Rows per chunk, so that a chunk of logits against `n_cols` columns holds about CHUNK_ELEMENTS."""
-    return max(1, CHUNK_ELEMENTS // max(1, n_cols))
-
-
-def _acc_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.promote_types(t.dtype, torch.float32)
 
 
 def _logits(s: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -448,64 +392,6 @@ def _backward(ctx, grad, _d_row, _d_col, _d_diag):
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-# --------------------------------------------------------------------------------------------------
-# Multi-GPU: gathering the features with gradient
-# --------------------------------------------------------------------------------------------------
-
-
-class _GatherRows(torch.autograd.Function):
-    """Every rank's rows, concatenated in rank order; ranks may hold different numbers of rows.
-
-    The backward sums each rank's gradient for this rank's rows (a reduce-scatter), so a loss that
-    uses the gathered rows on every rank trains the features where they were computed.
-    """
-
-    @staticmethod
-    def forward(ctx, x, group, sizes: list[int]):
-        import torch.distributed as dist
-
-        ctx.group, ctx.sizes = group, sizes
-        ctx.rank = dist.get_rank(group)
-        longest = max(sizes)
-        padded = torch.nn.functional.pad(x.contiguous(), (0, 0, 0, longest - x.shape[0]))
-        pieces = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(pieces, padded, group=group)
-        return torch.cat([piece[:size] for piece, size in zip(pieces, sizes)])
-
-    @staticmethod
-    def backward(ctx, grad):
-        import torch.distributed as dist
-
-        longest = max(ctx.sizes)
-        stacked = torch.stack([torch.nn.functional.pad(g, (0, 0, 0, longest - g.shape[0]))
-                               for g in grad.split(ctx.sizes)])
-        if dist.get_backend(ctx.group) == "nccl":
-            own = stacked.new_empty(stacked.shape[1:])
-            dist.reduce_scatter_tensor(own, stacked.flatten(0, 1), group=ctx.group)
-        else:  # gloo has no reduce-scatter
-            dist.all_reduce(stacked, group=ctx.group)
-            own = stacked[ctx.rank]
-        return own[:ctx.sizes[ctx.rank]], None, None
-
-
-def gather_pairs(image_emb: torch.Tensor, text_emb: torch.Tensor, group) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """All ranks' image and text embeddings (one collective for both, with gradient) and the offset
-    of this rank's pairs in the global batch."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        raise ValueError("clip_loss(group=...) needs torch.distributed to be initialized "
-                         "(torch.distributed.init_process_group, e.g. under torchrun); pass group=None "
-                         "for a single-process loss.")
-    count = torch.tensor([image_emb.shape[0]], dtype=torch.int64, device=image_emb.device)
-    counts = [torch.empty_like(count) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(counts, count, group=group)
-    sizes = [int(c) for c in counts]
-    both = _GatherRows.apply(torch.cat([image_emb, text_emb], dim=1), group, sizes)
-    dim = image_emb.shape[1]
-    return both[:, :dim], both[:, dim:], sum(sizes[:dist.get_rank(group)])
 
 
 # --------------------------------------------------------------------------------------------------

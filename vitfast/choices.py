@@ -13,6 +13,7 @@ AUTO = "auto"
 ATTENTION_BACKENDS = ("auto", "triton", "sdpa", "eager")
 # vitfast.kernels.clip_loss.
 CLIP_LOSS_BACKENDS = ("auto", "triton", "chunked", "eager")
+SIGLIP_LOSS_BACKENDS = CLIP_LOSS_BACKENDS  # the same four: the sigmoid loss is tiled the same way
 # The kernels' `precision=`: how matrix products multiply (vitfast.kernels.precision).
 KERNEL_PRECISIONS = ("auto", "ieee", "tf32", "bf16", "fp16")
 

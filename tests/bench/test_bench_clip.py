@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from vitfast.bench import clip_loss as bc
 from vitfast.bench.harness import OUT_OF_MEMORY, TRITON_NEEDS_CUDA
 from vitfast.cli import app
-from vitfast.kernels import similarity_ce
+from vitfast.kernels import similarity
 
 CPU = torch.device("cpu")
 TINY = ["--device", "cpu", "--batch-sizes", "32,64", "--dim", "16", "--rep", "1", "--warmup", "1"]
@@ -51,7 +51,7 @@ def test_chunked_needs_less_memory_than_eager(monkeypatch):
     # N ≤ 4096: there it materializes as much as eager does. A chunk of 32 rows shows, at a size that
     # runs in a second, the O(N·D + chunk) memory the default chunk gives at N ≫ 4096 (measured: chunked
     # 0.8 MiB, eager 24 MiB).
-    monkeypatch.setattr(similarity_ce, "CHUNK_ELEMENTS", 1 << 15)
+    monkeypatch.setattr(similarity, "CHUNK_ELEMENTS", 1 << 15)
     n = 1024
     rows = bc.bench_clip_loss(dtype=torch.float32, batch_sizes=[n], dim=16, backends=["chunked", "eager"],
                               modes=["fwd+bwd"], device=CPU, warmup=1, rep=1)

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vitfast.kernels import attention, clip_loss, reference, window_attention
+from vitfast.kernels import attention, clip_loss, reference, siglip_loss, window_attention
 
 BF16 = torch.bfloat16
 
@@ -158,3 +158,21 @@ def test_clip_loss(n, d, with_bias, device):
     names = ("loss", "d_image", "d_text", "d_scale", "d_bias")[: 4 + with_bias]
     oracle.assert_matches_oracle(names, got, ref, eager, likes=(None, image, text, scale, bias),
                                  floors={"loss": loss_floor})
+
+
+@pytest.mark.usefixtures("interpreter_bf16")
+@pytest.mark.parametrize("n, d", [(1, 64), (65, 64), (300, 128)])
+def test_siglip_loss(n, d, device):
+    g = torch.Generator().manual_seed(n * 11 + d)
+    image = F.normalize(torch.randn(n, d, generator=g), dim=-1)
+    text = F.normalize(image + 0.8 * torch.randn(n, d, generator=g), dim=-1)
+    image, text = image.to(device=device, dtype=BF16), text.to(device=device, dtype=BF16)
+    scale, bias = torch.tensor(10.0, device=device), torch.tensor(-10.0, device=device)
+    triton_op = lambda i, t, s, b: siglip_loss(i, t, s, b, backend="triton")  # noqa: E731
+    got = _clip_outputs(triton_op, image, text, scale, bias)
+    ref = _clip_outputs(reference.siglip_loss, image, text, scale, bias, cast=torch.float64)
+    eager = _clip_outputs(reference.siglip_loss, image, text, scale, bias)
+    # the float32 loss sums n² terms of logits as large as the scale, divided by n
+    loss_floor = 4 * torch.finfo(torch.float32).eps * float(scale) * n + oracle.FLOOR
+    oracle.assert_matches_oracle(("loss", "d_image", "d_text", "d_scale", "d_bias"), got, ref, eager,
+                                 likes=(None, image, text, scale, bias), floors={"loss": loss_floor})

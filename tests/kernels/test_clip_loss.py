@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from vitfast.choices import CLIP_LOSS_BACKENDS
 from vitfast.kernels import clip_loss
+from vitfast.kernels import similarity
 from vitfast.kernels import similarity_ce as sce
 
 NAMES = ("loss", "d_image", "d_text", "d_scale", "d_bias")
@@ -70,7 +71,7 @@ def test_bias_scale_shapes_and_strides(backend, device):
 
 def test_chunked_splits_rows(monkeypatch):
     # Force many chunks (3 rows each), including a ragged last one.
-    monkeypatch.setattr(sce, "CHUNK_ELEMENTS", 3 * 40)
+    monkeypatch.setattr(similarity, "CHUNK_ELEMENTS", 3 * 40)
     image, text = _pairs(40, 32, torch.float32, "cpu", 7)
     assert_matches_oracle("chunked", image, text, torch.tensor(20.0))
 
@@ -97,7 +98,8 @@ def test_split_grids_merge_deterministically(wave, monkeypatch, device):
     (4 row and 4 column blocks), with 4 programs to aim at, the forward runs 2 row groups of 2 row
     blocks × 2 column splits of 2 blocks; at the real target, a program per tile, and the gradient
     passes 4 column splits."""
-    monkeypatch.setattr(sce, "WAVE_PROGRAMS", wave)
+    monkeypatch.setattr(sce, "WAVE_PROGRAMS", wave)  # the forward's grid rule reads it here
+    monkeypatch.setattr(similarity, "WAVE_PROGRAMS", wave)  # the splits rule, which both losses share
     if device.type == "cpu":
         assert sce.lse_grid(200, 200, 64, 64, True) == ((2, 2, 2) if wave == 4 else (4, 1, 4))
         assert sce._splits(4, 4) == ((4, 1) if wave == 4 else (1, 4))
