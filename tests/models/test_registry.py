@@ -16,7 +16,8 @@ from vitfast.models import build_config, named_config
 # The smallest model of each family, shrunk further where a test builds it.
 SMALLEST = {"vit": ("vit_micro_patch4_32", {"depth": 1}),
             "swin": ("swin_micro_patch2_window4_32", {"depths": (1, 1, 1)}),
-            "clip": ("clip_tiny", {"vision_layers": 1, "text_layers": 1})}
+            "clip": ("clip_tiny", {"vision_layers": 1, "text_layers": 1}),
+            "siglip": ("siglip_tiny", {"vision_layers": 1, "text_layers": 1})}
 CHOICES = ", ".join(ATTENTION_BACKENDS)
 
 

@@ -189,3 +189,26 @@ def test_shard_errors_name_the_shard(tmp_path):
     (tmp_path / "bad.tar").write_bytes(b"\x1f\x8b" + b"0" * 600)  # gzip magic: a compressed shard
     with pytest.raises(vdata.DataError, match=r"cannot read shard .*bad\.tar.*uncompressed"):
         vdata_pairs.pairs_dataset(str(tmp_path / "bad.tar"))
+
+
+def test_siglip_trains_with_the_sigmoid_loss_and_evaluates(tiny_image_folder, tmp_path, monkeypatch):
+    """siglip_tiny goes through the image-text task with vitfast.kernels.siglip_loss (the model's forward gives
+    the bias too), starts at scale 10 and bias -10, saves a folder that `eval` reads and reproduces."""
+    import vitfast.train.tasks as tasks
+
+    calls = []
+    real = tasks.siglip_loss
+    monkeypatch.setattr(tasks, "siglip_loss", lambda *a, **k: calls.append(len(a)) or real(*a, **k))
+    out = tmp_path / "run"
+    metrics = _train(tiny_image_folder, out, model="siglip_tiny", epochs=1)
+    assert calls and set(calls) == {4}
+    assert metrics["val_logit_scale"] == pytest.approx(10.0, rel=0.05)
+    assert metrics["val_logit_bias"] == pytest.approx(-10.0, abs=0.5)
+    assert json.loads((out / "config.json").read_text())["family"] == "siglip"
+    result = CliRunner().invoke(app, ["eval", "--model-dir", str(out), "--data-dir", str(tiny_image_folder),
+                                      "--val-data", str(tiny_image_folder / "val_captions.tsv"),
+                                      "--attn-backend", "sdpa", "--workers", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads(result.stdout)
+    for key in ("zeroshot_top1", "image_to_text_R@1"):
+        assert evaluated[key] == pytest.approx(metrics[f"val_{key}"]), key

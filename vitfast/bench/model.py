@@ -151,6 +151,9 @@ def image_size(family: str, config) -> int:
 def model_config(name: str, img_size: int | None = None, backend: str | None = None):
     """(family, config) of the vitfast model `name`, at `img_size` and with `backend` if given."""
     family, config = named_config(name)
+    if family not in PEERS:
+        raise ValueError(f"vitfast bench model measures ViT, Swin and CLIP models; {name} is a {family} model, "
+                         "which it does not measure yet.")
     overrides = {}
     if img_size is not None:
         overrides["image_size" if family == "clip" else "img_size"] = img_size

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from .clip import CLIP, CLIP_CONFIGS, CLIPConfig
+from .siglip import SIGLIP_CONFIGS, SigLIP, SigLIPConfig
 from .swin import SWIN_CONFIGS, SwinConfig, SwinTransformer
 from .vit import VIT_CONFIGS, ViTConfig, VisionTransformer
 
@@ -20,9 +21,11 @@ FAMILIES: dict[str, tuple[type, type[nn.Module]]] = {
     "vit": (ViTConfig, VisionTransformer),
     "swin": (SwinConfig, SwinTransformer),
     "clip": (CLIPConfig, CLIP),
+    "siglip": (SigLIPConfig, SigLIP),
 }
 _REGISTRY: dict[str, tuple[str, object]] = {
-    name: (family, cfg) for family, configs in [("vit", VIT_CONFIGS), ("swin", SWIN_CONFIGS), ("clip", CLIP_CONFIGS)]
+    name: (family, cfg) for family, configs in [("vit", VIT_CONFIGS), ("swin", SWIN_CONFIGS), ("clip", CLIP_CONFIGS),
+                                           ("siglip", SIGLIP_CONFIGS)]
     for name, cfg in configs.items()
 }
 
@@ -131,6 +134,7 @@ def create_model(name: str, **overrides) -> nn.Module:
 
 
 __all__ = [
-    "CLIP", "CLIPConfig", "SwinConfig", "SwinTransformer", "ViTConfig", "VisionTransformer", "create_model",
+    "CLIP", "CLIPConfig", "SigLIP", "SigLIPConfig", "SwinConfig", "SwinTransformer", "ViTConfig", "VisionTransformer",
+    "create_model",
     "list_models",
 ]

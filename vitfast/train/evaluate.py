@@ -33,7 +33,7 @@ def evaluate_folder(model_dir=None, data_dir=None, *, batch_size: int = 256, wor
     """
     device = default_device()
     net, tokenizer, where = load_for_eval(model_dir, model, pretrained, revision, attn_backend, device)
-    if model_family(net) == "clip":
+    if model_family(net) in ("clip", "siglip"):
         return _evaluate_clip(net, tokenizer, data_dir, val_data, batch_size=batch_size, workers=workers,
                               amp_dtype=amp_dtype, skip_bad_images=skip_bad_images, csv_format=csv_format,
                               track=track, device=device)
@@ -72,7 +72,7 @@ def load_for_eval(model_dir, model: str | None, pretrained, revision: str | None
             raise ValueError("--pretrained and --revision go with --model NAME; --model-dir is a saved folder.")
         net = load(model_dir, map_location=device, attn_backend=attn_backend)
         tokenizer = None
-        if model_family(net) == "clip":
+        if model_family(net) in ("clip", "siglip"):
             if not (Path(model_dir) / TOKENIZER_NAME).is_file():
                 raise CheckpointError(f"{model_dir} holds a CLIP model but no {TOKENIZER_NAME}, which eval needs for "
                                       f"the captions and class prompts; copy in the {TOKENIZER_NAME} it was trained "

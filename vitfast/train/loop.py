@@ -201,9 +201,9 @@ class TrainConfig:
                 family = named_config(self.model.partition(".")[0])[0]
             except ValueError:  # an unknown --model: train() names it, with suggestions
                 family = None
-            if family == "clip":
-                raise TrainUsageError(f"--layer-decay applies to ViT and Swin classifiers; {self.model} is a CLIP "
-                                      "model (open_clip has no layer decay): leave --layer-decay out.")
+            if family in ("clip", "siglip"):
+                raise TrainUsageError(f"--layer-decay applies to ViT and Swin classifiers; {self.model} is an "
+                                      "image-text model (open_clip has no layer decay): leave --layer-decay out.")
         for flag, value, low in (("--epochs", self.epochs, 1), ("--batch-size", self.batch_size, 1),
                                  ("--grad-accum-steps", self.grad_accum_steps, 1), ("--workers", self.workers, 0),
                                  ("--img-size", self.img_size, 1)):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from vitfast import data as vdata
 from vitfast.convert.repos import Pretrained, repo_tokenizer, resolve
-from vitfast.kernels import clip_loss
+from vitfast.kernels import clip_loss, siglip_loss
 from vitfast.metrics import evaluate, evaluate_clip
 from vitfast.models import create_model, named_config
 from vitfast.pretrained import from_pretrained
@@ -118,8 +118,9 @@ def choose_tokenizer(cfg, base, captions: list[str], output: Path, log: Callable
 
 
 class ClipTask:
-    """Image–text pairs from a CSV/TSV table or tar shards; the symmetric contrastive loss through
-    vitfast.kernels.clip_loss (gathered across ranks under DDP); zero-shot accuracy on an ImageFolder's
+    """Image–text pairs from a CSV/TSV table or tar shards; CLIP's symmetric contrastive loss through
+    vitfast.kernels.clip_loss, or for SigLIP models the pairwise sigmoid loss through
+    vitfast.kernels.siglip_loss (either gathered across ranks under DDP); zero-shot accuracy on an ImageFolder's
     val split and retrieval recall on the val pairs. Every rank runs the whole validation, so no
     collective is needed there; the figures are the same on all ranks. The best epoch is the one with
     the highest zero-shot top-1 when the run measures it, else the highest mean of the image→text
@@ -137,7 +138,8 @@ class ClipTask:
         folder = vdata.default_data_dir() if default_data and cfg.data_dir is None else cfg.data_dir
         if rt.world > 1:
             dist.barrier()  # rank 0 may have generated the default data; others wait until it is there
-        base = source.config if source else named_config(cfg.model)[1]
+        family, base = (source.family, source.config) if source else named_config(cfg.model)
+        self.sigmoid = family == "siglip"
         tcfg = vdata.clip_transform_config(cfg.img_size or base.image_size)
         preprocess = source.preprocess if source else None
         if preprocess:  # the published normalization (the eval transform follows the model's own record)
@@ -148,9 +150,10 @@ class ClipTask:
             self.tokenizer = repo_tokenizer(source, cfg.bpe_path)  # the one the weights were trained with
         else:
             self.tokenizer = choose_tokenizer(cfg, base, self.train_set.captions, output, log)
-        overrides = {"vocab_size": self.tokenizer.vocab_size, "eot_token_id": self.tokenizer.eot_token_id,
-                     "context_length": self.tokenizer.context_length, "attn_backend": cfg.attn_backend,
-                     "image_size": tcfg.img_size}
+        overrides = {"vocab_size": self.tokenizer.vocab_size, "context_length": self.tokenizer.context_length,
+                     "attn_backend": cfg.attn_backend, "image_size": tcfg.img_size}
+        if not self.sigmoid:  # CLIP pools at the end token; SigLIP's text tower reads the last position
+            overrides["eot_token_id"] = self.tokenizer.eot_token_id
         self.model = from_pretrained(source, **overrides) if source else create_model(cfg.model, **overrides)
         self.train_set.tokenize = CaptionTokens(self.tokenizer)
         parts = [f"{len(self.train_set)} train pairs from {train_spec}"]
@@ -165,6 +168,9 @@ class ClipTask:
         self.description = "; ".join(parts)
 
     def loss(self, run_model: nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        if self.sigmoid:
+            image_emb, text_emb, scale, bias = run_model(images, tokens)
+            return siglip_loss(image_emb, text_emb, scale, bias, group=self.group)
         image_emb, text_emb, scale = run_model(images, tokens)
         return clip_loss(image_emb, text_emb, scale, group=self.group)
 
@@ -176,7 +182,8 @@ class ClipTask:
             name: _Checked(loader, check) for name in ("zero_shot_loader", "pairs_loader")
             if (loader := getattr(self.eval_data, name)) is not None})
         metrics = evaluate_clip(self.model, self.tokenizer, data, device, amp)
-        return {**metrics, "logit_scale": self.model.logit_scale.exp().item()}
+        extra = {"logit_bias": self.model.logit_bias.item()} if self.sigmoid else {}
+        return {**metrics, "logit_scale": self.model.logit_scale.exp().item(), **extra}
 
     def save_extra(self, output: Path) -> None:
         self.tokenizer.save(output)
@@ -213,7 +220,7 @@ def build_task(cfg, rt: Runtime, output: Path, log: Callable[[str], None]):
     if source is not None:
         log(f"pretrained weights: {source.where} ({source.source} layout)")
     family = source.family if source else named_config(cfg.model)[0]
-    if family == "clip":
+    if family in ("clip", "siglip"):
         return ClipTask(cfg, rt, output, log, source)
     clip_only = [flag for flag, value in (("--train-data", cfg.train_data), ("--val-data", cfg.val_data),
                                           ("--tokenizer", cfg.tokenizer), ("--bpe-path", cfg.bpe_path)) if value]
