@@ -649,6 +649,69 @@ def bench_clip_loss(
            after=search if max_batch else None)
 
 
+@bench_app.command("siglip-loss")
+def bench_siglip_loss(
+    batch_sizes: str | None = typer.Option(
+        None, "--batch-sizes", show_default=False,
+        help="Comma-separated batch sizes N. Default: 4096,8192,16384,32768,65536 on CUDA, 256,1024,4096 on CPU."),
+    dim: int = typer.Option(512, "--dim", callback=_AT_LEAST_1,
+                            help="Embedding dim D (triton: a multiple of 16; SigLIP ViT-B/16: 768)."),
+    dtype: _Dtype = _BENCH_DTYPE,
+    backends: str = typer.Option(
+        "triton,chunked,eager", "--backends",
+        help="Comma-separated: triton, chunked, eager (the N×N logits), open_clip (open_clip's SigLipLoss in the "
+             "sweep's dtype)."),
+    mode: _KernelMode = typer.Option("both", "--mode", help="fwd (the loss only), fwd+bwd, or both."),
+    device: str = _BENCH_DEVICE,
+    warmup: int | None = _BENCH_WARMUP,
+    rep: int | None = _BENCH_REP,
+    max_batch: bool = typer.Option(
+        False, "--max-batch",
+        help="Also find each backend's largest batch (per mode) that fits in memory: doubling N from the smallest "
+             "--batch-sizes, then bisecting to within 5%."),
+    memory_limit: str | None = typer.Option(
+        None, "--memory-limit", show_default=False,
+        help="With --max-batch: a batch fits when one call's footprint is at most this (e.g. 2GiB); needed on "
+             "CPU. Default on CUDA: until the GPU runs out of memory."),
+    max_batch_cap: int = typer.Option(2**22, "--max-batch-cap", callback=_AT_LEAST_1,
+                                      help="With --max-batch: the largest N tried."),
+    json_path: Path | None = _BENCH_JSON,
+    csv_path: Path | None = typer.Option(None, "--csv", help="Also write the sweep's rows as CSV here."),
+    plot_path: Path | None = _BENCH_PLOT,
+    tf32: bool = _TF32,
+    quiet: bool = _QUIET,
+) -> None:
+    """Time, TFLOP/s and peak memory of each SigLIP-loss (sigmoid loss) backend across batch sizes; with
+    --max-batch, the largest batch each one fits.
+
+    Inputs are random L2-normalized (N, D) embeddings, a logit scale of 10 and a bias of -10 (SigLIP's
+    initial values). TFLOP/s count 2·N²·D forward, 10·N²·D forward and backward. Peak memory is what
+    one call allocates above its inputs; the largest-batch footprint also counts the inputs. A case
+    that cannot run (Triton without CUDA, out of memory) is a row that says why.
+
+    Exit code: 0, 1 when no case of the sweep ran at all, 2 on bad flags.
+    """
+    from vitfast.bench.report import max_batch_table
+    from vitfast.bench.siglip_loss import max_batch_json, max_batches, plan
+    from vitfast.files import parse_size
+
+    def search(sweep: KernelSweep, err: Console) -> tuple[list[Table], dict]:
+        log = None if quiet else lambda backend, mode, t: err.print(
+            f"largest batch, {backend} {mode}: N={t.batch} {t.status}"
+            + ("" if t.peak_mem_bytes is None else f" ({t.peak_mem_bytes / 2**20:.4g} MiB)"))
+        results = max_batches(sweep, max_batch_cap, on_try=log)
+        return [max_batch_table(results, sweep.shape, sweep.recorded["memory_limit"])], max_batch_json(results)
+
+    # The size is read first, so that a bad --memory-limit is the error named.
+    _bench(lambda: plan(memory_limit=None if memory_limit is None else parse_size(memory_limit),
+                        batch_sizes=None if batch_sizes is None else _csv_ints(batch_sizes, "--batch-sizes"),
+                        dim=dim, dtype=dtype.value, backends=_csv(backends, "--backends"),
+                        modes=_modes(mode, KERNEL_MODES), device=device, warmup=warmup, rep=rep, max_batch=max_batch,
+                        max_batch_cap=max_batch_cap),
+           quiet, tf32=tf32, json_path=json_path, csv_path=csv_path, plot_path=plot_path,
+           after=search if max_batch else None)
+
+
 @bench_app.command("model")
 def bench_model_command(
     model: str = typer.Option("vit_base_patch16_224", "--model", "-m", help="A vitfast model name (ViT, Swin, CLIP)."),

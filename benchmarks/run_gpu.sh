@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU. Run from the repository root:
 #
-#   bash benchmarks/run_gpu.sh [kernels|tests|models|peers|suites|maxbatch|tune|all]   (default: kernels)
+#   bash benchmarks/run_gpu.sh [kernels|tests|models|peers|suites|maxbatch|siglip|tune|all]   (default: kernels)
 #
 # kernels (the default) decides kernels/dispatch.json, in this order:
 #   1. benchmarks/check_tiles.py: every tile of every kernel for this GPU's family, run explicitly in bf16,
@@ -19,7 +19,8 @@
 # kernel sweep beside its peers). peers: the kernels beside what a user would run instead today, at the
 # training shapes: window attention beside FlexAttention and timm's WindowAttention, attention beside
 # FlexAttention, and the whole attention layer beside timm's Attention (flex compiles once per case, untimed).
-# suites: the pytest-benchmark suites. maxbatch: the CLIP loss's largest batch, up to 2^20. tune: opt-in
+# suites: the pytest-benchmark suites. maxbatch: the CLIP loss's largest batch, up to 2^20. siglip: the SigLIP
+# loss's sweep (D 768, N 8192..65536, bf16) and its largest batch, up to 2^20 (~2 min on paper). tune: opt-in
 # timing of every candidate attention tile at the sweep shapes (VITFAST_AUTOTUNE), winners and times
 # → $OUT/tuned_tiles.json, to fold into kernels/tiles.json by hand. all: every part but tune.
 #
@@ -55,8 +56,8 @@
 set -uo pipefail
 part=${1:-kernels}
 case $part in
-  kernels | tests | models | peers | suites | maxbatch | tune | all) ;;
-  *) echo "usage: bash benchmarks/run_gpu.sh [kernels|tests|models|peers|suites|maxbatch|tune|all] (got '$part')" >&2
+  kernels | tests | models | peers | suites | maxbatch | siglip | tune | all) ;;
+  *) echo "usage: bash benchmarks/run_gpu.sh [kernels|tests|models|peers|suites|maxbatch|siglip|tune|all] (got '$part')" >&2
      exit 2 ;;
 esac
 out=${OUT:-benchmarks/results/latest}
@@ -182,6 +183,21 @@ print(p.name, f'sm_{p.major}{p.minor}', 'torch', torch.__version__, 'triton', tr
     vitfast bench clip-loss --dim 512 --dtype bf16 --batch-sizes 4096 --mode fwd+bwd --backends "$clip_backends" \
       --warmup 3 --rep 10 --max-batch --max-batch-cap 1048576 --json "$work/clip_loss_max_batch_bf16.json" \
       || failures+=("the max-batch search")
+  fi
+  if [[ $part == siglip || $part == all ]]; then
+    # The SigLIP loss, `bench clip-loss`'s twin: the sweep at the CLIP loss's shapes, then fwd+bwd up to a batch
+    # of 2^20 as maxbatch searches (open_clip's SigLipLoss, when installed, holds the N×N logits like eager).
+    # The issue's goal is read at N=65,536, D=768 (SigLIP ViT-B/16), fwd+bwd, beside open_clip's SigLipLoss.
+    clip_backends=triton,chunked,eager  # the peers are open_clip's losses: the same names as for the CLIP loss
+    python3 -c "import open_clip" 2>/dev/null && clip_backends+=,open_clip
+    vitfast bench siglip-loss --dim 768 --dtype bf16 --batch-sizes 8192,16384,32768,65536 \
+      --backends "$clip_backends" --warmup 2 --rep 10 --json "$work/siglip_loss_bf16_d768.json" \
+      || failures+=("the siglip-loss sweep")
+    clip_backends=triton,eager
+    python3 -c "import open_clip" 2>/dev/null && clip_backends+=,open_clip
+    vitfast bench siglip-loss --dim 512 --dtype bf16 --batch-sizes 4096 --mode fwd+bwd --backends "$clip_backends" \
+      --warmup 3 --rep 10 --max-batch --max-batch-cap 1048576 --json "$work/siglip_loss_max_batch_bf16.json" \
+      || failures+=("the siglip-loss max-batch search")
   fi
   if [[ $part == tune ]]; then
     # Each (kernel, family, dtype, head dim, N, B·H) is timed over the family's candidate tiles once, then

@@ -27,8 +27,10 @@ MODEL_MODES = ("infer", "train")
 # Benchmarks only: the peers, what a user would run instead of vitfast today, timed beside its backends. They
 # are rows of a bench, never backends of a vitfast.kernels op. "flex": torch's FlexAttention, compiled; "timm":
 # timm's own attention modules on the same weights; "open_clip": open_clip's ClipLoss on the sweep's dtype,
-# "open_clip-amp" as its training loop calls it (float32 features under autocast to the sweep's 16-bit dtype).
+# "open_clip-amp" as its training loop calls it (float32 features under autocast to the sweep's 16-bit dtype);
+# for the sigmoid loss, "open_clip" is open_clip's SigLipLoss on the sweep's dtype.
 ATTENTION_PEERS = ("flex", "timm")
 WINDOW_PEERS = ("flex", "timm")
 CLIP_LOSS_PEERS = ("open_clip", "open_clip-amp")
+SIGLIP_LOSS_PEERS = ("open_clip",)
 MODEL_PEERS = ("timm", "open_clip")  # `bench model --compare`: the whole model in the peer library

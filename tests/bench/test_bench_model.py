@@ -141,7 +141,8 @@ def test_bench_all_writes_every_sweep_and_a_summary(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["bench", "all", "--quick", "--output", str(tmp_path / "all"), "--device", "cpu",
                                       "-q"])
     assert result.exit_code == 0, result.output
-    names = ["attention", "attention_module", "window", "clip_loss", "model_swin_micro_patch2_window4_32"]
+    names = ["attention", "attention_module", "window", "clip_loss", "siglip_loss",
+             "model_swin_micro_patch2_window4_32"]
     for name in names:
         assert json.loads((tmp_path / "all" / f"{name}.json").read_text())["rows"]
         assert (tmp_path / "all" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"

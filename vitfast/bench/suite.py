@@ -1,5 +1,5 @@
 """Every benchmark in one run (`vitfast bench all`): attention (the op, and the layer around it), window
-attention, CLIP loss and whole models, each backend beside the peers a user would pick instead.
+attention, CLIP and SigLIP losses and whole models, each backend beside the peers a user would pick instead.
 
 Each sweep writes ``<name>.json`` (rows, parameters, environment, field meanings: the format of the
 single-sweep commands' ``--json``) and ``<name>.png`` (speed against memory) into the output folder;
@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Sequence, Union
 
 import torch
 
-from vitfast.bench import clip_loss, model, report
+from vitfast.bench import clip_loss, model, report, siglip_loss
 from vitfast.bench.attention import DEFAULT_SEQ_LENS, attention_sweep
 from vitfast.bench.harness import defaults_for
 from vitfast.bench.sweep import ATTENTION_IMPLS, KernelSweep
@@ -34,6 +34,7 @@ def plan(device: torch.device, quick: bool, dtype: str = AUTO) -> list[AnySweep]
     # autocast path only in a 16-bit run).
     peers = ["open_clip"] + (["open_clip-amp"] if dtype != torch.float32 else [])
     clip_backends = [*clip_loss.DEFAULT_BACKENDS] + (peers if clip_loss.open_clip_available() else [])
+    siglip_backends = [*siglip_loss.DEFAULT_BACKENDS] + (["open_clip"] if siglip_loss.open_clip_available() else [])
     if quick:
         attention = dict(batch=1, heads=4, head_dim=64, seq_lens=[64, 197])
         window = dict(batch=1, stages=["stage3", "stage4"])
@@ -62,6 +63,9 @@ def plan(device: torch.device, quick: bool, dtype: str = AUTO) -> list[AnySweep]
         # Read against open_clip's loss where it ran, else against the N×N logits it also materializes.
         clip_loss.clip_sweep({**clip, **common, "backends": clip_backends}, baselines=("open_clip", "eager"),
                              title=f"clip loss D={clip['dim']}"),
+        # The sigmoid loss at the same shapes, beside open_clip's SigLipLoss where it is installed.
+        siglip_loss.siglip_sweep({**clip, **common, "backends": siglip_backends}, baselines=("open_clip", "eager"),
+                                 title=f"siglip loss D={clip['dim']}"),
     ]
     for name, batch, compare in models:
         # A model step takes milliseconds to seconds: 3 warm-up and 20 timed steps are plenty on any device.
