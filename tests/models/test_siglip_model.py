@@ -205,8 +205,8 @@ def test_grad_checkpointing_gives_same_gradients():
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("embed_dim", 32, "embed_dim 32 differs from vision_width 64"),
-    ("vision_heads", 3, "vision_width 64 is not divisible by vision_heads 3"),
+    ("embed_dim", 32, "embed_dim 32 differs from vision_width 128"),
+    ("vision_heads", 3, "vision_width 128 is not divisible by vision_heads 3"),
     ("image_size", 36, "image_size 36 is not a multiple of patch_size 8"),
     ("attn_backend", "bogus", "unknown attn_backend 'bogus'"),
     ("init_logit_scale", 5.0, "init_logit_scale 5.0 is outside"),
@@ -221,8 +221,8 @@ def test_inputs_are_checked():
     images, text = _inputs(model.config, n=1)
     with pytest.raises(ValueError, match="takes 32×32"):
         model.encode_image(torch.randn(1, 3, 40, 40))
-    with pytest.raises(ValueError, match="takes 1 to 16"):
-        model.encode_text(torch.zeros(1, 17, dtype=torch.long))
+    with pytest.raises(ValueError, match="takes 1 to 24"):
+        model.encode_text(torch.zeros(1, 25, dtype=torch.long))
     with pytest.raises(ValueError, match=r"token ids must be in \[0, 1024\)"):
         model.encode_text(text + 1024)
     with pytest.raises(ValueError, match="integer token ids"):

@@ -377,5 +377,5 @@ SIGLIP_CONFIGS: dict[str, SigLIPConfig] = {
     "ViT-B-16-SigLIP-384": _named(384, 16, (768, 12, 12), (768, 12, 12)),
     "ViT-L-16-SigLIP-256": _named(256, 16, (1024, 24, 16), (1024, 24, 16)),
     "ViT-SO400M-14-SigLIP": _named(224, 14, (1152, 27, 16), (1152, 27, 16), context_length=16, mlp_ratio=3.7362),
-    "siglip_tiny": _named(32, 8, (64, 2, 2), (64, 2, 2), context_length=16, vocab_size=1024),
+    "siglip_tiny": _named(32, 8, (128, 4, 4), (128, 3, 4), context_length=24, vocab_size=1024),  # clip_tiny's
 }
