@@ -47,6 +47,22 @@ def _splits(blocks: int, others: int) -> tuple[int, int]:
     return per, triton.cdiv(blocks, per)
 
 
+@torch.compiler.assume_constant_result  # a constant of the graph under torch.compile
+def unsupported_reason(dim: int, dtype: torch.dtype, device: torch.device) -> str | None:
+    """Why the loss kernels cannot take (N, dim) embeddings of this dtype and device (None: they can). Both
+    losses' gradient passes run on the "clip.grad" rows, so that table decides for both."""
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"the kernels take float16, bfloat16 or float32 embeddings; got {dtype}"
+    if dim % 16:
+        return f"the kernels need an embedding dim that is a multiple of 16; got {dim}"
+    reason = arch.unsupported_device(device)
+    if reason:
+        return reason
+    if tables.tile_for("clip.grad", arch.device_family(device), dtype, dim, 0) is None:
+        return f"no tile of the kernels fits {arch.device_arch(device)} at {dtype} and embedding dim {dim}"
+    return None
+
+
 def _tile(kernel: str, a: torch.Tensor) -> tables.TileConfig:
     return tables.required_tile(kernel, arch.device_family(a.device), a.dtype, a.shape[1], a.shape[0])
 

@@ -30,9 +30,8 @@ from __future__ import annotations
 
 import torch
 
-from . import arch, tables
 from ._triton import require_triton, tl, triton
-from .similarity import _acc_dtype, _chunk_rows, _similarity_tile, _splits, _tile, grad_block_d
+from .similarity import _acc_dtype, _chunk_rows, _similarity_tile, _splits, _tile, grad_block_d, unsupported_reason
 
 # --------------------------------------------------------------------------------------------------
 # Kernels
@@ -278,21 +277,6 @@ _forward_op.register_autograd(_backward, setup_context=_setup_context)
 # --------------------------------------------------------------------------------------------------
 # The tiled backends
 # --------------------------------------------------------------------------------------------------
-
-
-@torch.compiler.assume_constant_result  # a constant of the graph under torch.compile
-def unsupported_reason(dim: int, dtype: torch.dtype, device: torch.device) -> str | None:
-    """Why the Triton kernels cannot take (N, dim) embeddings of this dtype and device (None: they can)."""
-    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        return f"the kernels take float16, bfloat16 or float32 embeddings; got {dtype}"
-    if dim % 16:
-        return f"the kernels need an embedding dim that is a multiple of 16; got {dim}"
-    reason = arch.unsupported_device(device)
-    if reason:
-        return reason
-    if tables.tile_for("clip.grad", arch.device_family(device), dtype, dim, 0) is None:
-        return f"no tile of the kernels fits {arch.device_arch(device)} at {dtype} and embedding dim {dim}"
-    return None
 
 
 def tiled_siglip_loss(image_emb: torch.Tensor, texts: torch.Tensor, logit_scale, logit_bias, *, offset: int = 0,

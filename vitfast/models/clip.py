@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import check_attn_backend, multi_head_attention, run_blocks
+from .layers import InProjAttention, check_attn_backend, run_blocks
 
 
 @dataclass
@@ -83,27 +83,6 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention with nn.MultiheadAttention's parameter names (packed q, k, v), as in
-    open_clip; the computation is the shared layers.multi_head_attention."""
-
-    def __init__(self, dim: int, num_heads: int, backend: str, causal: bool):
-        super().__init__()
-        self.num_heads = num_heads
-        self.backend = backend
-        self.causal = causal
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
-        self.out_proj = nn.Linear(dim, dim)
-        # nn.MultiheadAttention's own init, which open_clip's vision tower keeps.
-        nn.init.xavier_uniform_(self.in_proj_weight)
-        nn.init.zeros_(self.out_proj.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
-        return self.out_proj(multi_head_attention(qkv, self.num_heads, causal=self.causal, backend=self.backend))
-
-
 class ResidualAttentionBlock(nn.Module):
     """Pre-norm block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
 
@@ -112,7 +91,7 @@ class ResidualAttentionBlock(nn.Module):
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.ln_1 = nn.LayerNorm(dim, eps=1e-5)
-        self.attn = Attention(dim, num_heads, backend, causal)
+        self.attn = InProjAttention(dim, num_heads, backend, causal)
         self.ln_2 = nn.LayerNorm(dim, eps=1e-5)
         self.mlp = nn.Sequential(OrderedDict([
             ("c_fc", nn.Linear(dim, hidden)),

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from vitfast.choices import ATTENTION_BACKENDS
@@ -75,6 +76,28 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(multi_head_attention(self.qkv(x), self.num_heads, causal=False, backend=self.backend))
+
+
+class InProjAttention(nn.Module):
+    """Multi-head self-attention with nn.MultiheadAttention's parameter names (packed in_proj, out_proj), as
+    open_clip's towers (CLIP's, causal in the text tower; SigLIP's bidirectional text tower); the computation
+    is multi_head_attention."""
+
+    def __init__(self, dim: int, num_heads: int, backend: str, causal: bool):
+        super().__init__()
+        self.num_heads = num_heads
+        self.backend = backend
+        self.causal = causal
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
+        self.out_proj = nn.Linear(dim, dim)
+        # nn.MultiheadAttention's own init, which open_clip's vision tower keeps.
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        return self.out_proj(multi_head_attention(qkv, self.num_heads, causal=self.causal, backend=self.backend))
 
 
 class PatchEmbed(nn.Module):

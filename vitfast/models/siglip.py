@@ -32,7 +32,7 @@ from torch import nn
 
 from vitfast.kernels import attention
 
-from .layers import (Attention, Block, Mlp, PatchEmbed, check_attn_backend, init_linears, multi_head_attention,
+from .layers import (Attention, Block, InProjAttention, Mlp, PatchEmbed, check_attn_backend, init_linears,
                      run_blocks)
 
 
@@ -184,25 +184,6 @@ class VisionTower(nn.Module):
 # --- the text tower: open_clip's TextTransformer, bidirectional, last token pooled, projection with bias ---
 
 
-class TextAttention(nn.Module):
-    """Multi-head self-attention with nn.MultiheadAttention's names (packed in_proj, out_proj), as open_clip's
-    text blocks; the computation is the shared layers.multi_head_attention, not causal."""
-
-    def __init__(self, dim: int, num_heads: int, backend: str):
-        super().__init__()
-        self.num_heads = num_heads
-        self.backend = backend
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
-        self.out_proj = nn.Linear(dim, dim)
-        nn.init.xavier_uniform_(self.in_proj_weight)
-        nn.init.zeros_(self.out_proj.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
-        return self.out_proj(multi_head_attention(qkv, self.num_heads, causal=False, backend=self.backend))
-
-
 class TextBlock(nn.Module):
     """open_clip's ResidualAttentionBlock: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
 
@@ -210,7 +191,7 @@ class TextBlock(nn.Module):
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.ln_1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = TextAttention(dim, num_heads, backend)
+        self.attn = InProjAttention(dim, num_heads, backend, causal=False)
         self.ln_2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = nn.Sequential(OrderedDict([
             ("c_fc", nn.Linear(dim, hidden)),
