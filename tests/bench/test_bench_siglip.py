@@ -13,6 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from vitfast.bench import siglip_loss as bs, suite
+from vitfast.bench import largest_batch
 from vitfast.bench.harness import OUT_OF_MEMORY, TRITON_NEEDS_CUDA
 from vitfast.cli import app
 from vitfast.kernels import similarity, siglip_loss
@@ -89,18 +90,18 @@ def test_max_batch_fits_and_twice_does_not():
     assert bs.measure_footprint("eager", "fwd", batch=result.batch, **size) <= limit
     assert bs.measure_footprint("eager", "fwd", batch=2 * result.batch, **size) > limit
     # The search ended with a failing N within 5% above the answer.
-    failed = [t.batch for t in result.tried if t.status == bs.OVER_LIMIT]
+    failed = [t.batch for t in result.tried if t.status == largest_batch.OVER_LIMIT]
     assert 0 < min(failed) - result.batch <= result.batch / 20
     assert [t for t in result.tried if t.batch == result.batch] == [
-        bs.MaxBatchTry(result.batch, result.peak_mem_bytes, "ok")]
+        largest_batch.MaxBatchTry(result.batch, result.peak_mem_bytes, "ok")]
 
 
 def test_max_batch_cap_start_and_skips():
     capped = bs.max_batch("chunked", "fwd+bwd", 16, torch.float32, CPU, 2**30, start=64, cap=200)
-    assert (capped.batch, capped.status) == (200, bs.REACHED_CAP)
+    assert (capped.batch, capped.status) == (200, largest_batch.REACHED_CAP)
     assert [t.batch for t in capped.tried] == [64, 128, 200]
     nothing = bs.max_batch("eager", "fwd", 16, torch.float32, CPU, 1024, start=64)
-    assert nothing.batch is None and nothing.status == f"does not fit at N=64: {bs.OVER_LIMIT}"
+    assert nothing.batch is None and nothing.status == f"does not fit at N=64: {largest_batch.OVER_LIMIT}"
     triton = bs.max_batch("triton", "fwd", 16, torch.float32, CPU, 2**20)
     assert triton.status == TRITON_NEEDS_CUDA and triton.tried == ()
     with pytest.raises(ValueError, match="needs a memory limit"):

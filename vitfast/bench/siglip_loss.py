@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from vitfast.bench.harness import OUT_OF_MEMORY, TRITON_NEEDS_CUDA, defaults_for, peak_memory, run_guarded
+from vitfast.bench.harness import defaults_for, peak_memory
+from vitfast.bench.largest_batch import (MAX_BATCH_CAP, MAX_BATCH_START, MaxBatchResult, MaxBatchTry,
+                                         check_memory_limit, max_batch_fields, search, to_json)
 from vitfast.bench.sweep import (KernelRow, KernelSweep, check_sweep, kernel_call, kernel_fields, mode_flops,
                                  sweep_kernel)
 from vitfast.choices import AUTO, KERNEL_MODES, SIGLIP_LOSS_BACKENDS, SIGLIP_LOSS_PEERS
@@ -39,11 +40,6 @@ LOGIT_BIAS = -10.0
 # The backward does four times the forward's matmul work; see siglip_loss_flops.
 BACKWARD_FLOP_RATIO = 4.0
 
-MAX_BATCH_START = 1024
-MAX_BATCH_CAP = 2**22
-OVER_LIMIT = "over the memory limit"
-REACHED_CAP = "reached the cap: every N tried fit"
-
 FIELDS = kernel_fields(
     backend="triton (tiled kernels), chunked (the same passes in PyTorch, row chunks), eager (the full N×N "
             "logits), open_clip (open_clip.loss.SigLipLoss itself, on embeddings of the sweep's dtype)",
@@ -53,43 +49,13 @@ FIELDS = kernel_fields(
     tflops="2·N²·D for fwd (one N×N×D similarity product), 10·N²·D for fwd+bwd (the Triton kernels' work: "
            "each gradient pass recomputes the similarities), divided by time_ms",
     inputs="the embeddings, the scale and the bias")
-MAX_BATCH_FIELDS = {
-    "batch": "the largest N that ran within the memory (null when none did)",
-    "peak_mem_bytes": "the whole footprint of one call at that N: the embeddings, the scale and the bias plus "
-                      "the peak the call allocates above them",
-    "memory_limit_bytes": "a batch fits when its footprint is at most this; null: when it does not run out of "
-                          "GPU memory",
-    "status": f"'ok' (the next N tried did not fit), '{REACHED_CAP}', or why the search stopped",
-    "tried": "every N tried, in order, with its footprint and whether it fit ('ok') or why not",
-}
+MAX_BATCH_FIELDS = max_batch_fields("the embeddings, the scale and the bias")
 
 
 class SiglipBenchRow(KernelRow):
     """One (mode, N, backend) case; its case is the batch size N."""
 
     case_field, case_prefix = "batch", "N="
-
-
-@dataclass(frozen=True)
-class MaxBatchTry:
-    """One batch size the largest-batch search ran: its footprint (None if it failed) and the outcome."""
-
-    batch: int
-    peak_mem_bytes: int | None
-    status: str
-
-
-@dataclass(frozen=True)
-class MaxBatchResult:
-    """The largest batch one backend fits in one mode; the fields are described in MAX_BATCH_FIELDS."""
-
-    backend: str
-    mode: str
-    batch: int | None
-    peak_mem_bytes: int | None
-    memory_limit_bytes: int | None
-    status: str
-    tried: tuple[MaxBatchTry, ...]
 
 
 def open_clip_available() -> bool:
@@ -164,47 +130,8 @@ def max_batch(backend: str, mode: str, dim: int, dtype: torch.dtype, device: tor
     """
     validate_max_batch(backends=[backend], modes=[mode], dim=dim, dtype=dtype, device=device,
                        memory_limit=memory_limit, cap=cap, start=start)
-    start = min(start, cap)
-    if backend == "triton" and device.type != "cuda":
-        return MaxBatchResult(backend, mode, None, None, memory_limit, TRITON_NEEDS_CUDA, ())
-
-    def attempt(n: int) -> MaxBatchTry:
-        peak, status = run_guarded(
-            lambda: measure_footprint(backend, mode, batch=n, dim=dim, dtype=dtype, device=device), device)
-        if status == "ok" and memory_limit is not None and peak > memory_limit:
-            status = OVER_LIMIT
-        tried = MaxBatchTry(n, peak, status)
-        if on_try is not None:
-            on_try(tried)
-        return tried
-
-    tried: list[MaxBatchTry] = []
-    fits, fails, n = 0, None, start  # the largest N that fit, the smallest that did not, the next to try
-    while True:
-        tried.append(attempt(n))
-        status = tried[-1].status
-        if status == "ok":
-            fits = n
-        elif status in (OVER_LIMIT, OUT_OF_MEMORY):
-            fails = n
-        else:  # a failure that says nothing about memory ends the search
-            break
-        if fails is None:  # still doubling
-            if n >= cap:
-                status = REACHED_CAP
-                break
-            n = min(2 * n, cap)
-            continue
-        if not fits:
-            status = f"does not fit at N={start}: {status}"
-            break
-        step = 1 << max(0, (fits // 40).bit_length() - 1)  # the largest power of two at most 2.5% of N
-        n = (fits + fails) // 2 // step * step
-        if n <= fits:  # the gap is under two steps: 5% of N
-            status = "ok"
-            break
-    peak = next((t.peak_mem_bytes for t in tried if t.batch == fits and t.status == "ok"), None)
-    return MaxBatchResult(backend, mode, fits or None, peak, memory_limit, status, tuple(tried))
+    return search(lambda n: measure_footprint(backend, mode, batch=n, dim=dim, dtype=dtype, device=device),
+                  backend, mode, device, memory_limit, start=start, cap=cap, on_try=on_try)
 
 
 def _check_backends(backends: Sequence[str], dim: int) -> None:
@@ -219,11 +146,7 @@ def validate_max_batch(*, backends: Sequence[str], modes: Sequence[str], dim: in
     check_sweep(counts={"embedding dim": dim, "first batch": start, "largest-batch cap": cap}, dtype=dtype,
                 choices=(("backend", backends, BACKENDS), ("mode", modes, MODES)))
     _check_backends(backends, dim)
-    if memory_limit is not None and memory_limit < 1:
-        raise ValueError(f"the memory limit must be a positive number of bytes; got {memory_limit}.")
-    if memory_limit is None and device.type != "cuda":
-        raise ValueError("on a CPU the largest-batch search needs a memory limit (e.g. 2GiB): it stops where the "
-                         "measured footprint passes it instead of exhausting the machine's RAM.")
+    check_memory_limit(memory_limit, device)
 
 
 def make_inputs(batch: int, dim: int, dtype: torch.dtype, device: torch.device,
@@ -301,4 +224,4 @@ def max_batches(sweep: KernelSweep, cap: int = MAX_BATCH_CAP,
 
 def max_batch_json(results: Sequence[MaxBatchResult]) -> dict[str, object]:
     """The searches' entries in the JSON file, after the rows."""
-    return {"max_batch_fields": MAX_BATCH_FIELDS, "max_batch": [asdict(r) for r in results]}
+    return to_json(results, MAX_BATCH_FIELDS)
