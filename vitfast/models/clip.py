@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import InProjAttention, check_attn_backend, run_blocks
+from .layers import InProjAttention, check_attn_backend, init_text_blocks, run_blocks
 
 
 @dataclass
@@ -181,14 +181,7 @@ class CLIP(nn.Module):
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
         # Only the text tower gets GPT-2-style scaled inits; open_clip leaves the vision blocks at default.
-        attn_std = cfg.text_width ** -0.5
-        proj_std = attn_std * (2 * cfg.text_layers) ** -0.5
-        fc_std = (2 * cfg.text_width) ** -0.5
-        for block in self.transformer.resblocks:
-            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
-            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
-            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
-            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+        attn_std = init_text_blocks(self.transformer.resblocks, cfg.text_width, cfg.text_layers)
         nn.init.normal_(self.text_projection, std=attn_std)
         self.logit_scale.fill_(cfg.init_logit_scale)
 

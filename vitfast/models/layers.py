@@ -156,3 +156,18 @@ def init_linears(module: nn.Module, std: float = 0.02) -> None:
             nn.init.trunc_normal_(m.weight, std=std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+def init_text_blocks(blocks: Iterable[nn.Module], width: int, layers: int) -> float:
+    """open_clip's GPT-2-style init of a text tower's residual blocks (in_proj, out_proj, c_fc, c_proj):
+    projections into the residual stream scaled by the depth. Returns the attention std, which open_clip
+    also gives the text projection."""
+    attn_std = width ** -0.5
+    proj_std = attn_std * (2 * layers) ** -0.5
+    fc_std = (2 * width) ** -0.5
+    for block in blocks:
+        nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+        nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+        nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+        nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+    return attn_std

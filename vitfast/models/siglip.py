@@ -33,7 +33,7 @@ from torch import nn
 from vitfast.kernels import attention
 
 from .layers import (Attention, Block, InProjAttention, Mlp, PatchEmbed, check_attn_backend, init_linears,
-                     run_blocks)
+                     init_text_blocks, run_blocks)
 
 
 @dataclass
@@ -286,14 +286,7 @@ class SigLIP(nn.Module):
         text = self.text
         nn.init.normal_(text.token_embedding.weight, std=0.02)
         nn.init.normal_(text.positional_embedding, std=0.01)
-        attn_std = cfg.text_width ** -0.5
-        proj_std = attn_std * (2 * cfg.text_layers) ** -0.5
-        fc_std = (2 * cfg.text_width) ** -0.5
-        for block in text.transformer.resblocks:
-            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
-            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
-            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
-            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+        attn_std = init_text_blocks(text.transformer.resblocks, cfg.text_width, cfg.text_layers)
         nn.init.normal_(text.text_projection.weight, std=attn_std)
         nn.init.zeros_(text.text_projection.bias)
         self.logit_scale.fill_(cfg.init_logit_scale)
