@@ -173,6 +173,31 @@ def test_fresh_model_has_siglips_logit_scale_and_bias():
     assert math.isclose(model.logit_scale.item(), math.log(100), rel_tol=1e-6)
 
 
+def test_weight_init_timm_and_big_vision():
+    """The named models start as open_clip's timm trunk does; siglip_tiny as big_vision's ViT, which SigLIP was
+    trained from (and which, unlike timm's 0.02 normals, trains at 128 wide on the default data)."""
+    assert all(SIGLIP_CONFIGS[n].weight_init == "timm" for n in OPEN_CLIP_NAMES)
+    assert SIGLIP_CONFIGS["siglip_tiny"].weight_init == "big_vision"
+    torch.manual_seed(0)
+    timm_init, big_vision = SigLIP(_tiny(weight_init="timm")).visual.trunk, SigLIP(_tiny()).visual.trunk
+    width = 128
+    assert abs(timm_init.pos_embed.std().item() - 0.02) < 0.004
+    assert abs(big_vision.pos_embed.std().item() - width ** -0.5) < 0.01
+    assert abs(timm_init.blocks[0].attn.qkv.weight.std().item() - 0.02) < 0.003
+    for q_k_or_v in big_vision.blocks[0].attn.qkv.weight.split(width):  # Xavier per (width, width) kernel
+        assert abs(q_k_or_v.std().item() - (1 / width) ** 0.5) < 0.005
+    fc1 = big_vision.blocks[0].mlp.fc1
+    assert abs(fc1.weight.std().item() - (2 / (5 * width)) ** 0.5) < 0.004
+    assert 0 < fc1.bias.abs().max().item() < 1e-4 and big_vision.blocks[0].attn.qkv.bias.abs().max() == 0
+    assert abs(big_vision.attn_pool.latent.std().item() - (2 / (width + 1)) ** 0.5) < 0.02
+
+
+def test_gelu_approximate_reaches_every_mlp():
+    model = SigLIP(_tiny(gelu_approximate="tanh"))
+    acts = [m for m in model.modules() if isinstance(m, torch.nn.GELU)]
+    assert len(acts) == 4 + 1 + 3 and all(a.approximate == "tanh" for a in acts)
+
+
 def _sigmoid_loss(image_emb, text_emb, scale, bias):
     """SigLIP's loss: every pair a binary decision, matching pairs on the diagonal."""
     logits = scale * image_emb @ text_emb.T + bias
@@ -210,6 +235,8 @@ def test_grad_checkpointing_gives_same_gradients():
     ("image_size", 36, "image_size 36 is not a multiple of patch_size 8"),
     ("attn_backend", "bogus", "unknown attn_backend 'bogus'"),
     ("init_logit_scale", 5.0, "init_logit_scale 5.0 is outside"),
+    ("weight_init", "jax", "weight_init must be 'timm'"),
+    ("gelu_approximate", "erf", "gelu_approximate must be 'none'"),
 ])
 def test_config_refuses_inconsistent_fields(field, value, message):
     with pytest.raises(ValueError, match=message):

@@ -8,7 +8,7 @@ timm's init of linear layers, and the check of ``attn_backend``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -47,7 +47,7 @@ class DropPath(nn.Module):
 class Mlp(nn.Module):
     """fc1, activation, fc2 (timm's names)."""
 
-    def __init__(self, dim: int, hidden: int, act: type[nn.Module] = nn.GELU):
+    def __init__(self, dim: int, hidden: int, act: type[nn.Module] | Callable[[], nn.Module] = nn.GELU):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = act()
@@ -127,13 +127,14 @@ class Block(nn.Module):
     """Pre-norm transformer block with timm's names: x + attn(norm1(x)), then x + mlp(norm2(x)), each
     branch under stochastic depth. `attn` is the family's own: ViT's global, Swin's windowed."""
 
-    def __init__(self, dim: int, attn: nn.Module, mlp_ratio: float, drop_path: float, norm_eps: float = 1e-5):
+    def __init__(self, dim: int, attn: nn.Module, mlp_ratio: float, drop_path: float, norm_eps: float = 1e-5,
+                 act: type[nn.Module] | Callable[[], nn.Module] = nn.GELU):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = attn
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act)
         self.drop_path2 = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

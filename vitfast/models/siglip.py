@@ -22,8 +22,10 @@ every text to the full context, and the embedding is read at that last (padding)
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +62,8 @@ class SigLIPConfig:
     text_layers: int = 12
     text_mlp_ratio: float = 4.0
     norm_eps: float = 1e-6  # every LayerNorm's epsilon, both towers (timm's and SigLIP's text config's)
+    gelu_approximate: str = "none"  # every MLP's GELU: "none" (exact: timm, open_clip) or "tanh" (transformers)
+    weight_init: str = "timm"  # the image trunk's init: "timm" (open_clip's) or "big_vision" (SigLIP's own code's)
     drop_path_rate: float = 0.0  # image trunk's stochastic depth, rising linearly over its blocks (timm_drop_path)
     attn_backend: str = "auto"  # vitfast.choices.ATTENTION_BACKENDS; see vitfast.kernels.attention
     init_logit_scale: float = math.log(10)  # SigLIP's t' = log 10 (open_clip's trainer passes it with --siglip)
@@ -89,6 +93,12 @@ class SigLIPConfig:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}.")
         if not self.norm_eps > 0:
             raise ValueError(f"norm_eps must be positive; got {self.norm_eps}.")
+        if self.gelu_approximate not in ("none", "tanh"):
+            raise ValueError(f"gelu_approximate must be 'none' (exact GELU, as timm and open_clip) or 'tanh' "
+                             f"(transformers' gelu_pytorch_tanh); got {self.gelu_approximate!r}.")
+        if self.weight_init not in ("timm", "big_vision"):
+            raise ValueError(f"weight_init must be 'timm' (what open_clip's timm trunk gets) or 'big_vision' "
+                             f"(SigLIP's original init); got {self.weight_init!r}.")
         if not 0 <= self.drop_path_rate < 1:
             raise ValueError(f"drop_path_rate must be in [0, 1); got {self.drop_path_rate}.")
         if self.max_logit_scale < 0:
@@ -101,6 +111,11 @@ class SigLIPConfig:
         check_attn_backend(self.attn_backend)
 
 
+def _gelu(config: SigLIPConfig) -> Callable[[], nn.Module]:
+    """The MLPs' activation: exact GELU (timm, open_clip) or its tanh approximation (transformers' SigLIP)."""
+    return functools.partial(nn.GELU, approximate=config.gelu_approximate)
+
+
 # --- the image tower: timm's VisionTransformer with global_pool="map", class_token=False, num_classes=0 ---
 
 
@@ -108,7 +123,8 @@ class AttentionPoolLatent(nn.Module):
     """timm's ``map`` head with its names: a learned ``latent`` query (projected by ``q``) attends to the
     tokens (projected by ``kv``), ``proj``, then a residual ``mlp`` over ``norm``; (B, N, C) to (B, C)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, norm_eps: float, backend: str):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, norm_eps: float, backend: str,
+                 act: Callable[[], nn.Module] = nn.GELU):
         super().__init__()
         self.num_heads = num_heads
         # The Triton kernels take self-attention only; one query over N keys is SDPA's (or the oracle's).
@@ -118,7 +134,7 @@ class AttentionPoolLatent(nn.Module):
         self.kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
@@ -145,14 +161,15 @@ class VisionTrunk(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid, width))
         # On the CPU even under `with torch.device("meta")`: .tolist() needs values.
         rates = torch.linspace(0, config.drop_path_rate, config.vision_layers, device="cpu").tolist()
+        act = _gelu(config)
         self.blocks = nn.Sequential(*[
             Block(width, Attention(width, config.vision_heads, True, config.attn_backend), config.vision_mlp_ratio,
-                  rate, config.norm_eps)
+                  rate, config.norm_eps, act)
             for rate in rates
         ])
         self.norm = nn.LayerNorm(width, eps=config.norm_eps)
         self.attn_pool = AttentionPoolLatent(width, config.vision_heads, config.vision_mlp_ratio, config.norm_eps,
-                                             config.attn_backend)
+                                             config.attn_backend, act)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, S, S) images to (B, (S/p)², width) tokens after the final norm."""
@@ -168,6 +185,30 @@ class VisionTrunk(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.attn_pool(self.forward_features(images))
+
+
+@torch.no_grad()
+def _init_big_vision(trunk: VisionTrunk, width: int) -> None:
+    """big_vision's ViT init, which SigLIP was trained from: LeCun-normal patch embedding, position embedding
+    normal with std width^-½, Xavier-uniform linears (attention biases zero, MLP biases normal 1e-6), the MAP
+    head's probe Xavier-uniform. At small widths it trains much faster than timm's 0.02 truncated normals,
+    whose position embedding is drowned by the patch tokens and whose attention pool starts nearly flat."""
+    fan_in = trunk.patch_embed.proj.weight[0].numel()
+    nn.init.trunc_normal_(trunk.patch_embed.proj.weight, std=(1 / fan_in) ** 0.5 / 0.87962566103423978)
+    nn.init.zeros_(trunk.patch_embed.proj.bias)
+    nn.init.normal_(trunk.pos_embed, std=width ** -0.5)
+    mlps = {m for m in trunk.modules() if isinstance(m, Mlp)}
+    mlp_linears = {lin for mlp in mlps for lin in (mlp.fc1, mlp.fc2)}
+    for m in trunk.modules():
+        if isinstance(m, nn.Linear):
+            # packed q|k|v and k|v: each its own (width, width) kernel, as big_vision's separate projections
+            for part in ([m.weight] if m in mlp_linears else m.weight.split(width)):
+                nn.init.xavier_uniform_(part)
+            if m in mlp_linears:
+                nn.init.normal_(m.bias, std=1e-6)
+            else:
+                nn.init.zeros_(m.bias)
+    nn.init.xavier_uniform_(trunk.attn_pool.latent.view(1, width))
 
 
 class VisionTower(nn.Module):
@@ -187,7 +228,8 @@ class VisionTower(nn.Module):
 class TextBlock(nn.Module):
     """open_clip's ResidualAttentionBlock: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, norm_eps: float, backend: str):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, norm_eps: float, backend: str,
+                 act: Callable[[], nn.Module] = nn.GELU):
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.ln_1 = nn.LayerNorm(dim, eps=norm_eps)
@@ -195,7 +237,7 @@ class TextBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = nn.Sequential(OrderedDict([
             ("c_fc", nn.Linear(dim, hidden)),
-            ("gelu", nn.GELU()),
+            ("gelu", act()),
             ("c_proj", nn.Linear(hidden, dim)),
         ]))
 
@@ -212,7 +254,7 @@ class TextStack(nn.Module):
         self.grad_checkpointing = False
         self.resblocks = nn.ModuleList([
             TextBlock(config.text_width, config.text_heads, config.text_mlp_ratio, config.norm_eps,
-                      config.attn_backend)
+                      config.attn_backend, _gelu(config))
             for _ in range(config.text_layers)
         ])
 
@@ -279,10 +321,13 @@ class SigLIP(nn.Module):
         position embeddings, GPT-2-style scaled block weights, the projection at width^-½ with zero bias)."""
         cfg = self.config
         trunk = self.visual.trunk
-        nn.init.trunc_normal_(trunk.pos_embed, std=0.02)
-        init_linears(trunk)
-        latent_std = cfg.vision_width ** -0.5
-        nn.init.trunc_normal_(trunk.attn_pool.latent, std=latent_std, a=-2 * latent_std, b=2 * latent_std)
+        if cfg.weight_init == "big_vision":
+            _init_big_vision(trunk, cfg.vision_width)
+        else:
+            nn.init.trunc_normal_(trunk.pos_embed, std=0.02)
+            init_linears(trunk)
+            latent_std = cfg.vision_width ** -0.5
+            nn.init.trunc_normal_(trunk.attn_pool.latent, std=latent_std, a=-2 * latent_std, b=2 * latent_std)
         text = self.text
         nn.init.normal_(text.token_embedding.weight, std=0.02)
         nn.init.normal_(text.positional_embedding, std=0.01)
@@ -351,5 +396,6 @@ SIGLIP_CONFIGS: dict[str, SigLIPConfig] = {
     "ViT-B-16-SigLIP-384": _named(384, 16, (768, 12, 12), (768, 12, 12)),
     "ViT-L-16-SigLIP-256": _named(256, 16, (1024, 24, 16), (1024, 24, 16)),
     "ViT-SO400M-14-SigLIP": _named(224, 14, (1152, 27, 16), (1152, 27, 16), context_length=16, mlp_ratio=3.7362),
-    "siglip_tiny": _named(32, 8, (128, 4, 4), (128, 3, 4), context_length=24, vocab_size=1024),  # clip_tiny's
+    "siglip_tiny": _named(32, 8, (128, 4, 4), (128, 3, 4), context_length=24, vocab_size=1024,  # clip_tiny's
+                          weight_init="big_vision"),
 }
