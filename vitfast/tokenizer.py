@@ -24,6 +24,7 @@ import html
 import importlib.util
 import json
 import os
+import string
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -199,8 +200,6 @@ class ClipTokenizer:
             raise TokenizerError(f"{path}: {e}") from None
 
 
-# What vitfast's readers (train, eval, convert) call: a ``tokenizer.json``, or a model folder holding one.
-load_tokenizer = ClipTokenizer.from_file
 
 
 def _merge_pairs(merges: Iterable[str | Sequence[str]]) -> list[tuple[str, ...]]:
@@ -350,3 +349,162 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 1024,
     tokenizer.train_from_iterator((_clean(text) for text in texts), trainer=trainer)
     merges = json.loads(tokenizer.to_str())["model"]["merges"]
     return _build(_merge_pairs(merges), context_length)
+
+
+# --------------------------------------------------------------------------------------------------
+# SigLIP's tokenizers: a repo's own tokenizer.json (SentencePiece for SigLIP, Gemma's for SigLIP 2)
+# --------------------------------------------------------------------------------------------------
+
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+_SIGLIP_FIX = ("pass the model's own tokenizer.json (what open_clip's SigLIP repos ship) with --tokenizer, or a "
+               "folder holding it with its tokenizer_config.json.")
+
+
+def canonicalize(text: str) -> str:
+    """open_clip's ``clean="canonicalize"`` (big_vision's rule, which SigLIP was trained with): CLIP's basic
+    cleaning (ftfy, HTML unescaped twice), underscores to spaces, ASCII punctuation removed, lower case,
+    whitespace collapsed."""
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return " ".join(text.replace("_", " ").translate(_PUNCTUATION).lower().split())
+
+
+def _token_name(value) -> str | None:
+    """A special token as tokenizer_config.json / special_tokens_map.json spell it: a string or a dict."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+class SiglipTokenizer:
+    """Texts to a SigLIP's token ids, as open_clip's ``HFTokenizer(clean="canonicalize")`` gives them: the text
+    canonicalized, encoded by the repo's ``tokenizer.json`` with its own special tokens (SigLIP's SentencePiece
+    ends every text with ``</s>``), cut to the context length and padded to it with the pad token.
+
+    The text tower reads the last position, so every row is padded to the full context, as SigLIP trained.
+    Attributes as ClipTokenizer's: ``context_length``, ``pad_token_id``, ``eot_token_id`` (the end token, or
+    None), ``sot_token_id`` (None), ``vocab_size``.
+    """
+
+    sot_token_id = None
+
+    def __init__(self, tokenizer: Tokenizer, context_length: int, pad_token: str, eos_token: str | None = None):
+        if isinstance(context_length, bool) or not isinstance(context_length, int) or context_length < 1:
+            raise ValueError(f"context_length must be a positive integer, got {context_length!r}.")
+        pad_id = tokenizer.token_to_id(pad_token)
+        if pad_id is None:
+            raise TokenizerError(f"the pad token {pad_token!r} is not in the tokenizer's vocabulary; {_SIGLIP_FIX}")
+        self.pad_token, self.pad_token_id = pad_token, pad_id
+        self.eos_token = eos_token
+        self.eot_token_id = tokenizer.token_to_id(eos_token) if eos_token else None
+        tokenizer.enable_truncation(max_length=context_length)
+        tokenizer.enable_padding(length=context_length, pad_id=pad_id, pad_token=pad_token)
+        self._tokenizer = tokenizer
+        self.context_length = context_length
+        self.vocab_size = tokenizer.get_vocab_size()
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
+        """Token ids of `texts` as a (len(texts), context_length) int64 tensor (one row for a str)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{i}] is a {type(text).__name__}, not a str; pass a string or a "
+                                f"sequence of strings.")
+        length = self.context_length if context_length is None else context_length
+        tokenizer = self._tokenizer if length == self.context_length else self.with_context_length(length)._tokenizer
+        rows = [tokenizer.encode(canonicalize(text)).ids for text in texts]
+        return torch.tensor(rows, dtype=torch.long).reshape(len(rows), length)
+
+    def with_context_length(self, context_length: int) -> SiglipTokenizer:
+        """A copy that cuts and pads to `context_length` (a model's context, which may differ from the repo's)."""
+        return SiglipTokenizer(Tokenizer.from_str(self._tokenizer.to_str()), context_length, self.pad_token,
+                               self.eos_token)
+
+    def __getstate__(self) -> dict:
+        return {"tokenizer": self._tokenizer.to_str(), "context_length": self.context_length,
+                "pad_token": self.pad_token, "eos_token": self.eos_token}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(Tokenizer.from_str(state["tokenizer"]), state["context_length"], state["pad_token"],
+                      state["eos_token"])
+
+    def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
+        """Text of one row of ids, special tokens (the end and the padding) left out."""
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        if any(not isinstance(i, int) for i in ids):
+            raise TypeError("decode takes one row of integer ids; decode a batch row by row.")
+        return self._tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``tokenizer.json`` (recording the context length and the padding) and a
+        ``tokenizer_config.json`` naming the special tokens, to `path` (a folder); returns the json's path."""
+        folder = Path(path)
+        target = folder / TOKENIZER_NAME
+        atomic_write(target, lambda tmp: self._tokenizer.save(str(tmp)))
+        config = {"model_max_length": self.context_length, "pad_token": self.pad_token,
+                  **({"eos_token": self.eos_token} if self.eos_token else {}), "clean": "canonicalize"}
+        atomic_write(folder / "tokenizer_config.json",
+                     lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8"))
+        return target
+
+
+def read_siglip_tokenizer(folder: str | os.PathLike[str], context_length: int) -> SiglipTokenizer | None:
+    """A SigLIP's tokenizer from a repo or model folder (``tokenizer.json`` and the special tokens named by
+    ``tokenizer_config.json`` or ``special_tokens_map.json``; or a tokenizer json file, with those beside
+    it), or None when the folder has no tokenizer.json.
+
+    The pad token is the config's, else the one tokenizer.json pads with; the end token is the config's
+    ``eos_token``. A folder that holds only SentencePiece's ``spiece.model`` is refused with the fix.
+    """
+    folder = Path(folder)
+    fast = folder / TOKENIZER_NAME
+    if folder.is_file():  # a tokenizer.json (by any name), its configs beside it
+        folder, fast = folder.parent, folder
+    if not fast.is_file():
+        if (folder / "spiece.model").is_file():
+            raise TokenizerError(f"{folder} holds SentencePiece's spiece.model but no tokenizer.json, which vitfast "
+                                 f"reads through the tokenizers library; {_SIGLIP_FIX}")
+        return None
+    config: dict = {}
+    try:
+        for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the latter wins, as in transformers
+            if (folder / name).is_file():
+                config.update(json.loads((folder / name).read_text(encoding="utf-8")))
+        tokenizer = Tokenizer.from_file(str(fast))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TokenizerError(f"{folder}'s tokenizer files are unreadable ({type(e).__name__}: {e}); "
+                             f"{_SIGLIP_FIX}") from None
+    except Exception as e:  # the library raises a bare Exception for any unreadable file
+        raise TokenizerError(f"{fast} is not a readable tokenizer.json ({e}); {_SIGLIP_FIX}") from None
+    if config.get("clean", "canonicalize") != "canonicalize":
+        raise TokenizerError(f"{folder}'s tokenizer_config.json asks for clean={config['clean']!r}; vitfast's "
+                             "SigLIP tokenizer cleans as SigLIP trained (canonicalize).")
+    pad = _token_name(config.get("pad_token")) or (tokenizer.padding or {}).get("pad_token")
+    if pad is None:
+        raise TokenizerError(f"{folder} names no pad token (tokenizer_config.json's pad_token); {_SIGLIP_FIX}")
+    return SiglipTokenizer(tokenizer, context_length, pad, _token_name(config.get("eos_token")))
+
+
+def load_tokenizer(path: str | os.PathLike[str]) -> ClipTokenizer | SiglipTokenizer:
+    """What vitfast's readers (train, eval, convert) call: the tokenizer saved at `path` (a ``tokenizer.json``,
+    or a model folder holding one): CLIP's BPE (ClipTokenizer), or a SigLIP's (SiglipTokenizer, whose
+    tokenizer_config.json beside it names the pad and end tokens)."""
+    path = Path(path)
+    file = path / TOKENIZER_NAME if path.is_dir() else path
+    try:
+        tokenizer = Tokenizer.from_file(str(file))
+    except Exception:  # missing or unreadable: ClipTokenizer.from_file says which, with the fix
+        return ClipTokenizer.from_file(path)
+    configs = ("tokenizer_config.json", "special_tokens_map.json")
+    names_pad = tokenizer.padding is not None or any("pad_token" in _json_or_empty(file.parent / n) for n in configs)
+    if tokenizer.token_to_id(SOT) is not None or tokenizer.truncation is None or not names_pad:
+        return ClipTokenizer.from_file(path)  # CLIP's, or an error naming what the file lacks
+    return read_siglip_tokenizer(file, tokenizer.truncation["max_length"])
+
+
+def _json_or_empty(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
