@@ -89,7 +89,7 @@ def test_text_shorter_than_context_gives_the_same_embedding():
     _, ours = _pair()
     text = _text([2, 6, 4], length=12)
     with torch.no_grad():
-        torch.testing.assert_close(ours.encode_text(text[:, :7]), ours.encode_text(text), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(ours.encode_text(text[:, :7]), ours.encode_text(text), atol=1e-5, rtol=1e-5)
 
 
 def test_first_eot_is_read_for_any_eot_id():
