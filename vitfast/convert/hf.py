@@ -1,11 +1,11 @@
-"""Hugging Face transformers <-> vitfast weight mapping for ViT, Swin (V1) and CLIP.
+"""Hugging Face transformers <-> vitfast weight mapping for ViT, Swin (V1), CLIP and SigLIP.
 
 HF state dicts here are in the layout ``save_pretrained`` writes to ``model.safetensors`` (the layout
 of checkpoints on the Hub; transformers ≥ 5 renames some modules in memory, e.g. ``q_proj``, but
 still saves the original names). Pure functions on dicts and tensors: no files, no downloads.
 
 Layout facts that the mapping relies on (checked against transformers 5.23 by
-``tests/convert/test_convert_hf.py``):
+``tests/convert/test_convert_hf.py``, SigLIP's against 5.25 by ``tests/convert/test_convert_siglip_hf.py``):
 
 - HF keeps q, k and v as separate linears; vitfast (timm / open_clip layout) packs them into one
   ``qkv`` / ``in_proj`` weight in q, k, v order along the output dimension.
@@ -14,6 +14,11 @@ Layout facts that the mapping relies on (checked against transformers 5.23 by
   the same relative-position bias table layout, so the tensors move unchanged.
 - HF CLIP's ``visual_projection`` / ``text_projection`` are bias-free ``nn.Linear`` weights of shape
   (embed_dim, width); open_clip's are parameters of shape (width, embed_dim) used as ``x @ proj``.
+- HF SigLIP's attention-pool head is an ``nn.MultiheadAttention`` over the ``probe`` query: its packed
+  ``in_proj`` (q, k, v) is timm's ``q`` (the first third, applied to ``latent`` = ``probe``) and ``kv``
+  (the rest). HF keeps the position embedding as (N, C) and ``logit_scale`` / ``logit_bias`` as (1,);
+  vitfast as (1, N, C) and 0-dim. Both read the text at its last position after the final norm, and
+  HF's ``gelu_pytorch_tanh`` is vitfast's ``gelu_approximate="tanh"`` (``gelu``: ``"none"``).
 - HF ViT's ``layer_norm_eps`` defaults to 1e-12; the original (JAX) ViT and timm use 1e-6. vitfast's
   ViT takes it as ``norm_eps``, so both convert exactly. Swin and CLIP fix theirs (1e-5, HF's and
   timm's/open_clip's default too); epsilons within ``EPS_TOLERANCE`` of it are accepted: against the
@@ -47,11 +52,14 @@ _IGNORED_HF_KEYS = (
 
 # How a rule makes its vitfast tensor from the HF tensor(s), and the HF tensors back from it: "copy";
 # "qkv", q, k and v concatenated along the output dimension (split into clones: safetensors refuses
-# tensors that share storage); "t", transposed.
+# tensors that share storage); "t", transposed; "lead", a leading dimension of 1 added (HF's (N, C)
+# position embedding and (1,) logit scale / bias are vitfast's (1, N, C) and 0-dim: "drop" for those).
 _OPS = {
     "copy": (lambda hf: hf[0], lambda vf: [vf]),
     "qkv": (lambda hf: torch.cat(hf, dim=0), lambda vf: [part.clone() for part in vf.chunk(3, dim=0)]),
     "t": (lambda hf: hf[0].t().contiguous(), lambda vf: [vf.t().contiguous()]),
+    "lead": (lambda hf: hf[0].unsqueeze(0), lambda vf: [vf.squeeze(0)]),
+    "drop": (lambda hf: hf[0].squeeze(0), lambda vf: [vf.unsqueeze(0)]),
 }
 _TRANSPOSED = {"visual.proj", "text_projection"}  # open_clip's (width, embed_dim) projections
 
@@ -70,6 +78,19 @@ _CLIP_BLOCK = [
     ("attn.out_proj.", "self_attn.out_proj."), ("ln_2.", "layer_norm2."),
     ("mlp.c_fc.", "mlp.fc1."), ("mlp.c_proj.", "mlp.fc2."),
 ]
+_SIGLIP_VISION_BLOCK = [  # timm's block names (vitfast's SigLIP image trunk), HF's CLIP-style encoder layer
+    ("norm1.", "layer_norm1."), ("attn.qkv.", ("self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj.")),
+    ("attn.proj.", "self_attn.out_proj."), ("norm2.", "layer_norm2."),
+    ("mlp.fc1.", "mlp.fc1."), ("mlp.fc2.", "mlp.fc2."),
+]
+
+# HF tensors that hold several vitfast tensors end to end along dim 0: family -> (the config field that is
+# the unit of the parts' sizes, {HF key: its parts' names and sizes in that unit, the last taking the rest}).
+# The name tables refer to a part as "key[part]": cut out before the rules run on import, joined back after
+# them on export. SigLIP's pooling head packs q, k, v in nn.MultiheadAttention's in_proj; timm's attention
+# pool calls the first third (applied to the probe) q and the rest kv.
+_PACKED = {"siglip": ("vision_width", {f"vision_model.head.attention.in_proj_{p}": (("q", 1), ("kv", 2))
+                                       for p in ("weight", "bias")})}
 
 
 def _under(b: str, h: str, table: list, a: str = "") -> list:
@@ -121,8 +142,34 @@ def _clip_names(cfg, p: str) -> list:
     ]
 
 
+def _siglip_names(cfg, p: str) -> list:
+    def tower(vf: str, hf: str, layers: int, table: list) -> list:
+        return [n for i in range(layers) for n in _under(f"{vf}.{i}.", f"{hf}.encoder.layers.{i}.", table)]
+
+    head, pool = "vision_model.head.", "visual.trunk.attn_pool."
+    in_proj = f"{head}attention.in_proj_"
+    return [
+        ("visual.trunk.patch_embed.proj.", "vision_model.embeddings.patch_embedding."),
+        ("visual.trunk.pos_embed", "vision_model.embeddings.position_embedding.weight", "lead"),
+        *tower("visual.trunk.blocks", "vision_model", cfg.vision_layers, _SIGLIP_VISION_BLOCK),
+        ("visual.trunk.norm.", "vision_model.post_layernorm."),
+        (f"{pool}latent", f"{head}probe"),
+        *[(f"{pool}{part}.{p}", f"{in_proj}{p}[{part}]") for part in ("q", "kv") for p in ("weight", "bias")],
+        (f"{pool}proj.", f"{head}attention.out_proj."), (f"{pool}norm.", f"{head}layernorm."),
+        (f"{pool}mlp.", f"{head}mlp."),
+        ("text.token_embedding.", "text_model.embeddings.token_embedding."),
+        ("text.positional_embedding", "text_model.embeddings.position_embedding.weight"),
+        *tower("text.transformer.resblocks", "text_model", cfg.text_layers, _CLIP_BLOCK),
+        ("text.ln_final.", "text_model.final_layer_norm."),
+        ("text.text_projection.", "text_model.head."),
+        ("logit_scale", "logit_scale", "drop"), ("logit_bias", "logit_bias", "drop"),
+    ]
+
+
 # family -> (config, HF prefix) -> names; the prefix is "vit." / "swin." in HF's classifiers, "" elsewhere.
-_NAMES = {"vit": _vit_names, "swin": _swin_names, "clip": _clip_names}
+# A name is (vitfast, HF) or (vitfast, HF, op) for an ``_OPS`` entry that the defaults below do not pick.
+_NAMES = {"vit": _vit_names, "swin": _swin_names, "clip": _clip_names, "siglip": _siglip_names}
+_CLASSIFIERS = ("vit", "swin")  # the families whose HF classifiers keep the backbone under "<family>."
 
 
 def _rules(family: str, config, prefix: str) -> list[tuple[str, torch.Size, tuple[str, ...], str]]:
@@ -132,13 +179,38 @@ def _rules(family: str, config, prefix: str) -> list[tuple[str, torch.Size, tupl
     # Built once on CPU: the model is the single source of truth for shapes (a few seconds for ViT-H).
     expected = {k: v.shape for k, v in build_model(family, config).state_dict().items()}
     rules = []
-    for vf, hf in _NAMES[family](config, prefix):
+    for vf, hf, *named_op in _NAMES[family](config, prefix):
         hf = (hf,) if isinstance(hf, str) else hf
         for key, shape in expected.items():
             if key == vf or (vf.endswith((".", "_")) and key.startswith(vf)):
-                op = "t" if key in _TRANSPOSED else "qkv" if len(hf) == 3 else "copy"
+                op = named_op[0] if named_op else "t" if key in _TRANSPOSED else "qkv" if len(hf) == 3 else "copy"
                 rules.append((key, shape, tuple(name + key[len(vf):] for name in hf), op))
     return rules
+
+
+def _unpack(family: str, config, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """`state` with each ``_PACKED`` tensor cut into its parts, named "key[part]" (clones: no shared storage).
+    The last part takes all the remaining rows, so a tensor of the wrong length gives a mis-shaped part."""
+    if family not in _PACKED:
+        return state
+    field, packed = _PACKED[family]
+    unit, state = getattr(config, field), dict(state)
+    for key, parts in packed.items():
+        if key in state and state[key].dim() > 0:
+            tensor, start = state.pop(key), 0
+            for i, (part, size) in enumerate(parts):
+                stop = start + size * unit if i < len(parts) - 1 else tensor.shape[0]
+                state[f"{key}[{part}]"] = tensor[start:stop].clone()
+                start = stop
+    return state
+
+
+def _pack(family: str, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """`state` with the parts of each ``_PACKED`` tensor joined back into it, in order."""
+    for key, parts in _PACKED.get(family, (None, {}))[1].items():
+        if all(f"{key}[{part}]" in state for part, _ in parts):
+            state[key] = torch.cat([state.pop(f"{key}[{part}]") for part, _ in parts], dim=0)
+    return state
 
 
 def _fail_on_problems(what: str, missing: list[str], unexpected: list[str], misshaped: list[str], fix: str) -> None:
@@ -241,15 +313,54 @@ def _clip_config(hf: dict, state: dict[str, Tensor]) -> dict:
     }
 
 
-_READERS = {"vit": _vit_config, "swin": _swin_config, "clip": _clip_config}
+_SIGLIP_ACTS = {"gelu_pytorch_tanh": "tanh", "gelu": "none"}  # HF's hidden_act -> vitfast's gelu_approximate
+
+
+def _siglip_config(hf: dict, state: dict[str, Tensor]) -> dict:
+    vision, text = hf.get("vision_config") or {}, hf.get("text_config") or {}
+    if not vision.get("vision_use_head", True):
+        raise ValueError("vision_config.vision_use_head is False, so the checkpoint has no attention-pool head, "
+                         "which vitfast's SigLIP needs for its image embedding; convert a checkpoint with the head.")
+    acts = {tower.get("hidden_act", "gelu_pytorch_tanh") for tower in (vision, text)}
+    if len(acts) != 1:
+        raise ValueError(f"the towers use different activations {sorted(acts)}; vitfast's SigLIP uses one for "
+                         "both (its gelu_approximate), so this checkpoint cannot be converted exactly.")
+    act = acts.pop()
+    _check_act(act, tuple(_SIGLIP_ACTS), "hidden_act")
+    eps = {float(tower.get("layer_norm_eps", 1e-6)) for tower in (vision, text)}
+    if len(eps) != 1:
+        raise ValueError(f"the towers use different layer_norm_eps {sorted(eps)}; vitfast's SigLIP uses one "
+                         "norm_eps for both, so this checkpoint cannot be converted exactly.")
+    vw, tw = vision.get("hidden_size", 768), text.get("hidden_size", 768)
+    projection = text.get("projection_size") or tw  # HF's default (and older configs, which lack the field)
+    if projection != vw:
+        raise ValueError(f"text_config.projection_size {projection} differs from vision_config.hidden_size {vw}; "
+                         "vitfast's SigLIP projects the text into the image trunk's width (embed_dim), so they "
+                         "must be equal.")
+    return {
+        "embed_dim": vw,
+        "image_size": _square(vision.get("image_size", 224), "vision_config.image_size"),
+        "patch_size": _square(vision.get("patch_size", 16), "vision_config.patch_size"),
+        "in_chans": vision.get("num_channels", 3), "vision_width": vw,
+        "vision_layers": vision.get("num_hidden_layers", 12), "vision_heads": vision.get("num_attention_heads", 12),
+        "vision_mlp_ratio": _mlp_ratio(vw, vision.get("intermediate_size", 3072), "vision_config.intermediate_size"),
+        "context_length": text.get("max_position_embeddings", 64), "vocab_size": text.get("vocab_size", 32000),
+        "text_width": tw, "text_heads": text.get("num_attention_heads", 12),
+        "text_layers": text.get("num_hidden_layers", 12),
+        "text_mlp_ratio": _mlp_ratio(tw, text.get("intermediate_size", 3072), "text_config.intermediate_size"),
+        "norm_eps": eps.pop(), "gelu_approximate": _SIGLIP_ACTS[act],
+    }
+
+
+_READERS = {"vit": _vit_config, "swin": _swin_config, "clip": _clip_config, "siglip": _siglip_config}
 
 
 def hf_to_vitfast(hf_config: dict, state: dict[str, Tensor]) -> tuple[str, object, dict[str, Tensor]]:
     """Convert a transformers checkpoint to vitfast: (family, config, state dict for strict loading).
 
-    `hf_config` is the checkpoint's config.json as a dict (model_type "vit", "swin" or "clip");
+    `hf_config` is the checkpoint's config.json as a dict (model_type "vit", "swin", "clip" or "siglip");
     `state` its weights as ``save_pretrained`` writes them, for ViTModel / ViTForImageClassification,
-    SwinModel / SwinForImageClassification or CLIPModel. The number of classes comes from the
+    SwinModel / SwinForImageClassification, CLIPModel or SiglipModel. The number of classes comes from the
     classifier weight (0 without one). ViTModel's pooler and derived buffers (``position_ids``,
     ``relative_position_index``) are dropped. Raises ValueError naming any feature vitfast cannot
     represent, or listing every missing, unexpected and mis-shaped key at once.
@@ -257,10 +368,11 @@ def hf_to_vitfast(hf_config: dict, state: dict[str, Tensor]) -> tuple[str, objec
     family = hf_config.get("model_type")
     if family not in _READERS:
         raise ValueError(f"model_type {family!r} is not supported; vitfast converts 'vit', 'swin' (V1, not "
-                         "'swinv2') and 'clip' checkpoints.")
+                         "'swinv2'), 'clip' and 'siglip' (SiglipModel, not 'siglip2') checkpoints.")
     config = build_config(family, _READERS[family](hf_config, state))
     # the classifiers keep the backbone under "vit." / "swin.", the bare models at the top
-    prefix = f"{family}." if family != "clip" and any(k.startswith(f"{family}.") for k in state) else ""
+    prefix = f"{family}." if family in _CLASSIFIERS and any(k.startswith(f"{family}.") for k in state) else ""
+    state = _unpack(family, config, state)
     out: dict[str, Tensor] = {}
     used: set[str] = set()
     missing, misshaped = [], []
@@ -339,7 +451,27 @@ def _clip_hf_config(cfg) -> dict:
             "logit_scale_init_value": cfg.init_logit_scale, "vision_config": vision, "text_config": text}
 
 
-_WRITERS = {"vit": _vit_hf_config, "swin": _swin_hf_config, "clip": _clip_hf_config}
+def _siglip_hf_config(cfg) -> dict:
+    act = {approximate: name for name, approximate in _SIGLIP_ACTS.items()}[cfg.gelu_approximate]
+    common = {"hidden_act": act, "layer_norm_eps": cfg.norm_eps, "attention_dropout": 0.0}
+    vision = {
+        "hidden_size": cfg.vision_width, "num_hidden_layers": cfg.vision_layers,
+        "num_attention_heads": cfg.vision_heads, "intermediate_size": int(cfg.vision_width * cfg.vision_mlp_ratio),
+        "image_size": cfg.image_size, "patch_size": cfg.patch_size, "num_channels": cfg.in_chans,
+        "vision_use_head": True,
+    } | common
+    text = {
+        "hidden_size": cfg.text_width, "num_hidden_layers": cfg.text_layers, "num_attention_heads": cfg.text_heads,
+        "intermediate_size": int(cfg.text_width * cfg.text_mlp_ratio), "vocab_size": cfg.vocab_size,
+        "max_position_embeddings": cfg.context_length, "projection_size": cfg.embed_dim,
+        # The model reads no special token (it pools the last position); HF's defaults (pad 1, bos 49406,
+        # eos 49407) may lie outside a small vocabulary. export() fills pad and eos from a tokenizer.
+        "pad_token_id": None, "bos_token_id": None, "eos_token_id": None,
+    } | common
+    return {"model_type": "siglip", "architectures": ["SiglipModel"], "vision_config": vision, "text_config": text}
+
+
+_WRITERS = {"vit": _vit_hf_config, "swin": _swin_hf_config, "clip": _clip_hf_config, "siglip": _siglip_hf_config}
 
 
 def vitfast_to_hf(family: str, config, state: dict[str, Tensor]) -> tuple[dict, dict[str, Tensor]]:
@@ -347,15 +479,16 @@ def vitfast_to_hf(family: str, config, state: dict[str, Tensor]) -> tuple[dict, 
 
     The class is named in the config's ``architectures``: ViTForImageClassification /
     SwinForImageClassification when the model has a head (num_classes > 0), else ViTModel / SwinModel;
-    CLIPModel for CLIP. Load a headless ViT with ``ViTModel.from_pretrained(path, add_pooling_layer=False)``:
-    vitfast has no pooler to export. ``AutoConfig.for_model(**config)`` accepts the dict. Raises
-    ValueError for features transformers cannot represent (ViT without class-token pooling) or, listing
-    all at once, for missing, unexpected or mis-shaped vitfast keys.
+    CLIPModel for CLIP, SiglipModel for SigLIP. Load a headless ViT with
+    ``ViTModel.from_pretrained(path, add_pooling_layer=False)``: vitfast has no pooler to export.
+    ``AutoConfig.for_model(**config)`` accepts the dict. Raises ValueError for features transformers
+    cannot represent (ViT without class-token pooling) or, listing all at once, for missing, unexpected
+    or mis-shaped vitfast keys.
     """
     if family not in _WRITERS:
-        raise ValueError(f"unknown model family {family!r}; vitfast exports 'vit', 'swin' and 'clip'.")
+        raise ValueError(f"unknown model family {family!r}; vitfast exports 'vit', 'swin', 'clip' and 'siglip'.")
     hf_config = _WRITERS[family](config)
-    prefix = f"{family}." if family != "clip" and config.num_classes > 0 else ""
+    prefix = f"{family}." if family in _CLASSIFIERS and config.num_classes > 0 else ""
     out: dict[str, Tensor] = {}
     missing, misshaped = [], []
     rules = _rules(family, config, prefix)
@@ -369,4 +502,4 @@ def vitfast_to_hf(family: str, config, state: dict[str, Tensor]) -> tuple[dict, 
     unexpected = sorted(set(state) - {rule[0] for rule in rules})
     _fail_on_problems(f"the vitfast {family} state dict", missing, unexpected, misshaped,
                       "Pass model.state_dict() of the model built from this config.")
-    return hf_config, out
+    return hf_config, _pack(family, out)
