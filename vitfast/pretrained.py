@@ -22,12 +22,13 @@ from vitfast.convert.repos import Pretrained, resolve
 from vitfast.models.vit import resample_pos_embed
 
 # Keys of each family's classifier, which another class count replaces.
-_HEAD_KEYS = {"vit": ("head.weight", "head.bias"), "swin": ("head.fc.weight", "head.fc.bias"), "clip": ()}
+_HEAD_KEYS = {"vit": ("head.weight", "head.bias"), "swin": ("head.fc.weight", "head.fc.bias"), "clip": (),
+              "siglip": ()}
 # Fields whose change the weights can follow (the adaptations above); any other shape field must match.
 _ADAPTABLE = {"vit": {"num_classes", "img_size"}, "swin": {"num_classes", "img_size", "window_size"},
-              "clip": {"image_size"}}
+              "clip": {"image_size"}, "siglip": {"image_size"}}
 # Fields that never change the weights.
-_FREE = {"attn_backend", "drop_rate", "drop_path_rate"}
+_FREE = {"attn_backend", "drop_rate", "drop_path_rate", "weight_init"}
 
 
 def create_model(name: str, pretrained: bool | str | None = None, *, revision: str | None = None,
@@ -65,7 +66,7 @@ def from_pretrained(source: Pretrained, **overrides) -> nn.Module:
                          f"{', '.join(sorted(_ADAPTABLE[family]))}.")
     config = dataclasses.replace(base, **overrides)
     state = dict(source.state)
-    new_head = family != "clip" and config.num_classes != base.num_classes
+    new_head = family in ("vit", "swin") and config.num_classes != base.num_classes
     if new_head:
         for key in _HEAD_KEYS[family]:
             state.pop(key, None)
@@ -73,6 +74,9 @@ def from_pretrained(source: Pretrained, **overrides) -> nn.Module:
         grid = config.image_size // config.patch_size
         pe = state["visual.positional_embedding"]
         state["visual.positional_embedding"] = resample_pos_embed(pe[None], (grid, grid), 1)[0]  # open_clip's rule
+    if family == "siglip" and config.image_size != base.image_size:  # timm's rule for its class-token-free trunk
+        grid = config.image_size // config.patch_size
+        state["visual.trunk.pos_embed"] = resample_pos_embed(state["visual.trunk.pos_embed"], (grid, grid), 0)
     if new_head:
         model = models.build_model(family, models.build_config(family, dataclasses.asdict(config)))
         kept = {k: v for k, v in model.state_dict().items() if k in _HEAD_KEYS[family]}
@@ -106,6 +110,6 @@ def _preprocess_at(preprocess: dict | None, config, family: str) -> dict | None:
     """The published preprocessing, at the size the model now takes."""
     if preprocess is None:
         return None
-    size = config.image_size if family == "clip" else config.img_size
+    size = config.image_size if family in ("clip", "siglip") else config.img_size
     return {**preprocess, "input_size": [3, size, size]}
 

@@ -15,6 +15,7 @@ TIMM_SWIN = "timm/swin_tiny_patch4_window7_224.tiny_test"
 OPEN_CLIP = "laion/CLIP-tiny-test"
 OPEN_CLIP_BIN = "laion/CLIP-tiny-test-bin"
 OPEN_CLIP_QUICKGELU = "timm/vit_tiny_clip.openai_test"
+OPEN_CLIP_SIGLIP = "timm/ViT-tiny-SigLIP-test"
 HF_VIT = "google/vit-tiny-test"
 HF_CLIP = "openai/clip-tiny-test"
 # a real tag's repo name (vit_base_patch16_224's default tag), holding tiny weights with timm's model_args
@@ -45,6 +46,7 @@ def hub(tmp_path_factory) -> dict:
     add(HF_VIT, hc.hf_vit(tmp / "g"))
     add(HF_CLIP, hc.hf_clip(tmp / "i"))
     add(TIMM_FILLED, hc.timm_filled(tmp / "j"))
+    add(OPEN_CLIP_SIGLIP, hc.open_clip_siglip(tmp / "k", OPEN_CLIP_SIGLIP))
     model, folder = hc.timm_vit(tmp / "h", classes=1000)
     config = json.loads((folder / "config.json").read_text())
     config["architecture"] = "vit_base_patch16_224"

@@ -173,3 +173,61 @@ def timm_filled(tmp: Path, name: str = "vit_tiny_patch16_224"):
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
     return model, folder
+
+
+SIGLIP_TEXTS = ["a small red circle near the top left", "blue vertical stripes on a yellow background",
+                "a photo of a dog", "the cat sat on the mat", "A zebra, striped!"]
+
+
+def siglip_tokenizer_files(folder: Path) -> Path:
+    """A small SentencePiece-style (Unigram, Metaspace, ``$A </s>``) tokenizer.json with the tokenizer_config.json
+    of the Hub's SigLIP repos (T5Tokenizer, pad and end token ``</s>``), trained here on a few captions."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Replace(Regex(" {2,}"), " ")
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(vocab_size=60, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>",
+                                      show_progress=False)
+    tok.train_from_iterator([t.lower() for t in SIGLIP_TEXTS] * 20, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.save(str(folder / "tokenizer.json"))
+    config = {"tokenizer_class": "T5Tokenizer", "pad_token": "</s>", "eos_token": "</s>", "unk_token": "<unk>",
+              "model_max_length": 16, "extra_ids": 0}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def open_clip_siglip(tmp: Path, repo: str):
+    """A tiny open_clip SigLIP (CustomTextCLIP with timm's MAP trunk) saved as open_clip pushes to the Hub, with
+    its tokenizer files; its config names `repo` as the tokenizer, as the Hub's SigLIP repos name themselves."""
+    import open_clip
+    from open_clip.push_to_hf_hub import save_for_hf
+
+    from vitfast.models.peers import siglip_peer
+    from vitfast.models.siglip import SigLIPConfig
+
+    vocab = 60
+    # 64 wide, one head: the head count a config-less trunk of this width gets (64-wide heads, as timm's)
+    config = SigLIPConfig(embed_dim=64, image_size=32, patch_size=8, vision_width=64, vision_layers=2, vision_heads=1,
+                          context_length=16, vocab_size=vocab, text_width=24, text_heads=4, text_layers=2)
+    torch.manual_seed(0)
+    model = siglip_peer(config).eval()
+    _randomize(model)
+    tokenizer_folder = siglip_tokenizer_files(tmp / "tokenizer")
+    model_cfg = {"embed_dim": 64, "init_logit_bias": -10, "custom_text": True,
+                 "vision_cfg": {"image_size": 32, "timm_model_name": "vit_base_patch16_siglip_224",
+                                "timm_model_pretrained": False, "timm_pool": "map", "timm_proj": "none"},
+                 "text_cfg": {"context_length": 16, "vocab_size": vocab, "hf_tokenizer_name": repo,
+                              "tokenizer_kwargs": {"clean": "canonicalize"}, "width": 24, "heads": 4, "layers": 2,
+                              "no_causal_mask": True, "proj_bias": True, "pool_type": "last",
+                              "norm_kwargs": {"eps": 1e-6}}}
+    model.visual.image_mean, model.visual.image_std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    model.visual.preprocess_cfg = {"interpolation": "bicubic", "resize_mode": "squash"}
+    folder = tmp / "open_clip_siglip"
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = open_clip.tokenizer.HFTokenizer(str(tokenizer_folder), context_length=16, clean="canonicalize")
+    save_for_hf(model, tokenizer, model_cfg, str(folder), safe_serialization=True)
+    return model, folder

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 
 from vitfast.models import mlp_ratio_for
 from vitfast.models.clip import CLIP_CONFIGS
+from vitfast.models.siglip import SIGLIP_CONFIGS
 from vitfast.models.swin import SWIN_CONFIGS
 from vitfast.models.vit import VIT_CONFIGS
 
@@ -117,8 +118,11 @@ def detect_source(state: dict[str, torch.Tensor], torchscript: bool = False) -> 
     if "patch_embed.proj.weight" in state:
         return "timm"
     if any(k.startswith("visual.trunk.") for k in state):
-        raise ConvertError("this is an open_clip model with a timm image tower (visual.trunk: SigLIP, EVA, ConvNeXt "
-                           "and the like), which vitfast does not convert: its CLIP has open_clip's own ViT towers.")
+        if _SIGLIP_KEYS <= set(state):
+            return "open_clip"
+        raise ConvertError("this is an open_clip model with a timm image tower other than SigLIP's (visual.trunk: "
+                           "EVA, ConvNeXt and the like), which vitfast does not convert: it converts open_clip's "
+                           "SigLIP (ViT-*-SigLIP) and CLIPs with open_clip's own ViT towers.")
     if "text.cls_emb" in state or any(k.startswith("text_decoder.") for k in state):
         raise ConvertError("this is an open_clip CoCa model (a captioning decoder beside CLIP), which vitfast does "
                            "not convert.")
@@ -128,6 +132,8 @@ def detect_source(state: dict[str, torch.Tensor], torchscript: bool = False) -> 
 
 def infer_config(state: dict[str, torch.Tensor], source: str, model: str | None):
     """(family, config, matched named config or None) of a state dict in `source`'s layout."""
+    if source == "open_clip" and any(k.startswith("visual.trunk.") for k in state):
+        return siglip_config(state, model)
     if source != "timm":
         return clip_config(state, model, quick_gelu=source == "openai")
     if any(k.startswith("layers.") and ("cpb_mlp" in k or k.endswith("logit_scale")) for k in state):
@@ -143,13 +149,13 @@ def infer_config(state: dict[str, torch.Tensor], source: str, model: str | None)
 def assumptions(source: str, family: str, config, name: str | None, model: str | None) -> str | None:
     """What the weights left open and was assumed, as the report's warning (None when nothing was)."""
     warnings = []
-    if name is None and family in ("vit", "clip"):
+    if name is None and family in ("vit", "clip", "siglip"):
         width, heads = ((config.embed_dim, config.num_heads) if family == "vit"
                         else (config.vision_width, config.vision_heads))
         warnings.append(f"no named config has these shapes and the weights do not fix the head count: {heads} "
                         f"heads of {width // heads} were assumed for width {width}; pass --model NAME (a config "
                         "with the same heads) if the source used others")
-    if source == "open_clip" and model is None:
+    if source == "open_clip" and family == "clip" and model is None:
         warnings.append("open_clip checkpoints do not record the activation: GELU was assumed; for weights trained "
                         "with QuickGELU (OpenAI's, and open_clip's *-quickgelu models) pass --from openai or "
                         "--model NAME-quickgelu")
@@ -265,3 +271,47 @@ def clip_config(state: dict, model: str | None, quick_gelu: bool):
     # open_clip's head widths where no named config matches: the vision tower's by width, the text tower's 64
     return "clip", *_pick(named, fields, model, "CLIP", vision_heads=vision_heads(vision_width),
                           text_heads=max(1, text_width // 64), quick_gelu=quick_gelu)
+
+
+# What open_clip's SigLIP (a CustomTextCLIP with timm's MAP-pooled trunk and a logit bias) always carries.
+_SIGLIP_KEYS = {"visual.trunk.patch_embed.proj.weight", "visual.trunk.pos_embed", "visual.trunk.attn_pool.latent",
+                "text.token_embedding.weight", "text.positional_embedding", "text.ln_final.weight",
+                "text.text_projection.weight", "logit_bias"}
+# timm trunk features vitfast's SigLIP does not have, by a key that only they carry (SigLIP 2's trunks are
+# the same as SigLIP's; their Gemma tokenizer is read like any other tokenizer.json).
+_SIGLIP_TRUNK_FEATURES = {"visual.trunk.cls_token": "a class token", "visual.trunk.reg_token": "register tokens",
+                          "visual.trunk.norm_pre.weight": "a norm before the blocks",
+                          "visual.trunk.blocks.0.ls1.gamma": "layer scale",
+                          "visual.trunk.blocks.0.attn.q_norm.weight": "query/key normalization",
+                          "visual.trunk.attn_pool.pos_embed": "a position embedding in the attention pool",
+                          "visual.head.proj.weight": "a projection after the trunk (timm_proj)"}
+
+
+def siglip_config(state: dict, model: str | None):
+    """open_clip's SigLIP layout: the shapes from the weights, the head counts from the named config with the
+    same shapes (or --model), else 64-wide heads."""
+    missing = sorted(_SIGLIP_KEYS - set(state))
+    if missing:
+        raise ConvertError(f"this open_clip model with a timm trunk lacks SigLIP's {', '.join(missing[:4])}; "
+                           "vitfast converts open_clip's SigLIP layout (ViT-*-SigLIP) only.")
+    found = [what for key, what in _SIGLIP_TRUNK_FEATURES.items() if key in state]
+    if found:
+        raise ConvertError(f"this SigLIP's image tower has {', '.join(found)}, which vitfast's SigLIP does not "
+                           "implement (it has timm's vit_*_siglip trunk: MAP pooling, no class token).")
+    width, chans, patch, _ = state["visual.trunk.patch_embed.proj.weight"].shape
+    text_width = state["text.ln_final.weight"].shape[0]
+    fields = dict(embed_dim=width, in_chans=chans, patch_size=patch,
+                  image_size=math.isqrt(state["visual.trunk.pos_embed"].shape[1]) * patch, vision_width=width,
+                  vision_layers=_count(state, r"visual\.trunk\.blocks\.(\d+)\."),
+                  vision_mlp_ratio=mlp_ratio_for(width, state["visual.trunk.blocks.0.mlp.fc1.weight"].shape[0]),
+                  text_width=text_width, text_layers=_count(state, r"text\.transformer\.resblocks\.(\d+)\."),
+                  text_mlp_ratio=mlp_ratio_for(text_width,
+                                               state["text.transformer.resblocks.0.mlp.c_fc.weight"].shape[0]),
+                  context_length=state["text.positional_embedding"].shape[0],
+                  vocab_size=state["text.token_embedding.weight"].shape[0],
+                  init_logit_bias=float(state["logit_bias"].reshape(())))
+    if fields["text_layers"] == 0 or fields["vision_layers"] == 0:
+        raise ConvertError("this SigLIP checkpoint has no transformer blocks in one of its towers; check the file.")
+    named = {k: v for k, v in SIGLIP_CONFIGS.items() if k != "siglip_tiny" or model == k}
+    return "siglip", *_pick(named, fields, model, "SigLIP", vision_heads=max(1, width // 64),
+                            text_heads=max(1, text_width // 64))

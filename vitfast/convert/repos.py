@@ -29,13 +29,15 @@ import torch
 
 from vitfast import hub
 from vitfast.convert.hf import hf_to_vitfast
-from vitfast.convert.infer import _SHAPE_FIELDS, ConvertError, clip_config, infer_config, read_state
+from vitfast.convert.infer import _SHAPE_FIELDS, ConvertError, clip_config, infer_config, read_state, siglip_config
 from vitfast.data import preprocess_from_hf, preprocess_from_open_clip, preprocess_from_timm
 from vitfast.imagenet import IMAGENET_CLASSNAMES
 from vitfast.models import named_config, pretrained_entry
+from vitfast.models.siglip import SIGLIP_CONFIGS
 from vitfast.models.swin import SWIN_CONFIGS
 from vitfast.models.vit import VIT_CONFIGS
-from vitfast.tokenizer import ClipTokenizer, TokenizerError, clip_bpe_tokenizer, read_hf_tokenizer
+from vitfast.tokenizer import (ClipTokenizer, SiglipTokenizer, TokenizerError, clip_bpe_tokenizer, read_hf_tokenizer,
+                               read_siglip_tokenizer)
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -59,7 +61,7 @@ class Pretrained:
     preprocess: dict | None = None  # timm's pretrained_cfg vocabulary (vitfast.data.eval_transform_config)
     class_names: list[str] | None = None
     warning: str | None = None
-    tokenizer: ClipTokenizer | None = None  # CLIP: the repo's own, when it ships one
+    tokenizer: ClipTokenizer | SiglipTokenizer | None = None  # CLIP, SigLIP: the repo's own, when it ships one
 
     def info(self) -> dict:
         """What a model folder records about where its weights came from."""
@@ -268,6 +270,8 @@ def _shape(config) -> dict:
 def _read_open_clip(files: Files, config: dict, model: str | None, quick_gelu: bool | None) -> Pretrained:
     model_cfg = config.get("model_cfg", {k: v for k, v in config.items() if k != "preprocess_cfg"})
     named_only = not model_cfg and model is not None  # no open_clip_config.json: the named model's architecture
+    if _is_siglip(model_cfg) or (named_only and model in SIGLIP_CONFIGS):
+        return _read_open_clip_siglip(files, config, model_cfg, model)
     if not named_only and (not isinstance(model_cfg, dict) or "vision_cfg" not in model_cfg
                            or "text_cfg" not in model_cfg):
         raise ConvertError(f"{OPEN_CLIP_CONFIG} of {files.where} has no model_cfg with vision_cfg and text_cfg.")
@@ -295,6 +299,62 @@ def _read_open_clip(files: Files, config: dict, model: str | None, quick_gelu: b
                       preprocess=preprocess, tokenizer=tokenizer)
 
 
+# open_clip SigLIP model_cfg entries and the values vitfast's SigLIP implements (timm's MAP-pooled trunk, no
+# projection; a bidirectional text tower pooling the last token into a biased projection).
+_SIGLIP_VISION = {"timm_pool": ("map",), "timm_proj": ("none",)}
+_SIGLIP_TEXT = {"no_causal_mask": (True,), "proj_bias": (True,), "pool_type": ("last",)}
+_SIGLIP_IGNORED = {"image_size", "timm_model_name", "timm_model_pretrained", "timm_drop", "timm_drop_path",
+                   "patch_dropout", "context_length", "vocab_size", "hf_tokenizer_name", "tokenizer_kwargs", "width",
+                   "heads", "layers", "mlp_ratio", "norm_kwargs", "output_tokens"}
+
+
+def _is_siglip(model_cfg: dict) -> bool:
+    vision = model_cfg.get("vision_cfg") if isinstance(model_cfg, dict) else None
+    return isinstance(vision, dict) and vision.get("timm_pool") == "map" and "init_logit_bias" in model_cfg
+
+
+def _read_open_clip_siglip(files: Files, config: dict, model_cfg: dict, model: str | None) -> Pretrained:
+    """open_clip's SigLIP (``ViT-*-SigLIP*``): weights, shapes and head counts, preprocessing, and the repo's
+    own tokenizer.json (SigLIP's SentencePiece), as open_clip's HFTokenizer reads it."""
+    if model is not None and model not in SIGLIP_CONFIGS:
+        raise ConvertError(f"{files.where} holds an open_clip SigLIP, not {model}; pass a SigLIP name "
+                           f"({', '.join(n for n in SIGLIP_CONFIGS if n != 'siglip_tiny')}) or leave the name out.")
+    found = []
+    for tower, allowed in (("vision", _SIGLIP_VISION), ("text", _SIGLIP_TEXT)):
+        cfg = model_cfg.get(f"{tower}_cfg") or {}
+        for key, value in cfg.items():
+            if key in allowed and value not in allowed[key] or key not in allowed and key not in _SIGLIP_IGNORED:
+                found.append(f"{tower}_cfg.{key}={value!r}")
+    text_cfg = model_cfg.get("text_cfg") or {}
+    if (text_cfg.get("tokenizer_kwargs") or {}).get("clean", "canonicalize") != "canonicalize":
+        found.append(f"text_cfg.tokenizer_kwargs={text_cfg['tokenizer_kwargs']!r}")
+    if found:
+        raise ConvertError(f"{files.where} is an open_clip SigLIP with {', '.join(found)}, which vitfast's SigLIP does "
+                           "not implement (SigLIP 2's tanh-GELU text tower is one such); it reads the ViT-*-SigLIP "
+                           "layout.")
+    state = _weights(files, OPEN_CLIP_WEIGHTS)
+    _, vconfig, matched = siglip_config(state, model)
+    changes = {}
+    if text_cfg.get("heads"):
+        changes["text_heads"] = int(text_cfg["heads"])
+    eps = (text_cfg.get("norm_kwargs") or {}).get("eps", vconfig.norm_eps)
+    if eps != vconfig.norm_eps:
+        raise ConvertError(f"{files.where}'s text tower uses LayerNorm eps {eps} and its timm trunk "
+                           f"{vconfig.norm_eps}; vitfast's SigLIP uses one epsilon for both towers.")
+    vconfig = dataclasses.replace(vconfig, **changes)
+    preprocess = preprocess_from_open_clip(vconfig.image_size, config.get("preprocess_cfg"))
+    tokenizer = None
+    if files.get("tokenizer.json") is not None:
+        for name in ("tokenizer_config.json", "special_tokens_map.json"):
+            files.get(name)
+        try:
+            tokenizer = read_siglip_tokenizer(_folder(files), vconfig.context_length)
+        except TokenizerError as exc:
+            raise ConvertError(f"{files.where}: {exc}") from None
+    return Pretrained("siglip", vconfig, state, "open_clip", files.where, _folder(files),
+                      model_name=model or matched, preprocess=preprocess, tokenizer=tokenizer)
+
+
 def _read_transformers(files: Files, config: dict) -> Pretrained:
     state = _weights(files, HF_WEIGHTS)
     try:
@@ -305,7 +365,7 @@ def _read_transformers(files: Files, config: dict) -> Pretrained:
     preprocess = preprocess_from_hf(_json(processor)) if processor is not None else None
     labels = config.get("id2label") or {}
     names = None
-    if family != "clip" and len(labels) == vconfig.num_classes and vconfig.num_classes:
+    if family in ("vit", "swin") and len(labels) == vconfig.num_classes and vconfig.num_classes:
         names = [str(labels.get(str(i), labels.get(i, f"LABEL_{i}"))) for i in range(vconfig.num_classes)]
         if all(name == f"LABEL_{i}" for i, name in enumerate(names)):
             names = None  # transformers' placeholders
@@ -314,6 +374,13 @@ def _read_transformers(files: Files, config: dict) -> Pretrained:
         for name in HF_TOKENIZER_FILES:
             files.get(name)
         tokenizer = _hf_tokenizer(files, vconfig.context_length)
+    elif family == "siglip" and files.get("tokenizer.json") is not None:
+        for name in ("tokenizer_config.json", "special_tokens_map.json"):
+            files.get(name)
+        try:
+            tokenizer = read_siglip_tokenizer(_folder(files), vconfig.context_length)
+        except TokenizerError:
+            tokenizer = None
     return Pretrained(family, vconfig, vstate, "hf", files.where, _folder(files), preprocess=preprocess,
                       class_names=names, tokenizer=tokenizer)
 
@@ -330,11 +397,17 @@ def _hf_tokenizer(files: Files, context_length: int) -> ClipTokenizer | None:
         return None
 
 
-def repo_tokenizer(pretrained: Pretrained, bpe_path=None) -> ClipTokenizer:
-    """A pretrained CLIP's tokenizer: open_clip's (CLIP's BPE at the model's context length) for open_clip
+def repo_tokenizer(pretrained: Pretrained, bpe_path=None) -> ClipTokenizer | SiglipTokenizer:
+    """A pretrained SigLIP's tokenizer: the repo's own tokenizer.json. A pretrained CLIP's tokenizer:
+    open_clip's (CLIP's BPE at the model's context length) for open_clip
     repos, as open_clip itself uses; the repo's own tokenizer files otherwise, or when open_clip's BPE file
     is not at hand."""
     config = pretrained.config
+    if pretrained.family == "siglip":  # SigLIP's SentencePiece (or SigLIP 2's Gemma) lives only in its repo
+        if pretrained.tokenizer is None:
+            raise ConvertError(f"{pretrained.where} ships no tokenizer.json; pass the SigLIP's own tokenizer.json "
+                               "(or a folder holding it) with --tokenizer.")
+        return pretrained.tokenizer
     if pretrained.source == "open_clip" or pretrained.tokenizer is None:
         try:
             return clip_bpe_tokenizer(bpe_path, config.context_length)

@@ -20,7 +20,11 @@ from vitfast.convert.write import build, check_destination, staged, write_tokeni
 from vitfast.hub import HF_HUB_PREFIX, split_hub_id
 from vitfast.models.peers import peer_model
 from vitfast.runtime import DTYPES
-from vitfast.tokenizer import TokenizerError, read_hf_tokenizer
+from vitfast.tokenizer import TokenizerError, read_hf_tokenizer, read_siglip_tokenizer
+
+
+_NO_SIGLIP_TOKENIZER = ("no tokenizer was written: a SigLIP's tokenizer comes only from its repo; pass its "
+                        "tokenizer.json (or the repo folder) with --tokenizer")
 
 
 def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, source: str = "auto",
@@ -67,9 +71,12 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, source:
     net.model_name = name
     with staged(dst, force) as tmp:
         save(net, tmp, max_shard_size=max_shard_size)
-        if family == "clip":
-            write_tokenizer(tmp, config, tokenizer)
+        if family in ("clip", "siglip"):
+            write_tokenizer(tmp, config, tokenizer, family)
     report = {"source": source, "family": family, "model_name": name, "tensors": len(state), "output": str(dst)}
+    if family == "siglip" and tokenizer is None:
+        report["warning"] = "; ".join(filter(None, [warning, _NO_SIGLIP_TOKENIZER]))
+        warning = None
     if warning:
         report["warning"] = warning
     if verify:
@@ -97,16 +104,17 @@ def convert_hub(src: str, dst: str | os.PathLike[str], *, revision: str | None =
     net.model_name = pretrained.model_name
     net.preprocess, net.class_names, net.pretrained_from = (pretrained.preprocess, pretrained.class_names,
                                                             pretrained.info())
-    if family == "clip" and tokenizer is None:
+    if family == "clip" and tokenizer is None or family == "siglip" and tokenizer is None and pretrained.tokenizer:
         tokenizer = repo_tokenizer(pretrained)
     with staged(dst, force) as tmp:
         save(net, tmp, max_shard_size=max_shard_size)
-        if family == "clip":
-            write_tokenizer(tmp, config, tokenizer)
+        if family in ("clip", "siglip"):
+            write_tokenizer(tmp, config, tokenizer, family)
     report = {"source": f"{pretrained.source} ({pretrained.where})", "family": family,
               "model_name": pretrained.model_name, "tensors": len(pretrained.state), "output": str(dst)}
-    if pretrained.warning:
-        report["warning"] = pretrained.warning
+    if pretrained.warning or family == "siglip" and tokenizer is None:
+        report["warning"] = "; ".join(filter(None, [pretrained.warning,
+                                                    _NO_SIGLIP_TOKENIZER if tokenizer is None else None]))
     if verify:
         report["max_abs_diff"] = (_verify_against_transformers(pretrained.folder, dst, family, config)
                                   if pretrained.source == "hf" else _verify_against_source(dst, family, config,
@@ -115,8 +123,8 @@ def convert_hub(src: str, dst: str | os.PathLike[str], *, revision: str | None =
 
 
 def _read_hf(src: Path, source: str, tokenizer):
-    """(family, config, vitfast state dict, tokenizer) of the Hugging Face folder `src`; a CLIP folder's
-    own tokenizer unless --tokenizer names one."""
+    """(family, config, vitfast state dict, tokenizer) of the Hugging Face folder `src`; a CLIP or SigLIP
+    folder's own tokenizer unless --tokenizer names one."""
     if (src / "config.json").is_file() and "family" in read_json(src / "config.json"):
         raise ConvertError(f"{src} is already a vitfast model folder; to export it, pass --to timm or --to hf.")
     if source not in ("auto", "hf"):
@@ -126,9 +134,10 @@ def _read_hf(src: Path, source: str, tokenizer):
         family, config, state = hf_to_vitfast(hf_config, hf_state)
     except ValueError as exc:
         raise ConvertError(f"{src}: {exc}") from None
-    if family == "clip" and tokenizer is None:  # the folder's own: tokenizer.json, or vocab.json + merges.txt
+    # the folder's own: CLIP's tokenizer.json, or vocab.json + merges.txt; a SigLIP's tokenizer.json
+    if family in ("clip", "siglip") and tokenizer is None:
         try:
-            tokenizer = read_hf_tokenizer(src, config.context_length)
+            tokenizer = (read_hf_tokenizer if family == "clip" else read_siglip_tokenizer)(src, config.context_length)
         except TokenizerError as exc:
             raise ConvertError(str(exc)) from None
     return family, config, state, tokenizer
@@ -149,6 +158,11 @@ def _verify_against_source(dst: Path, family: str, config, state: dict[str, torc
     reference.load_state_dict(state, strict=True)
     reference = reference.float().eval()
     with torch.no_grad():
+        if family == "siglip":  # both read the last position: any ids of the full context length
+            image = torch.randn(2, config.in_chans, config.image_size, config.image_size, generator=g)
+            text = torch.randint(0, config.vocab_size, (2, config.context_length), generator=g)
+            return max(_diff(ours.encode_image(image), reference.encode_image(image)),
+                       _diff(ours.encode_text(text), reference.encode_text(text)))
         if family == "clip":
             image = torch.randn(2, config.in_chans, config.image_size, config.image_size, generator=g)
             text = torch.randint(0, config.vocab_size - 2, (2, config.context_length), generator=g)
@@ -161,7 +175,7 @@ def _verify_against_source(dst: Path, family: str, config, state: dict[str, torc
 
 def _verify_against_transformers(src: Path, dst: Path, family: str, config) -> float | None:
     """Max |vitfast − transformers| for the Hugging Face folder `src`: logits of classifiers, the normalized
-    tokens of headless ViT/Swin (and Swin's pooled features), CLIP's normalized embeddings."""
+    tokens of headless ViT/Swin (and Swin's pooled features), CLIP's and SigLIP's normalized embeddings."""
     try:
         import transformers
     except ImportError:
@@ -174,6 +188,13 @@ def _verify_against_transformers(src: Path, dst: Path, family: str, config) -> f
             image = torch.randn(2, config.in_chans, config.image_size, config.image_size, generator=g)
             text = torch.randint(0, config.vocab_size - 1, (2, config.context_length), generator=g)
             text[:, -1] = config.vocab_size - 1
+            out = reference(input_ids=text, pixel_values=image)
+            return max(_diff(ours.encode_image(image, normalize=True), out.image_embeds),
+                       _diff(ours.encode_text(text, normalize=True), out.text_embeds))
+        if family == "siglip":  # both read the last position: any ids of the full context length
+            reference = transformers.SiglipModel.from_pretrained(src).float().eval()
+            image = torch.randn(2, config.in_chans, config.image_size, config.image_size, generator=g)
+            text = torch.randint(0, config.vocab_size, (2, config.context_length), generator=g)
             out = reference(input_ids=text, pixel_values=image)
             return max(_diff(ours.encode_image(image, normalize=True), out.image_embeds),
                        _diff(ours.encode_text(text, normalize=True), out.text_embeds))

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-
 from vitfast.convert.infer import ConvertError
 from vitfast.files import staging_dir
 from vitfast.models import build_config, build_model
-from vitfast.tokenizer import CLIP_MERGES_NAME, ClipTokenizer, clip_bpe_tokenizer, load_tokenizer
+from vitfast.tokenizer import (CLIP_MERGES_NAME, ClipTokenizer, SiglipTokenizer, TokenizerError, clip_bpe_tokenizer,
+                               load_tokenizer, read_siglip_tokenizer)
 
 
 # What a model folder holds: vitfast's (config.json, weights, tokenizer.json) and a Hugging Face
@@ -85,10 +85,30 @@ def build(family: str, config, state: dict[str, torch.Tensor]) -> torch.nn.Modul
     return model
 
 
-def write_tokenizer(folder: Path, config, tokenizer: ClipTokenizer | str | os.PathLike[str] | None) -> None:
-    """tokenizer.json: `tokenizer` (a ClipTokenizer read from the source, or --tokenizer: a vitfast
-    tokenizer.json, CLIP's ``bpe_simple_vocab_16e6.txt.gz`` as open_clip ships it, or "clip" for that
-    file inside an installed open_clip), else CLIP's BPE at the model's context."""
+def write_tokenizer(folder: Path, config, tokenizer: ClipTokenizer | SiglipTokenizer | str | os.PathLike[str] | None,
+                    family: str = "clip") -> None:
+    """tokenizer.json: `tokenizer` (a ClipTokenizer or SiglipTokenizer read from the source, or --tokenizer: a
+    vitfast tokenizer.json, a SigLIP repo folder's, CLIP's ``bpe_simple_vocab_16e6.txt.gz`` as open_clip ships
+    it, or "clip" for that file inside an installed open_clip), else CLIP's BPE at the model's context. A SigLIP
+    has no default: without its own tokenizer none is written, and the report says so."""
+    if family == "siglip":
+        if tokenizer is None:
+            return
+        if not isinstance(tokenizer, SiglipTokenizer | ClipTokenizer):
+            if not Path(tokenizer).exists():
+                raise ConvertError(f"--tokenizer {tokenizer} does not exist; pass the SigLIP's tokenizer.json or "
+                                   "the folder holding it.")
+            path = Path(tokenizer)
+            try:
+                tokenizer = read_siglip_tokenizer(path if path.is_dir() else path.parent, config.context_length)
+            except TokenizerError as exc:
+                raise ConvertError(str(exc)) from None
+        if tokenizer.vocab_size > config.vocab_size:
+            raise ConvertError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model {config.vocab_size}.")
+        if isinstance(tokenizer, SiglipTokenizer) and tokenizer.context_length != config.context_length:
+            tokenizer = tokenizer.with_context_length(config.context_length)
+        tokenizer.save(folder)
+        return
     if isinstance(tokenizer, ClipTokenizer):
         tok = tokenizer
     elif tokenizer is not None and str(tokenizer) == "clip":

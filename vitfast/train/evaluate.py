@@ -81,7 +81,7 @@ def load_for_eval(model_dir, model: str | None, pretrained, revision: str | None
         return net, tokenizer, str(model_dir)
     source = resolve(model, pretrained if pretrained else True, revision)
     net = from_pretrained(source, attn_backend=attn_backend).to(device)
-    tokenizer = repo_tokenizer(source) if source.family == "clip" else None
+    tokenizer = repo_tokenizer(source) if source.family in ("clip", "siglip") else None
     return net, tokenizer, source.where
 
 

@@ -154,6 +154,11 @@ class ClipTask:
                      "attn_backend": cfg.attn_backend, "image_size": tcfg.img_size}
         if not self.sigmoid:  # CLIP pools at the end token; SigLIP's text tower reads the last position
             overrides["eot_token_id"] = self.tokenizer.eot_token_id
+        elif source:  # a SigLIP's embedding table may hold more rows than its tokenizer's vocabulary
+            if self.tokenizer.vocab_size > base.vocab_size:
+                raise ValueError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but the pretrained SigLIP "
+                                 f"{base.vocab_size}; pass the model's own tokenizer with --tokenizer.")
+            del overrides["vocab_size"]
         self.model = from_pretrained(source, **overrides) if source else create_model(cfg.model, **overrides)
         self.train_set.tokenize = CaptionTokens(self.tokenizer)
         parts = [f"{len(self.train_set)} train pairs from {train_spec}"]
