@@ -107,6 +107,17 @@ def _configure(tokenizer: Tokenizer, context_length: int) -> None:
     tokenizer.encode_special_tokens = True
 
 
+def _text_list(texts: str | Sequence[str]) -> list[str]:
+    """`texts` as a list of strings (one for a str); TypeError naming the first item that is not one."""
+    if isinstance(texts, str):
+        return [texts]
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is a {type(text).__name__}, not a str; pass a string or a "
+                            f"sequence of strings.")
+    return list(texts)
+
+
 class ClipTokenizer:
     """Texts to CLIP token ids: ``[<|startoftext|>] + BPE ids + [<|endoftext|>]``, zero padded.
 
@@ -133,12 +144,7 @@ class ClipTokenizer:
 
         Texts longer than the context are cut to their first tokens and still end in the end token.
         """
-        if isinstance(texts, str):
-            texts = [texts]
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"texts[{i}] is a {type(text).__name__}, not a str; pass a string or a "
-                                f"sequence of strings.")
+        texts = _text_list(texts)
         length = self.context_length if context_length is None else context_length
         if length not in self._by_length:
             copy = Tokenizer.from_str(self._tokenizer.to_str())
@@ -404,12 +410,7 @@ class SiglipTokenizer:
 
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
         """Token ids of `texts` as a (len(texts), context_length) int64 tensor (one row for a str)."""
-        if isinstance(texts, str):
-            texts = [texts]
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"texts[{i}] is a {type(text).__name__}, not a str; pass a string or a "
-                                f"sequence of strings.")
+        texts = _text_list(texts)
         length = self.context_length if context_length is None else context_length
         tokenizer = self._tokenizer if length == self.context_length else self.with_context_length(length)._tokenizer
         rows = [tokenizer.encode(canonicalize(text)).ids for text in texts]

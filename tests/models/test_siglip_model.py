@@ -10,19 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vitfast.models.peers import siglip_peer
 from vitfast.models.siglip import SIGLIP_CONFIGS, SigLIP, SigLIPConfig
 
 open_clip = pytest.importorskip("open_clip")
 timm = pytest.importorskip("timm")
 
 OPEN_CLIP_NAMES = [n for n in SIGLIP_CONFIGS if n != "siglip_tiny"]
-# The timm trunk every open_clip SigLIP json names the kin of; its shapes are overridden below.
-BASE_TRUNK = "vit_base_patch16_siglip_224"
-
-
-def _trunk_overrides(cfg: SigLIPConfig) -> dict:
-    return {"img_size": cfg.image_size, "patch_size": cfg.patch_size, "embed_dim": cfg.vision_width,
-            "depth": cfg.vision_layers, "num_heads": cfg.vision_heads, "mlp_ratio": cfg.vision_mlp_ratio}
 
 
 def _with_trunk_overrides(build, overrides: dict):
@@ -31,19 +25,6 @@ def _with_trunk_overrides(build, overrides: dict):
     create = timm.create_model
     with mock.patch.object(timm, "create_model", lambda name, **kw: create(name, **{**kw, **overrides})):
         return build()
-
-
-def _open_clip_from_config(cfg: SigLIPConfig):
-    """open_clip's SigLIP (CustomTextCLIP, as its SigLIP jsons build it) with the shapes of `cfg`."""
-    vision = {"image_size": cfg.image_size, "timm_model_name": BASE_TRUNK, "timm_model_pretrained": False,
-              "timm_pool": "map", "timm_proj": "none"}
-    text = {"context_length": cfg.context_length, "vocab_size": cfg.vocab_size, "width": cfg.text_width,
-            "heads": cfg.text_heads, "layers": cfg.text_layers, "mlp_ratio": cfg.text_mlp_ratio,
-            "no_causal_mask": True, "proj_bias": True, "pool_type": "last", "norm_kwargs": {"eps": cfg.norm_eps}}
-    return _with_trunk_overrides(
-        lambda: open_clip.model.CustomTextCLIP(cfg.embed_dim, vision, text, init_logit_scale=cfg.init_logit_scale,
-                                               init_logit_bias=cfg.init_logit_bias),
-        _trunk_overrides(cfg))
 
 
 def _open_clip_from_json(name: str, cfg: SigLIPConfig):
@@ -64,7 +45,7 @@ def _perturb(model: torch.nn.Module) -> None:
 def _pair(cfg: SigLIPConfig, name: str | None = None):
     """open_clip's and vitfast's SigLIP with the same (perturbed, random) weights, loaded strictly."""
     torch.manual_seed(0)
-    ref = (_open_clip_from_json(name, cfg) if name else _open_clip_from_config(cfg)).eval()
+    ref = (_open_clip_from_json(name, cfg) if name else siglip_peer(cfg)).eval()
     _perturb(ref)
     ours = SigLIP(cfg).eval()
     ours.load_state_dict(ref.state_dict(), strict=True)
