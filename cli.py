@@ -194,6 +194,8 @@ def train_command(
     amp_dtype: _Dtype = _AMP_DTYPE,
     grad_accum_steps: int = typer.Option(1, "--grad-accum-steps", callback=_AT_LEAST_1),
     grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing"),
+    fsdp: bool = typer.Option(False, "--fsdp", help="Shard the model, gradients and optimizer state over torchrun's "
+                              "processes with FSDP2 instead of replicating them with DDP."),
     clip_grad: float | None = typer.Option(None, "--clip-grad", callback=_POSITIVE,
                                            help="Clip the gradient norm to this; above 0."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
@@ -253,7 +255,7 @@ def train_command(
     cfg = TrainConfig(
         model=model, data_dir=None if data_dir is None else str(data_dir), output=str(output), epochs=epochs,
         batch_size=batch_size, lr=lr, min_lr=min_lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
-        amp_dtype=amp_dtype.value, grad_accum_steps=grad_accum_steps, grad_checkpointing=grad_checkpointing,
+        amp_dtype=amp_dtype.value, grad_accum_steps=grad_accum_steps, grad_checkpointing=grad_checkpointing, fsdp=fsdp,
         clip_grad=clip_grad, compile=compile, attn_backend=attn_backend.value, resume=resume, seed=seed,
         workers=workers, img_size=img_size, drop_path=drop_path, skip_bad_images=skip_bad_images, quiet=quiet,
         train_data=_str_or_none(train_data), val_data=_str_or_none(val_data), csv_img_key=csv_img_key,

@@ -32,11 +32,12 @@ class CheckpointError(ValueError):
 
 
 def save(model: nn.Module, directory: str | os.PathLike[str], *, max_shard_size: int | str = "5GB",
-         class_names: list[str] | None = None) -> Path:
+         class_names: list[str] | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Save `model` as a model folder (config.json + safetensors weights, sharded past max_shard_size);
     `class_names` (a classifier's label of each output index; default: ``model.class_names``) go into
     config.json as "class_names", and a pretrained model's ``preprocess`` and ``pretrained_from``
-    (vitfast.pretrained) beside them."""
+    (vitfast.pretrained) beside them. `state_dict` replaces ``model.state_dict()`` (a sharded model's
+    gathered weights)."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -51,7 +52,7 @@ def save(model: nn.Module, directory: str | os.PathLike[str], *, max_shard_size:
         if getattr(model, key, None) is not None:
             config[key] = getattr(model, key)
     metadata = {_METADATA_KEY: json.dumps(config)}
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in (state_dict or model.state_dict()).items()}
     limit = parse_size(max_shard_size)
 
     shards: list[dict[str, torch.Tensor]] = [{}]

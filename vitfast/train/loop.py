@@ -42,6 +42,7 @@ from vitfast.checkpoint import CheckpointError, save
 from vitfast.files import atomic_write
 from vitfast.models import check_model_name, model_family, named_config
 from vitfast.runtime import Runtime, amp_dtype_for, autocast, init_runtime
+from vitfast.train import fsdp
 from vitfast.train.tasks import build_task
 
 STATE_NAME = "train_state.pt"
@@ -67,6 +68,7 @@ RESUME_MUST_MATCH = {
     "weight_decay": "--weight-decay", "layer_decay": "--layer-decay", "drop_path": "--drop-path",
     "tokenizer": "--tokenizer", "bpe_path": "--bpe-path", "csv_img_key": "--csv-img-key",
     "csv_caption_key": "--csv-caption-key", "csv_separator": "--csv-separator", "pretrained": "--pretrained",
+    "fsdp": "--fsdp",
 }
 # Flags a resume may change, with what changes (one warning line each). The others change nothing in
 # the result (--workers, --grad-checkpointing, --quiet) or only its rounding (--attn-backend, --compile).
@@ -146,6 +148,7 @@ class TrainConfig:
     amp_dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     grad_accum_steps: int = 1
     grad_checkpointing: bool = False
+    fsdp: bool = False  # shard with FSDP2 (vitfast.train.fsdp) instead of DDP; under torchrun
     clip_grad: float | None = None
     compile: bool = False
     attn_backend: str = "auto"
@@ -408,9 +411,12 @@ def _check_resume_flags(saved: dict, cfg: TrainConfig, start_epoch: int, say: Ca
             say(f"warning: {flag} was {saved[key]!r} in the saved run and is {getattr(cfg, key)!r} now: {effect}.")
 
 
-def _non_finite(model: nn.Module, val: dict) -> list[str]:
-    """What is not finite: validation metrics by name, then the weights (a count of tensors)."""
+def _non_finite(model: nn.Module, val: dict, sharded: bool = False) -> list[str]:
+    """What is not finite: validation metrics by name, then the weights (a count of tensors; under FSDP,
+    whether any rank's shards are not: a collective)."""
     bad = [f"val {k} {v}" for k, v in val.items() if isinstance(v, float) and not math.isfinite(v)]
+    if sharded:
+        return bad if fsdp.all_finite(model) else [*bad, "the sharded weights"]
     tensors = [k for k, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if tensors:
         bad.append(f"{len(tensors)} weight tensor(s) ({tensors[0]}, ...)")
@@ -484,6 +490,12 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
 
     model.to(rt.device)
     model.set_grad_checkpointing(cfg.grad_checkpointing)
+    scalars = None  # under --fsdp: the replicated 0-dim parameters (vitfast.train.fsdp)
+    if cfg.fsdp:
+        if rt.world < 2:
+            raise TrainUsageError("--fsdp shards the model over torchrun's processes; run it under torchrun "
+                                  "--nproc_per_node N with N of 2 or more, or leave --fsdp out.")
+        scalars = fsdp.shard(model, amp)
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
         steps_per_epoch * cfg.epochs, int(cfg.warmup_epochs * steps_per_epoch), cfg.lr, cfg.min_lr))
@@ -496,8 +508,11 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
     pending: dict | None = None  # the training stats of an epoch interrupted in its validation
     if state is not None:
         try:
+            if cfg.fsdp:  # full states keyed by name, saved by any number of processes
+                fsdp.load_full_state(model, optimizer, state["model"], state["optimizer"])
             for name, part in stateful.items():
-                part.load_state_dict(state[name])
+                if not (cfg.fsdp and name in ("model", "optimizer")):
+                    part.load_state_dict(state[name])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"the training state does not fit model {cfg.model} with these flags "
                                   f"({' '.join(str(exc).split())[:200]}).") from None
@@ -508,21 +523,29 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
         say(f"resumed from {cfg.resume} at epoch {start_epoch + 1}, step {start_step}")
 
     ddp_model = model
-    if rt.world > 1:
+    if rt.world > 1 and not cfg.fsdp:
         ddp_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     run_model = torch.compile(ddp_model) if cfg.compile else ddp_model
 
-    def save_model(folder: Path) -> None:
-        save(model, folder, class_names=task.class_names)
+    def save_model(folder: Path, weights: dict | None = None) -> None:
+        save(model, folder, class_names=task.class_names, state_dict=weights)
         task.save_extra(folder)
+
+    def full_weights() -> dict | None:
+        """Under --fsdp the gathered weights (a collective: every rank calls it), else None."""
+        return fsdp.full_model_state(model) if cfg.fsdp else None
 
     def save_checkpoint(epoch: int, step_in_epoch: int, stats: dict | None = None) -> None:
         saved_at[:] = [epoch, step_in_epoch]
+        weights = full_weights()
+        optimizer_state = fsdp.full_optimizer_state(model, optimizer) if cfg.fsdp else None
         if not rt.is_main:
             return
-        save_model(output)
-        state = {name: part.state_dict() for name, part in stateful.items()}
+        save_model(output, weights)
+        state = {name: part.state_dict() for name, part in stateful.items() if name not in ("model", "optimizer")}
+        state |= {"model": weights if cfg.fsdp else model.state_dict(),
+                  "optimizer": optimizer_state if cfg.fsdp else optimizer.state_dict()}
         state |= {"epoch": epoch, "step_in_epoch": step_in_epoch, "rng": _rng_state(), "config": asdict(cfg),
                   "best": best}
         if stats is not None:
@@ -572,11 +595,12 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
                     sampler.set_epoch(epoch, skip=position["step"] * cfg.grad_accum_steps * cfg.batch_size)
                     enter("train", epoch)
                     stats = _train_epoch(task, run_model, model, loader, optimizer, scheduler, scaler, cfg, rt, amp,
-                                         epoch, position, steps_per_epoch, progress_factory, kept)
+                                         epoch, position, steps_per_epoch, progress_factory, kept, scalars)
                     position["step"] = steps_per_epoch
                 enter("val", epoch)
-                val = task.evaluate(rt.device, amp, stop_validation)
-                bad = _non_finite(model, val)
+                with fsdp.root_gathered(model) if cfg.fsdp else contextlib.nullcontext():
+                    val = task.evaluate(rt.device, amp, stop_validation)
+                bad = _non_finite(model, val, cfg.fsdp)
                 if bad:
                     raise TrainingError(f"epoch {epoch + 1} diverged ({', '.join(bad)} not finite): stopped without "
                                         f"saving, so {kept()}. {_RESTART}")
@@ -584,8 +608,9 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
                 key = task.best_key(val)
                 if best is None or not key or key > tuple(best["key"]):  # (): nothing measured, the last is best
                     best = {"epoch": epoch + 1, "key": list(key), "summary": task.summary(val)}
+                    weights = full_weights()
                     if rt.is_main:
-                        save_model(output / BEST_DIR)
+                        save_model(output / BEST_DIR, weights)
                 save_checkpoint(epoch + 1, 0)
                 if rt.is_main:
                     with open(output / METRICS_NAME, "a") as f:
@@ -607,7 +632,7 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
         done = position["step"]
         if done == 0:
             where = f"the end of epoch {epoch + 1}"  # saved before the stop
-        elif _non_finite(model, {}):
+        elif _non_finite(model, {}, cfg.fsdp):
             raise TrainingError(f"{signal.Signals(signum).name} in epoch {epoch + 1}, but the weights are not "
                                 f"finite: nothing was saved, so {kept()}. {_RESTART}") from None
         else:
@@ -634,7 +659,7 @@ def _any_rank(flag: bool, rt: Runtime) -> bool:
 
 def _train_epoch(task, run_model, model, loader, optimizer, scheduler, scaler, cfg: TrainConfig, rt: Runtime,
                  amp: torch.dtype | None, epoch: int, position: dict, steps: int, progress_factory,
-                 kept: Callable[[], str]) -> dict:
+                 kept: Callable[[], str], scalars: list[nn.Parameter] | None = None) -> dict:
     run_model.train()
     optimizer.zero_grad(set_to_none=True)  # an epoch whose last batches were all unreadable left some
     accum = cfg.grad_accum_steps
@@ -654,8 +679,12 @@ def _train_epoch(task, run_model, model, loader, optimizer, scheduler, scaler, c
                 tick = time.perf_counter()
                 continue
             images, labels = images.to(rt.device, non_blocking=True), labels.to(rt.device, non_blocking=True)
-            # Under DDP, gradients are all-reduced only on the micro-batch that ends a step.
-            sync = contextlib.nullcontext() if micro == accum - 1 or rt.world == 1 else run_model.no_sync()
+            # Under DDP, gradients are all-reduced only on the micro-batch that ends a step; FSDP reduce-scatters
+            # them only then.
+            last = micro == accum - 1
+            if scalars is not None:
+                fsdp.set_gradient_sync(model, last)
+            sync = contextlib.nullcontext() if last or rt.world == 1 or scalars is not None else run_model.no_sync()
             with sync, autocast(rt.device, amp):
                 loss = task.loss(run_model, images, labels)
                 scaler.scale(loss / accum).backward()
@@ -671,9 +700,14 @@ def _train_epoch(task, run_model, model, loader, optimizer, scheduler, scaler, c
             if micro < accum:
                 continue
             micro = 0
+            if scalars is not None:
+                fsdp.sync_scalar_grads(scalars, rt.world)
             if cfg.clip_grad is not None:
                 scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                if scalars is not None:
+                    fsdp.clip_grad_norm(model, cfg.clip_grad)
+                else:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
             scaler.step(optimizer)
             scaler.update()
             task.after_step()
