@@ -146,3 +146,13 @@ def test_cli_eval_and_fine_tune_a_hub_siglip(offline, tmp_path):
     assert torch.equal(load_tokenizer(tmp_path / "ft")(TEXTS), _open_clip_tokenizer()(TEXTS))
     again = json.loads(_vitfast("eval", "--model-dir", str(tmp_path / "ft"), "-j", "0", "--json", "-q").stdout)
     assert "zeroshot_top1" in again
+
+
+def test_open_clip_name_and_tag_reach_the_hub(offline):
+    """ViT-B-16-SigLIP with open_clip's tag names open_clip's repo (absent from this offline cache: one line)."""
+    from vitfast.hub import HubError
+
+    with pytest.raises(HubError, match="timm/ViT-B-16-SigLIP .*HF_HUB_OFFLINE"):
+        vitfast.create_model("ViT-B-16-SigLIP", pretrained="webli")
+    with pytest.raises(ValueError, match="unknown pretrained tag 'laion'"):
+        vitfast.create_model("ViT-B-16-SigLIP", pretrained="laion")

@@ -453,8 +453,8 @@ def resolve(name: str, pretrained: str | bool | None = True, revision: str | Non
     if entry["source"] == "timm":
         return read_repo(hub_files(entry["hub"], revision), layout="timm", model=base, published=entry)
     result = read_repo(hub_files(entry["hub"], revision), layout="open_clip", model=base,
-                       quick_gelu=named_config(base)[1].quick_gelu, published=entry)
-    if entry.get("quick_gelu") and not result.config.quick_gelu:
+                       quick_gelu=getattr(named_config(base)[1], "quick_gelu", None), published=entry)
+    if entry.get("quick_gelu") and not getattr(result.config, "quick_gelu", True):
         message = (f"{base} with {tag!r} weights: these were trained with QuickGELU but {base} uses GELU, as "
                    f"open_clip builds it; use {base}-quickgelu for the activation they were trained with.")
         warnings.warn(message, stacklevel=2)
