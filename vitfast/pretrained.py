@@ -27,6 +27,9 @@ _HEAD_KEYS = {"vit": ("head.weight", "head.bias"), "swin": ("head.fc.weight", "h
 # Fields whose change the weights can follow (the adaptations above); any other shape field must match.
 _ADAPTABLE = {"vit": {"num_classes", "img_size"}, "swin": {"num_classes", "img_size", "window_size"},
               "clip": {"image_size"}, "siglip": {"image_size"}}
+# The two-tower models' image position embeddings, which another image_size resamples, and their prefix tokens:
+# open_clip's rule for CLIP's (behind the class token), timm's for SigLIP's class-token-free trunk.
+_POS_EMBED = {"clip": ("visual.positional_embedding", 1), "siglip": ("visual.trunk.pos_embed", 0)}
 # Fields that never change the weights.
 _FREE = {"attn_backend", "drop_rate", "drop_path_rate", "weight_init"}
 
@@ -70,13 +73,13 @@ def from_pretrained(source: Pretrained, **overrides) -> nn.Module:
     if new_head:
         for key in _HEAD_KEYS[family]:
             state.pop(key, None)
-    if family == "clip" and config.image_size != base.image_size:
+    if family in _POS_EMBED and config.image_size != base.image_size:
+        key, prefix = _POS_EMBED[family]
         grid = config.image_size // config.patch_size
-        pe = state["visual.positional_embedding"]
-        state["visual.positional_embedding"] = resample_pos_embed(pe[None], (grid, grid), 1)[0]  # open_clip's rule
-    if family == "siglip" and config.image_size != base.image_size:  # timm's rule for its class-token-free trunk
-        grid = config.image_size // config.patch_size
-        state["visual.trunk.pos_embed"] = resample_pos_embed(state["visual.trunk.pos_embed"], (grid, grid), 0)
+        pe = state[key]
+        batched = pe.dim() == 3  # timm's (1, N, C); open_clip's CLIP keeps (N, C)
+        resampled = resample_pos_embed(pe if batched else pe[None], (grid, grid), prefix)
+        state[key] = resampled if batched else resampled[0]
     if new_head:
         model = models.build_model(family, models.build_config(family, dataclasses.asdict(config)))
         kept = {k: v for k, v in model.state_dict().items() if k in _HEAD_KEYS[family]}

@@ -118,6 +118,14 @@ def _text_list(texts: str | Sequence[str]) -> list[str]:
     return list(texts)
 
 
+def _id_row(ids: Sequence[int] | torch.Tensor) -> list[int]:
+    """One row of ids as a list; TypeError for anything else (a batch, floats)."""
+    ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+    if any(not isinstance(i, int) for i in ids):
+        raise TypeError("decode takes one row of integer ids; decode a batch row by row.")
+    return ids
+
+
 class ClipTokenizer:
     """Texts to CLIP token ids: ``[<|startoftext|>] + BPE ids + [<|endoftext|>]``, zero padded.
 
@@ -169,9 +177,7 @@ class ClipTokenizer:
 
         Words come back separated by spaces, as CLIP's decoder gives them (``"hello , world !"``).
         """
-        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
-        if any(not isinstance(i, int) for i in ids):
-            raise TypeError("decode takes one row of integer ids; decode a batch row by row.")
+        ids = _id_row(ids)
         if self.eot_token_id in ids:
             ids = ids[: ids.index(self.eot_token_id)]
         return self._tokenizer.decode(ids, skip_special_tokens=True).strip()
@@ -204,8 +210,6 @@ class ClipTokenizer:
             return cls(tokenizer, tokenizer.truncation["max_length"])
         except ValueError as e:  # no special tokens, or a context length below 2
             raise TokenizerError(f"{path}: {e}") from None
-
-
 
 
 def _merge_pairs(merges: Iterable[str | Sequence[str]]) -> list[tuple[str, ...]]:
@@ -431,9 +435,7 @@ class SiglipTokenizer:
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
         """Text of one row of ids, special tokens (the end and the padding) left out."""
-        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
-        if any(not isinstance(i, int) for i in ids):
-            raise TypeError("decode takes one row of integer ids; decode a batch row by row.")
+        ids = _id_row(ids)
         return self._tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     def save(self, path: str | os.PathLike[str]) -> Path:

@@ -343,14 +343,10 @@ def _read_open_clip_siglip(files: Files, config: dict, model_cfg: dict, model: s
                            f"{vconfig.norm_eps}; vitfast's SigLIP uses one epsilon for both towers.")
     vconfig = dataclasses.replace(vconfig, **changes)
     preprocess = preprocess_from_open_clip(vconfig.image_size, config.get("preprocess_cfg"))
-    tokenizer = None
-    if files.get("tokenizer.json") is not None:
-        for name in ("tokenizer_config.json", "special_tokens_map.json"):
-            files.get(name)
-        try:
-            tokenizer = read_siglip_tokenizer(_folder(files), vconfig.context_length)
-        except TokenizerError as exc:
-            raise ConvertError(f"{files.where}: {exc}") from None
+    try:
+        tokenizer = _siglip_tokenizer(files, vconfig.context_length)
+    except TokenizerError as exc:
+        raise ConvertError(f"{files.where}: {exc}") from None
     return Pretrained("siglip", vconfig, state, "open_clip", files.where, _folder(files),
                       model_name=model or matched, preprocess=preprocess, tokenizer=tokenizer)
 
@@ -374,11 +370,9 @@ def _read_transformers(files: Files, config: dict) -> Pretrained:
         for name in HF_TOKENIZER_FILES:
             files.get(name)
         tokenizer = _hf_tokenizer(files, vconfig.context_length)
-    elif family == "siglip" and files.get("tokenizer.json") is not None:
-        for name in ("tokenizer_config.json", "special_tokens_map.json"):
-            files.get(name)
+    elif family == "siglip":
         try:
-            tokenizer = read_siglip_tokenizer(_folder(files), vconfig.context_length)
+            tokenizer = _siglip_tokenizer(files, vconfig.context_length)
         except TokenizerError:
             tokenizer = None
     return Pretrained(family, vconfig, vstate, "hf", files.where, _folder(files), preprocess=preprocess,
@@ -395,6 +389,15 @@ def _hf_tokenizer(files: Files, context_length: int) -> ClipTokenizer | None:
         return read_hf_tokenizer(folder, context_length)
     except TokenizerError:
         return None
+
+
+def _siglip_tokenizer(files: Files, context_length: int) -> SiglipTokenizer | None:
+    """The repo's own tokenizer.json with the configs naming its special tokens (None without one)."""
+    if files.get("tokenizer.json") is None:
+        return None
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        files.get(name)
+    return read_siglip_tokenizer(_folder(files), context_length)
 
 
 def repo_tokenizer(pretrained: Pretrained, bpe_path=None) -> ClipTokenizer | SiglipTokenizer:

@@ -27,6 +27,12 @@ _NO_SIGLIP_TOKENIZER = ("no tokenizer was written: a SigLIP's tokenizer comes on
                         "tokenizer.json (or the repo folder) with --tokenizer")
 
 
+def _warning(warning: str | None, family: str, tokenizer) -> str | None:
+    """The report's warning: what the source left open, and that a SigLIP got no tokenizer."""
+    missing = _NO_SIGLIP_TOKENIZER if family == "siglip" and tokenizer is None else None
+    return "; ".join(filter(None, [warning, missing])) or None
+
+
 def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, source: str = "auto",
             model: str | None = None, dtype: str | None = None, max_shard_size: int | str = "5GB",
             tokenizer: str | os.PathLike[str] | None = None, force: bool = False, verify: bool = True,
@@ -74,9 +80,7 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, source:
         if family in ("clip", "siglip"):
             write_tokenizer(tmp, config, tokenizer, family)
     report = {"source": source, "family": family, "model_name": name, "tensors": len(state), "output": str(dst)}
-    if family == "siglip" and tokenizer is None:
-        report["warning"] = "; ".join(filter(None, [warning, _NO_SIGLIP_TOKENIZER]))
-        warning = None
+    warning = _warning(warning, family, tokenizer)
     if warning:
         report["warning"] = warning
     if verify:
@@ -104,17 +108,19 @@ def convert_hub(src: str, dst: str | os.PathLike[str], *, revision: str | None =
     net.model_name = pretrained.model_name
     net.preprocess, net.class_names, net.pretrained_from = (pretrained.preprocess, pretrained.class_names,
                                                             pretrained.info())
-    if family == "clip" and tokenizer is None or family == "siglip" and tokenizer is None and pretrained.tokenizer:
+    if tokenizer is None and family == "clip":
         tokenizer = repo_tokenizer(pretrained)
+    elif tokenizer is None and family == "siglip":
+        tokenizer = pretrained.tokenizer  # the repo's own; without one, the report says none was written
     with staged(dst, force) as tmp:
         save(net, tmp, max_shard_size=max_shard_size)
         if family in ("clip", "siglip"):
             write_tokenizer(tmp, config, tokenizer, family)
     report = {"source": f"{pretrained.source} ({pretrained.where})", "family": family,
               "model_name": pretrained.model_name, "tensors": len(pretrained.state), "output": str(dst)}
-    if pretrained.warning or family == "siglip" and tokenizer is None:
-        report["warning"] = "; ".join(filter(None, [pretrained.warning,
-                                                    _NO_SIGLIP_TOKENIZER if tokenizer is None else None]))
+    warning = _warning(pretrained.warning, family, tokenizer)
+    if warning:
+        report["warning"] = warning
     if verify:
         report["max_abs_diff"] = (_verify_against_transformers(pretrained.folder, dst, family, config)
                                   if pretrained.source == "hf" else _verify_against_source(dst, family, config,
@@ -147,6 +153,17 @@ def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
 
 
+def _image_and_text(config, family: str, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two random images and texts of the full context: a CLIP's end with its end token (the last id) and hold
+    no other, so that every implementation pools at the same place; a SigLIP reads the last position anyway."""
+    image = torch.randn(2, config.in_chans, config.image_size, config.image_size, generator=g)
+    if family == "siglip":
+        return image, torch.randint(0, config.vocab_size, (2, config.context_length), generator=g)
+    text = torch.randint(0, config.vocab_size - 1, (2, config.context_length), generator=g)
+    text[:, -1] = config.vocab_size - 1
+    return image, text
+
+
 def _verify_against_source(dst: Path, family: str, config, state: dict[str, torch.Tensor]) -> float | None:
     """Max |vitfast − timm or open_clip| with `state` loaded into both."""
     ours = load(dst, attn_backend="eager").float().eval()
@@ -158,15 +175,8 @@ def _verify_against_source(dst: Path, family: str, config, state: dict[str, torc
     reference.load_state_dict(state, strict=True)
     reference = reference.float().eval()
     with torch.no_grad():
-        if family == "siglip":  # both read the last position: any ids of the full context length
-            image = torch.randn(2, config.in_chans, config.image_size, config.image_size, generator=g)
-            text = torch.randint(0, config.vocab_size, (2, config.context_length), generator=g)
-            return max(_diff(ours.encode_image(image), reference.encode_image(image)),
-                       _diff(ours.encode_text(text), reference.encode_text(text)))
-        if family == "clip":
-            image = torch.randn(2, config.in_chans, config.image_size, config.image_size, generator=g)
-            text = torch.randint(0, config.vocab_size - 2, (2, config.context_length), generator=g)
-            text[:, -1] = config.vocab_size - 1  # the end token, so both pool at the same place
+        if family in ("clip", "siglip"):
+            image, text = _image_and_text(config, family, g)
             return max(_diff(ours.encode_image(image), reference.encode_image(image)),
                        _diff(ours.encode_text(text), reference.encode_text(text)))
         image = torch.randn(2, config.in_chans, config.img_size, config.img_size, generator=g)
@@ -183,18 +193,10 @@ def _verify_against_transformers(src: Path, dst: Path, family: str, config) -> f
     ours = load(dst, attn_backend="eager").float().eval()
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        if family == "clip":
-            reference = transformers.CLIPModel.from_pretrained(src).float().eval()
-            image = torch.randn(2, config.in_chans, config.image_size, config.image_size, generator=g)
-            text = torch.randint(0, config.vocab_size - 1, (2, config.context_length), generator=g)
-            text[:, -1] = config.vocab_size - 1
-            out = reference(input_ids=text, pixel_values=image)
-            return max(_diff(ours.encode_image(image, normalize=True), out.image_embeds),
-                       _diff(ours.encode_text(text, normalize=True), out.text_embeds))
-        if family == "siglip":  # both read the last position: any ids of the full context length
-            reference = transformers.SiglipModel.from_pretrained(src).float().eval()
-            image = torch.randn(2, config.in_chans, config.image_size, config.image_size, generator=g)
-            text = torch.randint(0, config.vocab_size, (2, config.context_length), generator=g)
+        if family in ("clip", "siglip"):
+            cls = transformers.CLIPModel if family == "clip" else transformers.SiglipModel
+            reference = cls.from_pretrained(src).float().eval()
+            image, text = _image_and_text(config, family, g)
             out = reference(input_ids=text, pixel_values=image)
             return max(_diff(ours.encode_image(image, normalize=True), out.image_embeds),
                        _diff(ours.encode_text(text, normalize=True), out.text_embeds))

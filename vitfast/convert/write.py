@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+
 from vitfast.convert.infer import ConvertError
 from vitfast.files import staging_dir
 from vitfast.models import build_config, build_model
@@ -98,11 +99,14 @@ def write_tokenizer(folder: Path, config, tokenizer: ClipTokenizer | SiglipToken
             if not Path(tokenizer).exists():
                 raise ConvertError(f"--tokenizer {tokenizer} does not exist; pass the SigLIP's tokenizer.json or "
                                    "the folder holding it.")
-            path = Path(tokenizer)
             try:
-                tokenizer = read_siglip_tokenizer(path if path.is_dir() else path.parent, config.context_length)
+                found = read_siglip_tokenizer(tokenizer, config.context_length)  # a tokenizer.json or its folder
             except TokenizerError as exc:
                 raise ConvertError(str(exc)) from None
+            if found is None:
+                raise ConvertError(f"--tokenizer {tokenizer} holds no tokenizer.json; pass the SigLIP's tokenizer.json "
+                                   "or the folder holding it.")
+            tokenizer = found
         if tokenizer.vocab_size > config.vocab_size:
             raise ConvertError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model {config.vocab_size}.")
         if isinstance(tokenizer, SiglipTokenizer) and tokenizer.context_length != config.context_length:

@@ -77,11 +77,6 @@ def root_gathered(model: nn.Module) -> Iterator[None]:
         model.reshard()
 
 
-def set_gradient_sync(model: nn.Module, enabled: bool) -> None:
-    """Reduce-scatter gradients on this backward (the micro-batch that ends a step) or keep accumulating."""
-    model.set_requires_gradient_sync(enabled)
-
-
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 

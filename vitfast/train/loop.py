@@ -500,7 +500,6 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
         steps_per_epoch * cfg.epochs, int(cfg.warmup_epochs * steps_per_epoch), cfg.lr, cfg.min_lr))
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-    stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
 
     start_epoch, start_step = 0, 0
     saved_at: list[int] = []  # [epoch, step] of the last checkpoint in output
@@ -510,9 +509,11 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
         try:
             if cfg.fsdp:  # full states keyed by name, saved by any number of processes
                 fsdp.load_full_state(model, optimizer, state["model"], state["optimizer"])
-            for name, part in stateful.items():
-                if not (cfg.fsdp and name in ("model", "optimizer")):
-                    part.load_state_dict(state[name])
+            else:
+                model.load_state_dict(state["model"])
+                optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"the training state does not fit model {cfg.model} with these flags "
                                   f"({' '.join(str(exc).split())[:200]}).") from None
@@ -528,13 +529,13 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
             model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     run_model = torch.compile(ddp_model) if cfg.compile else ddp_model
 
-    def save_model(folder: Path, weights: dict | None = None) -> None:
+    def save_model(folder: Path, weights: dict) -> None:
         save(model, folder, class_names=task.class_names, state_dict=weights)
         task.save_extra(folder)
 
-    def full_weights() -> dict | None:
-        """Under --fsdp the gathered weights (a collective: every rank calls it), else None."""
-        return fsdp.full_model_state(model) if cfg.fsdp else None
+    def full_weights() -> dict:
+        """The model's state dict; under --fsdp gathered from the shards (a collective: every rank calls it)."""
+        return fsdp.full_model_state(model) if cfg.fsdp else model.state_dict()
 
     def save_checkpoint(epoch: int, step_in_epoch: int, stats: dict | None = None) -> None:
         saved_at[:] = [epoch, step_in_epoch]
@@ -543,9 +544,8 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
         if not rt.is_main:
             return
         save_model(output, weights)
-        state = {name: part.state_dict() for name, part in stateful.items() if name not in ("model", "optimizer")}
-        state |= {"model": weights if cfg.fsdp else model.state_dict(),
-                  "optimizer": optimizer_state if cfg.fsdp else optimizer.state_dict()}
+        state = {"model": weights, "optimizer": optimizer_state or optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}
         state |= {"epoch": epoch, "step_in_epoch": step_in_epoch, "rng": _rng_state(), "config": asdict(cfg),
                   "best": best}
         if stats is not None:
@@ -682,9 +682,9 @@ def _train_epoch(task, run_model, model, loader, optimizer, scheduler, scaler, c
             # Under DDP, gradients are all-reduced only on the micro-batch that ends a step; FSDP reduce-scatters
             # them only then.
             last = micro == accum - 1
-            if scalars is not None:
-                fsdp.set_gradient_sync(model, last)
-            sync = contextlib.nullcontext() if last or rt.world == 1 or scalars is not None else run_model.no_sync()
+            if cfg.fsdp:
+                model.set_requires_gradient_sync(last)
+            sync = contextlib.nullcontext() if last or rt.world == 1 or cfg.fsdp else run_model.no_sync()
             with sync, autocast(rt.device, amp):
                 loss = task.loss(run_model, images, labels)
                 scaler.scale(loss / accum).backward()
@@ -700,11 +700,11 @@ def _train_epoch(task, run_model, model, loader, optimizer, scheduler, scaler, c
             if micro < accum:
                 continue
             micro = 0
-            if scalars is not None:
+            if cfg.fsdp:
                 fsdp.sync_scalar_grads(scalars, rt.world)
             if cfg.clip_grad is not None:
                 scaler.unscale_(optimizer)
-                if scalars is not None:
+                if cfg.fsdp:
                     fsdp.clip_grad_norm(model, cfg.clip_grad)
                 else:
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
