@@ -195,7 +195,14 @@ def train_command(
     grad_accum_steps: int = typer.Option(1, "--grad-accum-steps", callback=_AT_LEAST_1),
     grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing"),
     fsdp: bool = typer.Option(False, "--fsdp", help="Shard the model, gradients and optimizer state over torchrun's "
-                              "processes with FSDP2 instead of replicating them with DDP."),
+                              "processes with FSDP2 instead of replicating them with DDP (saves distributed "
+                              "checkpoints)."),
+    dcp: bool = typer.Option(False, "--dcp", help="Save the training state as distributed checkpoints (every "
+                             "process writes its part into OUTPUT/train_state/), as --fsdp always does; a resume "
+                             "on another number of processes reads either kind."),
+    keep_checkpoints: int = typer.Option(1, "--keep-checkpoints", callback=_AT_LEAST_1,
+                                         help="Distributed checkpoints to keep in OUTPUT/train_state/, newest "
+                                         "first."),
     clip_grad: float | None = typer.Option(None, "--clip-grad", callback=_POSITIVE,
                                            help="Clip the gradient norm to this; above 0."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
@@ -256,6 +263,7 @@ def train_command(
         model=model, data_dir=None if data_dir is None else str(data_dir), output=str(output), epochs=epochs,
         batch_size=batch_size, lr=lr, min_lr=min_lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
         amp_dtype=amp_dtype.value, grad_accum_steps=grad_accum_steps, grad_checkpointing=grad_checkpointing, fsdp=fsdp,
+        dcp=dcp, keep_checkpoints=keep_checkpoints,
         clip_grad=clip_grad, compile=compile, attn_backend=attn_backend.value, resume=resume, seed=seed,
         workers=workers, img_size=img_size, drop_path=drop_path, skip_bad_images=skip_bad_images, quiet=quiet,
         train_data=_str_or_none(train_data), val_data=_str_or_none(val_data), csv_img_key=csv_img_key,

@@ -95,10 +95,11 @@ class Runtime:
         return self.rank == 0
 
 
-def init_runtime() -> Runtime:
-    """One process, or one of torchrun's: NCCL on CUDA, gloo on CPU."""
+def init_runtime(group: bool = False) -> Runtime:
+    """One process, or one of torchrun's: NCCL on CUDA, gloo on CPU. With `group`, one process alone gets a
+    process group of its own too (a one-rank group in memory), for what needs one at any size (FSDP)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
+    if world > 1 or group:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if torch.cuda.is_available():
             torch.cuda.set_device(local)
@@ -106,6 +107,10 @@ def init_runtime() -> Runtime:
         else:
             device = torch.device("cpu")
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            if world > 1:
+                dist.init_process_group(backend)
+            else:
+                dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
         return Runtime(device, dist.get_rank(), world)
     return Runtime(default_device())

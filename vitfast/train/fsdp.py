@@ -12,9 +12,10 @@ and gradients are reduce-scattered. What the trainer needs beside that lives her
   as DDP would.
 - **Mixed precision**: with ``--amp-dtype`` bf16/fp16 the parameters are cast to it for compute and the
   gradients reduced in float32 (FSDP2's ``MixedPrecisionPolicy``); the master weights stay float32.
-- **Full state**: the model folder and ``train_state.pt`` hold gathered, unsharded tensors (collectives:
-  every rank calls :func:`full_model_state` / :func:`full_optimizer_state`, rank 0 writes), keyed by
-  parameter name, so a run saved by N processes resumes on M.
+- **State**: the model folder holds gathered, unsharded tensors (a collective: every rank calls
+  :func:`full_model_state`, rank 0 writes), so ``eval``, ``convert`` and ``load`` read it as any other;
+  the training state is a distributed checkpoint of the shards (vitfast.train.state), which a run on
+  another number of processes reads back.
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
-                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from vitfast.models import model_family
@@ -44,13 +44,18 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     return [*model.visual.trunk.blocks, *model.text.transformer.resblocks]  # siglip
 
 
-def shard(model: nn.Module, amp: torch.dtype | None) -> list[nn.Parameter]:
-    """Shard `model` in place over the default process group; returns its replicated 0-dim parameters."""
+def shard(model: nn.Module, amp: torch.dtype | None, device: torch.device) -> list[nn.Parameter]:
+    """Shard `model` (on the CPU) in place over the default process group and onto `device`; returns its
+    replicated 0-dim parameters. ``fully_shard`` moves each unit's parameters and buffers to the process
+    group's device as it shards them, one block at a time, so the whole model never sits on the device."""
     policy = MixedPrecisionPolicy(param_dtype=amp, reduce_dtype=torch.float32) if amp else MixedPrecisionPolicy()
     for block in transformer_blocks(model):
         fully_shard(block, mp_policy=policy)
     scalars = [p for p in model.parameters() if p.dim() == 0]
     fully_shard(model, mp_policy=policy, ignored_params=set(scalars))
+    with torch.no_grad():
+        for p in scalars:  # FSDP leaves what it ignores where it was
+            p.data = p.data.to(device)
     return scalars
 
 
@@ -83,19 +88,6 @@ _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The unsharded state dict on the CPU (rank 0's is complete; a collective: every rank calls it)."""
     return get_model_state_dict(model, options=_FULL)
-
-
-def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """The unsharded optimizer state, keyed by parameter name (a collective: every rank calls it)."""
-    return get_optimizer_state_dict(model, optimizer, options=_FULL)
-
-
-def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optimizer_state: dict):
-    """Load states saved by full_model_state / full_optimizer_state, by any number of processes, into the
-    sharded `model` and `optimizer` (every rank holds the full state and keeps its own shard)."""
-    options = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(model, model_state, options=options)
-    set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
 
 
 def all_finite(model: nn.Module) -> bool:

@@ -7,7 +7,11 @@ with an uninterrupted single-process one:
   DistributedSampler splits it (one process is world size 1 of the same scheme);
 - each sample's augmentation is seeded by (seed, epoch, index), whatever worker or rank loads it;
 - the checkpoint's training state holds the model, optimizer, scheduler, scaler, position (epoch
-  and step within it) and the RNG states.
+  and step within it) and every rank's RNG states (vitfast.train.state: one file, or a distributed
+  checkpoint that loads on another number of processes);
+- what a step sees is a contiguous slice of the epoch's permutation, whatever the number of processes,
+  so a resume on another world size at the same global batch (processes × --batch-size) continues the
+  same data order.
 
 What was saved is never lost or made worse: before any save the weights (and, at an epoch's end, the
 validation metrics) must be finite, or the run stops and leaves the last good files as they were;
@@ -28,7 +32,7 @@ import re
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -39,20 +43,20 @@ import torch.nn as nn
 
 from vitfast import data as vdata
 from vitfast.checkpoint import CheckpointError, save
-from vitfast.files import atomic_write
 from vitfast.models import check_model_name, model_family, named_config
 from vitfast.runtime import Runtime, amp_dtype_for, autocast, init_runtime
 from vitfast.train import fsdp
+from vitfast.train import state as saved_state
+from vitfast.train.state import SHARDED_DIR, STATE_NAME
 from vitfast.train.tasks import build_task
 
-STATE_NAME = "train_state.pt"
 METRICS_NAME = "metrics.jsonl"
 ARGS_NAME = "train_args.json"
 BEST_DIR = "best"
 # What `vitfast train` writes into --output (and, the model files, into best/): all --overwrite removes.
 MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors",
                "tokenizer.json")
-RUN_FILES = (STATE_NAME, METRICS_NAME, ARGS_NAME)
+RUN_FILES = (STATE_NAME, METRICS_NAME, ARGS_NAME)  # and the distributed checkpoints in SHARDED_DIR/
 # For the signal tests (tests/bad_inputs/test_train_safety.py): when this variable names a file, the
 # loop writes "train E" or "val E" into it as each phase of epoch E starts, so a test can send its
 # signal in the phase it means. Nothing else reads it.
@@ -60,9 +64,10 @@ PHASE_FILE_ENV = "VITFAST_PHASE_FILE"
 
 # Flags a resume must repeat: each changes what the saved state means (the data order, the model's
 # shapes, the schedule the optimizer state was built on) or is silently overridden by it (the
-# optimizer's learning rates and weight decay come from the state).
+# optimizer's learning rates and weight decay come from the state). --batch-size too, on the same number
+# of processes; on another, the global batch (processes × --batch-size) is kept (_resume_batch_size).
 RESUME_MUST_MATCH = {
-    "model": "--model", "data_dir": "--data-dir", "train_data": "--train-data", "batch_size": "--batch-size",
+    "model": "--model", "data_dir": "--data-dir", "train_data": "--train-data",
     "grad_accum_steps": "--grad-accum-steps", "img_size": "--img-size", "scale": "the crop scale",
     "seed": "--seed", "lr": "--lr", "min_lr": "--min-lr", "warmup_epochs": "--warmup-epochs",
     "weight_decay": "--weight-decay", "layer_decay": "--layer-decay", "drop_path": "--drop-path",
@@ -71,7 +76,8 @@ RESUME_MUST_MATCH = {
     "fsdp": "--fsdp",
 }
 # Flags a resume may change, with what changes (one warning line each). The others change nothing in
-# the result (--workers, --grad-checkpointing, --quiet) or only its rounding (--attn-backend, --compile).
+# the result (--workers, --grad-checkpointing, --quiet, --dcp, --keep-checkpoints) or only its rounding
+# (--attn-backend, --compile).
 RESUME_MAY_CHANGE = {
     "amp_dtype": ("--amp-dtype", "the numerics change from here on"),
     "clip_grad": ("--clip-grad", "gradient clipping changes from here on"),
@@ -149,6 +155,8 @@ class TrainConfig:
     grad_accum_steps: int = 1
     grad_checkpointing: bool = False
     fsdp: bool = False  # shard with FSDP2 (vitfast.train.fsdp) instead of DDP; under torchrun
+    dcp: bool = False  # save the training state as distributed checkpoints (always with fsdp); vitfast.train.state
+    keep_checkpoints: int = 1  # distributed checkpoints kept in output/train_state/, newest first
     clip_grad: float | None = None
     compile: bool = False
     attn_backend: str = "auto"
@@ -209,6 +217,7 @@ class TrainConfig:
                                       "image-text model (open_clip has no layer decay): leave --layer-decay out.")
         for flag, value, low in (("--epochs", self.epochs, 1), ("--batch-size", self.batch_size, 1),
                                  ("--grad-accum-steps", self.grad_accum_steps, 1), ("--workers", self.workers, 0),
+                                 ("--keep-checkpoints", self.keep_checkpoints, 1),
                                  ("--img-size", self.img_size, 1)):
             if value is not None and value < low:
                 raise TrainUsageError(f"{flag} must be at least {low}; got {value}.")
@@ -330,50 +339,17 @@ def warmup_cosine(total_steps: int, warmup_steps: int, lr: float, min_lr: float)
 # --------------------------------------------------------------------------------------------------
 
 
-def _rng_state() -> dict:
-    # numpy's state is a tuple holding an array; stored as a tensor so weights_only loading accepts it.
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    numpy_state = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
-                   "has_gauss": has_gauss, "gauss": gauss}
-    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def read_train_state(resume: str, output: Path) -> dict:
-    """The training state --resume names: a checkpoint folder or its train_state.pt, or "latest" (in --output)."""
-    path = output if resume == "latest" else Path(resume)
-    if path.is_dir():
-        path = path / STATE_NAME
-    if not path.is_file():
-        where = f"in {output} (--output)" if resume == "latest" else f"at {resume}"
-        raise CheckpointError(f"no training state {where}: expected {STATE_NAME} from an earlier `vitfast train`.")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, foreign pickle, ...
-        raise CheckpointError(f"cannot read the training state {path} ({type(exc).__name__}: {exc}). "
-                              "It may be corrupt; resume from another checkpoint or start afresh.") from None
-
-
 def _run_files(folder: Path) -> list[str]:
     """The files of a training run in `folder` (what a fresh run would replace)."""
     names = [STATE_NAME, METRICS_NAME, "config.json", "model.safetensors", "model.safetensors.index.json",
              f"{BEST_DIR}/config.json"]
-    return [name for name in names if (folder / name).is_file()]
+    return [name for name in names if (folder / name).is_file()] + \
+        ([f"{SHARDED_DIR}/"] if (folder / SHARDED_DIR).is_dir() else [])
 
 
 def _remove_run(folder: Path) -> None:
     """--overwrite: remove what `vitfast train` wrote into `folder` and its best/, nothing else."""
+    saved_state.remove_all(folder)
     for where in (folder / BEST_DIR, folder):
         for pattern in MODEL_FILES + (RUN_FILES if where == folder else ()):
             for path in where.glob(pattern):
@@ -395,7 +371,10 @@ def _check_resume_flags(saved: dict, cfg: TrainConfig, start_epoch: int, say: Ca
     for key, flag in RESUME_MUST_MATCH.items():
         old, new = saved.get(key, getattr(cfg, key)), getattr(cfg, key)
         if not same(key, old, new):
-            again = f"pass {flag} {old} again" if old is not None else f"leave {flag} out"
+            if isinstance(old, bool):
+                again = f"pass {flag} again" if old else f"leave {flag} out"
+            else:
+                again = f"pass {flag} {old} again" if old is not None else f"leave {flag} out"
             raise TrainUsageError(
                 f"{flag} was {old!r} in the saved run and is {new!r} now; a resume must repeat it (the saved "
                 f"state was built on it): {again}, or start a new run with --overwrite or another --output.")
@@ -409,6 +388,29 @@ def _check_resume_flags(saved: dict, cfg: TrainConfig, start_epoch: int, say: Ca
     for key, (flag, effect) in RESUME_MAY_CHANGE.items():
         if key in saved and saved[key] != getattr(cfg, key):
             say(f"warning: {flag} was {saved[key]!r} in the saved run and is {getattr(cfg, key)!r} now: {effect}.")
+
+
+def _resume_batch_size(saved: dict, cfg: TrainConfig, world: int, say: Callable[[str], None]) -> int:
+    """The --batch-size a resume runs at: the saved one on the same number of processes; on another, the one
+    that keeps the saved global batch (processes × --batch-size), so that every step sees the same samples
+    and the schedule the same step count (a preempted job resumed on fewer or more GPUs)."""
+    old, old_world = saved["config"]["batch_size"], saved.get("world", world)
+    if old_world == world:
+        if old != cfg.batch_size:
+            raise TrainUsageError(
+                f"--batch-size was {old} in the saved run and is {cfg.batch_size} now; a resume must repeat it (the "
+                f"saved state was built on it): pass --batch-size {old} again, or start a new run with --overwrite or "
+                "another --output.")
+        return old
+    total = old * old_world
+    if total % world:
+        raise TrainUsageError(f"the saved run's global batch is {total} ({old_world} process(es) × --batch-size "
+                              f"{old}), which {world} processes cannot split evenly; resume on a number of processes "
+                              f"that divides {total}.")
+    say(f"resuming a run of {old_world} process(es) on {world}: --batch-size {total // world} per process keeps its "
+        f"global batch of {total} and its data order" + (f" (not {cfg.batch_size} as passed)"
+                                                         if cfg.batch_size != total // world else ""))
+    return total // world
 
 
 def _non_finite(model: nn.Module, val: dict, sharded: bool = False) -> list[str]:
@@ -465,7 +467,7 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
     if existing and not cfg.resume and not cfg.overwrite:
         raise TrainUsageError(f"{output} already holds a training run ({', '.join(existing)}); pass --resume latest "
                               "to continue it, --overwrite to replace it, or another --output.")
-    rt = init_runtime()
+    rt = init_runtime(group=cfg.fsdp)
     amp = amp_dtype_for(cfg.amp_dtype, rt.device)
 
     torch.manual_seed(cfg.seed)
@@ -473,9 +475,11 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
     random.seed(cfg.seed)
 
     say = log if rt.is_main else (lambda msg: None)  # messages every rank would repeat: rank 0 says them
-    state = read_train_state(cfg.resume, output) if cfg.resume else None
+    found = saved_state.find(cfg.resume, output) if cfg.resume else None
+    state = found.meta if found else None
     if state is not None and "config" in state:
         _check_resume_flags(state["config"], cfg, state["epoch"], say)
+        cfg = replace(cfg, batch_size=_resume_batch_size(state, cfg, rt.world, say))
     task = build_task(cfg, rt, output, say)
     model = task.model
     train_set = vdata.SeededAugment(task.train_set, cfg.seed)
@@ -488,14 +492,12 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
                               f"batch size {cfg.batch_size} × {rt.world} process(es) × "
                               f"{cfg.grad_accum_steps} accumulation steps. Lower --batch-size.")
 
-    model.to(rt.device)
     model.set_grad_checkpointing(cfg.grad_checkpointing)
     scalars = None  # under --fsdp: the replicated 0-dim parameters (vitfast.train.fsdp)
-    if cfg.fsdp:
-        if rt.world < 2:
-            raise TrainUsageError("--fsdp shards the model over torchrun's processes; run it under torchrun "
-                                  "--nproc_per_node N with N of 2 or more, or leave --fsdp out.")
-        scalars = fsdp.shard(model, amp)
+    if cfg.fsdp:  # each block moves to the device as it is sharded: no rank ever holds the whole model there
+        scalars = fsdp.shard(model, amp, rt.device)
+    else:
+        model.to(rt.device)
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
         steps_per_epoch * cfg.epochs, int(cfg.warmup_epochs * steps_per_epoch), cfg.lr, cfg.min_lr))
@@ -505,22 +507,18 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
     saved_at: list[int] = []  # [epoch, step] of the last checkpoint in output
     best: dict | None = None  # {"epoch", "key", "summary"} of best/
     pending: dict | None = None  # the training stats of an epoch interrupted in its validation
+    serial = 0  # of the last distributed checkpoint (vitfast.train.state)
     if state is not None:
         try:
-            if cfg.fsdp:  # full states keyed by name, saved by any number of processes
-                fsdp.load_full_state(model, optimizer, state["model"], state["optimizer"])
-            else:
-                model.load_state_dict(state["model"])
-                optimizer.load_state_dict(state["optimizer"])
+            saved_state.restore(found, model, optimizer, rt.rank)
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"the training state does not fit model {cfg.model} with these flags "
                                   f"({' '.join(str(exc).split())[:200]}).") from None
         start_epoch, start_step = state["epoch"], state["step_in_epoch"]
-        best, pending = state.get("best"), state.get("pending_stats")
+        best, pending, serial = state.get("best"), state.get("pending_stats"), state.get("serial", 0)
         saved_at[:] = [start_epoch, start_step]
-        _set_rng_state(state["rng"])
         say(f"resumed from {cfg.resume} at epoch {start_epoch + 1}, step {start_step}")
 
     ddp_model = model
@@ -538,19 +536,25 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
         return fsdp.full_model_state(model) if cfg.fsdp else model.state_dict()
 
     def save_checkpoint(epoch: int, step_in_epoch: int, stats: dict | None = None) -> None:
+        """The model folder (rank 0, gathered) and the training state: one file from rank 0, or a distributed
+        checkpoint every rank writes its part of (collectives: every rank calls this)."""
+        nonlocal serial
         saved_at[:] = [epoch, step_in_epoch]
         weights = full_weights()
-        optimizer_state = fsdp.full_optimizer_state(model, optimizer) if cfg.fsdp else None
-        if not rt.is_main:
-            return
-        save_model(output, weights)
-        state = {"model": weights, "optimizer": optimizer_state or optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}
-        state |= {"epoch": epoch, "step_in_epoch": step_in_epoch, "rng": _rng_state(), "config": asdict(cfg),
-                  "best": best}
+        if rt.is_main:
+            save_model(output, weights)
+        serial += 1
+        meta = {"scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                "step_in_epoch": step_in_epoch, "config": asdict(cfg), "world": rt.world, "serial": serial,
+                "best": best}
         if stats is not None:
-            state["pending_stats"] = stats
-        atomic_write(output / STATE_NAME, lambda p: torch.save(state, p))
+            meta["pending_stats"] = stats
+        if cfg.fsdp or cfg.dcp:
+            saved_state.save_sharded(output, model, optimizer, meta, rt.rank, cfg.keep_checkpoints)
+            return
+        rngs = saved_state.all_rng_states(rt.world)
+        if rt.is_main:
+            saved_state.save_full(output, weights, optimizer.state_dict(), meta, rngs)
 
     def kept() -> str:
         if not saved_at:
@@ -642,7 +646,7 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
         raise Interrupted(f"{signal.Signals(signum).name}: saved a checkpoint at {where} in {output}", output,
                           signum) from None
     finally:
-        if rt.world > 1 and dist.is_initialized():
+        if dist.is_initialized():  # torchrun's group, or the one-rank group --fsdp made for one process
             del run_model, ddp_model  # DDP's reducer holds collective state: release it before the group
             dist.destroy_process_group()
     return metrics
