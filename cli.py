@@ -735,6 +735,8 @@ def bench_model_command(
                                      help="Comma-separated vitfast attention backends: triton, sdpa, eager."),
     compare: str | None = typer.Option(None, "--compare", help="Also time the same architecture in timm (ViT, "
                                        "Swin) or open_clip (CLIP), comma-separated."),
+    accelerate: bool = typer.Option(False, "--accelerate", help="Also time the --compare library's own model "
+                                    "patched by vitfast.accelerate (the Triton kernels in place: needs CUDA)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile each model."),
     retry: bool = typer.Option(True, "--retry/--no-retry", help="On out of memory, halve the batch and retry."),
     device: str = _BENCH_DEVICE,
@@ -758,7 +760,7 @@ def bench_model_command(
     _bench(lambda: plan(name=model, modes=_modes(mode, MODEL_MODES), backends=_csv(attn_backend, "--attn-backend"),
                         batch=batch_size, img_size=img_size, amp_dtype=amp_dtype.value,
                         compare=[] if compare is None else _csv(compare, "--compare"), compile=compile,
-                        retry_smaller=retry, device=device, warmup=warmup, rep=rep),
+                        retry_smaller=retry, device=device, warmup=warmup, rep=rep, accelerate=accelerate),
            quiet, tf32=tf32, json_path=json_path, plot_path=plot_path)
 
 

@@ -1,6 +1,6 @@
 """vitfast: vision transformers (ViT, Swin, CLIP) on fused Triton kernels.
 
-The four functions below (``create_model`` with ``pretrained=`` loads published weights) load on first
+The names below (``create_model`` with ``pretrained=`` loads published weights) load on first
 use (PEP 562), so that importing a torch-free module such as
 ``vitfast.choices`` (all that `vitfast --help` needs) does not import torch.
 """
@@ -8,9 +8,12 @@ use (PEP 562), so that importing a torch-free module such as
 import importlib
 
 __version__ = "0.1.0"
-__all__ = ["create_model", "list_models", "load", "save"]
+__all__ = ["ClipLoss", "SigLipLoss", "accelerate", "accelerate_loss", "accelerate_report", "create_model",
+           "list_models", "load", "restore", "save"]
 _HOME = {"create_model": "vitfast.pretrained", "list_models": "vitfast.models", "load": "vitfast.checkpoint",
-         "save": "vitfast.checkpoint"}
+         "save": "vitfast.checkpoint", "accelerate": "vitfast.patching", "restore": "vitfast.patching",
+         "accelerate_report": "vitfast.patching", "accelerate_loss": "vitfast.losses", "ClipLoss": "vitfast.losses",
+         "SigLipLoss": "vitfast.losses"}
 
 
 def __getattr__(name: str):

@@ -72,6 +72,26 @@ def test_sweep_beside_timm_on_cpu():
     assert bm.speedups(rows, "timm")[rows.index(by["train", "timm"])] == 1.0
 
 
+def test_accelerate_rows_beside_the_peers(monkeypatch):
+    """--accelerate: a row per peer for its own model patched by vitfast.accelerate (Triton: on a CPU the row says
+    it needs CUDA); its measurement patches the peer's model, which then runs the kernels (the interpreter here)."""
+    pytest.importorskip("timm")
+    rows = bm.bench_model(name="vit_micro_patch4_32", modes=["infer"], backends=["sdpa"], batch=1, device=CPU,
+                          compare=["timm"], accelerate=True, warmup=0, rep=1)
+    assert [r.label for r in rows] == ["sdpa", "timm", "timm+vitfast"]
+    assert rows[1].ok and rows[2].status == TRITON_NEEDS_CUDA
+    patched = []
+    real = bm.patching.accelerate
+    monkeypatch.setattr(bm.patching, "accelerate", lambda model, **kw: patched.append(kw) or real(model, **kw))
+    family, config = bm.model_config("vit_micro_patch4_32")
+    step_ms, peak, state, params = bm._measure_step(family, config, "timm+vitfast", "infer", 1, CPU, "fp32", False, 0,
+                                                    1)
+    assert patched == [{"backend": "triton"}] and step_ms > 0 and params == rows[1].params
+    with pytest.raises(ValueError, match="--accelerate times the --compare library's model"):
+        bm.validate_model_bench(name="vit_micro_patch4_32", modes=["infer"], backends=["sdpa"], compare=[], batch=1,
+                                img_size=None, amp_dtype="fp32", accelerate=True)
+
+
 def test_clip_trains_beside_open_clip():
     pytest.importorskip("open_clip")
     rows = bm.bench_model(name="clip_tiny", modes=["train"], backends=["eager"], batch=4, device=CPU,

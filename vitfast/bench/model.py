@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vitfast import patching
 from vitfast.bench import report
 from vitfast.bench.harness import OUT_OF_MEMORY, TRITON_NEEDS_CUDA, defaults_for, run_guarded, time_and_peak
 from vitfast.bench.sweep import ATTENTION_IMPLS, StatusRow, Sweep, run_grid
@@ -40,10 +41,12 @@ from vitfast.runtime import DTYPES, autocast, default_dtype_name, resolve_device
 MODES = MODEL_MODES
 BACKENDS = ATTENTION_IMPLS
 COMPARE = ("timm", "open_clip")
+ACCELERATED = "+vitfast"  # a peer library's model patched by vitfast.accelerate: "timm+vitfast"
 
 FIELDS = {
     "model": "the vitfast model name",
-    "impl": "vitfast, or the peer library (timm for ViT/Swin, open_clip for CLIP) with the same architecture",
+    "impl": "vitfast, or the peer library (timm for ViT/Swin, open_clip for CLIP) with the same architecture, or "
+            "that peer's model patched by vitfast.accelerate (timm+vitfast, open_clip+vitfast)",
     "backend": "vitfast's attention backend (triton, sdpa, eager); for a peer, the library's own attention",
     "mode": "infer: forward under inference_mode; train: forward, loss, backward, SGD step, zero_grad",
     "batch": "the batch that ran (smaller than requested_batch after an out-of-memory retry)",
@@ -164,7 +167,8 @@ def model_config(name: str, img_size: int | None = None, backend: str | None = N
 
 
 def validate_model_bench(*, name: str, modes: Sequence[str], backends: Sequence[str], compare: Sequence[str],
-                         batch: int, img_size: int | None, amp_dtype: str, **_: object) -> None:
+                         batch: int, img_size: int | None, amp_dtype: str, accelerate: bool = False,
+                         **_: object) -> None:
     """Raise ValueError naming the first bad argument, before anything is built or timed."""
     model_config(name, img_size)  # unknown names and impossible sizes
     for mode in modes:
@@ -176,6 +180,9 @@ def validate_model_bench(*, name: str, modes: Sequence[str], backends: Sequence[
     for peer in compare:
         if peer not in COMPARE:
             raise ValueError(f"unknown --compare {peer!r}; choose timm (ViT, Swin) or open_clip (CLIP).")
+    if accelerate and not compare:
+        raise ValueError("--accelerate times the --compare library's model patched by vitfast.accelerate: add "
+                         "--compare timm (ViT, Swin) or --compare open_clip (CLIP).")
     if batch < 1:
         raise ValueError(f"--batch-size must be at least 1; got {batch}.")
     if amp_dtype not in DTYPES:
@@ -185,10 +192,12 @@ def validate_model_bench(*, name: str, modes: Sequence[str], backends: Sequence[
 def bench_model(*, name: str, modes: Sequence[str], backends: Sequence[str], batch: int, device: torch.device,
                 img_size: int | None = None, amp_dtype: str = "fp32", compare: Sequence[str] = (),
                 compile: bool = False, warmup: int = 1, rep: int = 3, retry_smaller: bool = False,
-                on_row: Callable[[ModelBenchRow], None] | None = None) -> list[ModelBenchRow]:
-    """One row per (mode, vitfast backend), then per (mode, peer library) in `compare`."""
+                accelerate: bool = False, on_row: Callable[[ModelBenchRow], None] | None = None
+                ) -> list[ModelBenchRow]:
+    """One row per (mode, vitfast backend), then per (mode, peer library) in `compare`, then with `accelerate`
+    per (mode, peer library's model patched by vitfast.accelerate with the Triton kernels)."""
     validate_model_bench(name=name, modes=modes, backends=backends, compare=compare, batch=batch,
-                         img_size=img_size, amp_dtype=amp_dtype)
+                         img_size=img_size, amp_dtype=amp_dtype, accelerate=accelerate)
 
     def run_case(mode: str, name: str, impl_backend: tuple[str, str]) -> ModelBenchRow:
         impl, backend = impl_backend
@@ -202,10 +211,12 @@ def bench_model(*, name: str, modes: Sequence[str], backends: Sequence[str], bat
             params = _param_count(name, img_size) if impl == "vitfast" else None
             return ModelBenchRow(batch=batch, status=status, params=params, **base)
 
-        if impl == "vitfast" and backend == "triton" and device.type != "cuda":
+        library = impl.removesuffix(ACCELERATED)
+        if backend == "triton" and device.type != "cuda":
             return not_run(TRITON_NEEDS_CUDA, batch)
-        if impl != "vitfast" and PEERS[family] != impl:
-            return not_run(f"skipped: {impl} has no {family} model; compare a {family} with {PEERS[family]}", batch)
+        if impl != "vitfast" and PEERS[family] != library:
+            return not_run(f"skipped: {library} has no {family} model; compare a {family} with {PEERS[family]}",
+                           batch)
         tried = batch
         while True:
             measured, status = run_guarded(
@@ -216,7 +227,7 @@ def bench_model(*, name: str, modes: Sequence[str], backends: Sequence[str], bat
             tried //= 2
         if measured is None:
             if impl != "vitfast" and status.startswith(("error: ImportError", "error: ModuleNotFoundError")):
-                status = f"skipped: {impl} is not installed"
+                status = f"skipped: {library} is not installed"
             return not_run(status, tried)
         step_ms, peak, state, params = measured
         return ModelBenchRow(batch=tried, samples_per_s=tried / (step_ms * 1e-3), step_ms=step_ms,
@@ -224,6 +235,7 @@ def bench_model(*, name: str, modes: Sequence[str], backends: Sequence[str], bat
                              tflops=flops * tried / (step_ms * 1e-3) / 1e12, status="ok", **base)
 
     impls = [("vitfast", b) for b in backends] + [(peer, peer) for peer in compare]
+    impls += [(peer + ACCELERATED, "triton") for peer in compare] if accelerate else []
     return run_grid(modes, [name], impls, run_case, on_row)
 
 
@@ -242,6 +254,8 @@ def _measure_step(family: str, config, impl: str, mode: str, batch: int, device:
     if compile:  # each case compiles a new model: start from empty caches, not the last case's guards
         torch._dynamo.reset()
     model = (build_model(family, config) if impl == "vitfast" else peer_model(family, config)).to(device)
+    if impl.endswith(ACCELERATED):  # the peer's own model with vitfast's kernels in place
+        patching.accelerate(model, backend="triton")
     amp = DTYPES[amp_dtype]
     step = make_step(family, config, model, mode, batch, device, None if amp == torch.float32 else amp, compile)
     # At least one warm-up step (time_and_peak's rule), as SGD allocates its momentum on the first step.
@@ -344,7 +358,8 @@ def model_sweep(params: dict[str, object], **labels: object) -> ModelSweep:
     :class:`~vitfast.bench.sweep.Sweep` (title)."""
     shape = f"{params['name']} B={params['batch']} {params['amp_dtype']}"
     shape += " compiled" if params.get("compile") else ""
-    cases = len(params["modes"]) * (len(params["backends"]) + len(params["compare"]))
+    accelerated = len(params["compare"]) if params.get("accelerate") else 0
+    cases = len(params["modes"]) * (len(params["backends"]) + len(params["compare"]) + accelerated)
     return ModelSweep(name=f"model_{params['name']}", label="model", bench=bench_model, params=params,
                       benchmark="model", fields=FIELDS, cases=cases, shape=shape,
                       baselines=(*params["compare"], "sdpa"), **labels)
@@ -353,7 +368,7 @@ def model_sweep(params: dict[str, object], **labels: object) -> ModelSweep:
 def plan(*, name: str, modes: Sequence[str] = MODES, backends: Sequence[str] = BACKENDS, batch: int | None = None,
          img_size: int | None = None, amp_dtype: str = AUTO, compare: Sequence[str] = (), compile: bool = False,
          retry_smaller: bool = True, device: str = AUTO, warmup: int | None = None,
-         rep: int | None = None) -> ModelSweep:
+         rep: int | None = None, accelerate: bool = False) -> ModelSweep:
     """`vitfast bench model`: the sweep its flags ask for, with device and dtype names resolved and unset
     values the device's defaults. Raises ValueError naming the first bad argument."""
     dev = resolve_device(device)
@@ -361,6 +376,7 @@ def plan(*, name: str, modes: Sequence[str] = MODES, backends: Sequence[str] = B
     params = dict(name=name, modes=list(modes), backends=list(backends),
                   batch=defaults.model_batch if batch is None else batch, img_size=img_size,
                   amp_dtype=default_dtype_name(dev) if amp_dtype == AUTO else amp_dtype, compare=list(compare),
-                  compile=compile, **defaults.timing(warmup, rep), retry_smaller=retry_smaller, device=dev)
+                  compile=compile, **defaults.timing(warmup, rep), retry_smaller=retry_smaller, device=dev,
+                  accelerate=accelerate)
     validate_model_bench(**params)
     return model_sweep(params)
