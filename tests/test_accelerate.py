@@ -117,6 +117,14 @@ def test_what_cannot_be_served_is_left_and_reported(caplog):
     assert "head dim 10" in vitfast.accelerate_report(model).left[0][1]
     assert "qk_norm" in vitfast.accelerate_report(qk).left[0][1]
     assert "left blocks.0.attn" in caplog.text
+    # timm has other classes named Attention, each with its own forward: named in the report, never patched
+    from timm.models.metaformer import Attention as MetaFormerAttention
+
+    other = torch.nn.Sequential(MetaFormerAttention(dim=64, head_dim=32))
+    vitfast.accelerate(other)
+    assert vitfast.accelerate_report(other).left == [
+        ("0", "timm.models.metaformer.Attention: an attention vitfast does not know")]
+    assert "forward" not in other[0].__dict__
     x = torch.randn(1, 3, 32, 32)
     reference = copy.deepcopy(qk)
     vitfast.restore(reference)

@@ -97,7 +97,7 @@ def accelerate_loss(loss: nn.Module, *, backend: str = "auto") -> nn.Module:
     """vitfast's equivalent of open_clip's `loss` (a ClipLoss or SigLipLoss, its settings kept), or `loss` itself
     where vitfast has none (another loss, or ClipLoss(local_loss=True, gather_with_grad=False) across ranks)."""
     name = type(loss).__name__
-    if type(loss).__module__.split(".")[0] != "open_clip" or name not in ("ClipLoss", "SigLipLoss"):
+    if type(loss).__module__ != "open_clip.loss" or name not in ("ClipLoss", "SigLipLoss"):
         return loss
     try:
         if name == "ClipLoss":

@@ -5,7 +5,8 @@ What it patches (each module's own parameters are read where they are: nothing i
 re-registered, so ``state_dict()`` keys and values stay as they were, and timm's and open_clip's savers and
 loaders keep working):
 
-- timm's ``Attention`` (ViT, DeiT, BEiT-less ViT variants: the packed ``qkv`` Linear, ``proj``) →
+- timm's ``Attention`` (timm.layers.attention: ViT, DeiT and the other VisionTransformer variants; the packed
+  ``qkv`` Linear, ``proj``) →
   ``vitfast.kernels.packed_attention`` on the qkv projection as it is;
 - timm's ``SwinTransformerBlock`` → ``vitfast.kernels.window_attention``: the block's roll, pad, partition,
   shift mask and reverse, and its attention's bias table and qkv bias, in one fused call;
@@ -61,10 +62,17 @@ class Report:
         return "\n".join(lines)
 
 
-def _peer(module: nn.Module, package: str, name: str) -> bool:
-    """Whether `module` is `package`'s class `name` (by its module path: timm and open_clip stay optional)."""
-    cls = type(module)
-    return cls.__name__ == name and cls.__module__.split(".")[0] == package
+# The classes served, by (module path, class name): timm and open_clip stay optional, and only these exact
+# classes (timm has a dozen other classes named Attention, each with its own forward).
+TIMM_ATTENTION = {("timm.layers.attention", "Attention"), ("timm.models.vision_transformer", "Attention")}
+TIMM_SWIN_BLOCK = {("timm.models.swin_transformer", "SwinTransformerBlock")}
+TIMM_WINDOW_ATTENTION = {("timm.models.swin_transformer", "WindowAttention")}
+OPEN_CLIP_BLOCK = {("open_clip.transformer", "ResidualAttentionBlock")}
+OPEN_CLIP_LOSSES = {("open_clip.loss", "ClipLoss"), ("open_clip.loss", "SigLipLoss")}
+
+
+def _is(module: nn.Module, classes: set[tuple[str, str]]) -> bool:
+    return (type(module).__module__, type(module).__name__) in classes
 
 
 # ----------------------------------------------------------------------------------------------- timm ViT
@@ -108,7 +116,7 @@ def _timm_swin_attn(self, x: torch.Tensor) -> torch.Tensor:
 
 def _timm_swin_left(block: nn.Module) -> str | None:
     attn = block.attn
-    if not _peer(attn, "timm", "WindowAttention"):
+    if not _is(attn, TIMM_WINDOW_ATTENTION):
         return f"its attention is {type(attn).__name__}, not timm's WindowAttention"
     head_dim = attn.qkv.out_features // 3 // attn.num_heads
     if head_dim not in HEAD_DIMS:
@@ -190,28 +198,28 @@ def accelerate(model: nn.Module, *, attention: bool = True, window_attention: bo
     left is logged once and kept: ``accelerate_report(model)``."""
     if backend not in ATTENTION_BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(ATTENTION_BACKENDS)}; got {backend!r}.")
-    if _peer(model, "open_clip", "ClipLoss") or _peer(model, "open_clip", "SigLipLoss"):
+    if _is(model, OPEN_CLIP_LOSSES):
         return accelerate_loss(model, backend=_loss_backend(backend)) if loss else model
     restore(model)
     result = Report()
     masks = _towers(model) if attention else {}
     for name, module in list(model.named_modules()):
         name = name or type(model).__name__
-        if attention and _peer(module, "timm", "Attention"):
+        if attention and _is(module, TIMM_ATTENTION):
             why = _timm_attention_left(module)
             if why is None:
                 _patch(module, "forward", _timm_attention_forward, backend)
                 result.patched.append((name, "packed_attention"))
             else:
                 result.left.append((name, why))
-        elif window_attention and _peer(module, "timm", "SwinTransformerBlock"):
+        elif window_attention and _is(module, TIMM_SWIN_BLOCK):
             why = _timm_swin_left(module)
             if why is None:
                 _patch(module, "_attn", _timm_swin_attn, backend)
                 result.patched.append((name, "window_attention"))
             else:
                 result.left.append((name, why))
-        elif attention and _peer(module, "open_clip", "ResidualAttentionBlock"):
+        elif attention and _is(module, OPEN_CLIP_BLOCK):
             why = _open_clip_left(module, masks.get(id(module)))
             if why is None:
                 _patch(module, "attention", _open_clip_attention, backend)
@@ -228,19 +236,19 @@ def accelerate(model: nn.Module, *, attention: bool = True, window_attention: bo
     return model
 
 
-_KNOWN = {("timm", "Attention"), ("timm", "WindowAttention"), ("open_clip", "ResidualAttentionBlock")}
+_KNOWN = TIMM_ATTENTION | TIMM_SWIN_BLOCK | TIMM_WINDOW_ATTENTION | OPEN_CLIP_BLOCK
 
 
 def _unknown_attention(module: nn.Module) -> bool:
     """A timm or open_clip attention module of a kind accelerate does not patch (named in the report)."""
     cls = type(module)
     package = cls.__module__.split(".")[0]
-    return package in ("timm", "open_clip") and "Attention" in cls.__name__ and (package, cls.__name__) not in _KNOWN
+    return package in ("timm", "open_clip") and "Attention" in cls.__name__ and not _is(module, _KNOWN)
 
 
 def _replace_losses(model: nn.Module, result: Report, backend: str, prefix: str = "") -> None:
     for name, child in list(model.named_children()):
-        if _peer(child, "open_clip", "ClipLoss") or _peer(child, "open_clip", "SigLipLoss"):
+        if _is(child, OPEN_CLIP_LOSSES):
             new = accelerate_loss(child, backend=_loss_backend(backend))
             if new is child:
                 result.left.append((prefix + name, "these settings have no vitfast equivalent (see vitfast.losses)"))
