@@ -53,11 +53,18 @@ def _timm_vit(**kw):
     return VisionTransformer(**{"patch_size": 8, "depth": 2, "num_classes": 10, **kw})
 
 
+def _timm_named(name: str, **kw):
+    import timm
+
+    return timm.create_model(name, **kw)
+
+
 @pytest.mark.parametrize("build, img_size", [
     (lambda: _peer("vit_micro_patch4_32", drop_path_rate=0.0, img_size=16), 16),  # vitfast's twin in timm
     (lambda: _timm_vit(img_size=24, embed_dim=64, num_heads=4, class_token=False, global_pool="avg"), 24),
     (lambda: _timm_vit(img_size=40, embed_dim=96, num_heads=3, reg_tokens=2, no_embed_class=True), 40),
-], ids=["micro", "no-class-token-head-dim-16", "registers-head-dim-32"])
+    (lambda: _timm_named("deit_tiny_patch16_224", img_size=48, depth=3), 48),
+], ids=["micro", "no-class-token-head-dim-16", "registers-head-dim-32", "deit-tiny-at-48"])
 def test_timm_vit(build, img_size):
     torch.manual_seed(0)
     model = build()
