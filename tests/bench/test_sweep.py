@@ -63,6 +63,6 @@ def test_plans_record_the_commands_parameters_in_order():
     with pytest.raises(ValueError, match="needs a memory limit"):
         clip_loss.plan(batch_sizes=[64], dim=16, device="cpu", max_batch=True)
     sweep = model.plan(name="vit_micro_patch4_32", device="cpu")
-    assert list(sweep.params) == ["name", "modes", "backends", "batch", "img_size", "amp_dtype", "compare", "compile",
-                                  "warmup", "rep", "retry_smaller", "device"]
+    assert list(sweep.params) == ["name", "modes", "backends", "batch", "img_size", "amp_dtype", "compare",
+                                  "accelerate", "compile", "warmup", "rep", "retry_smaller", "device"]
     assert (sweep.params["batch"], sweep.shape) == (8, "vit_micro_patch4_32 B=8 fp32")  # the CPU's batch and dtype

@@ -376,7 +376,7 @@ def plan(*, name: str, modes: Sequence[str] = MODES, backends: Sequence[str] = B
     params = dict(name=name, modes=list(modes), backends=list(backends),
                   batch=defaults.model_batch if batch is None else batch, img_size=img_size,
                   amp_dtype=default_dtype_name(dev) if amp_dtype == AUTO else amp_dtype, compare=list(compare),
-                  compile=compile, **defaults.timing(warmup, rep), retry_smaller=retry_smaller, device=dev,
-                  accelerate=accelerate)
+                  accelerate=accelerate, compile=compile, **defaults.timing(warmup, rep), retry_smaller=retry_smaller,
+                  device=dev)
     validate_model_bench(**params)
     return model_sweep(params)
