@@ -125,12 +125,12 @@ def poisoned_outputs(monkeypatch):
         (2, 7, 7, 7, 3),  # map = window: no shift
         (2, 14, 14, 7, 3),
         (1, 28, 28, 7, 0),
-        (1, 60, 60, 7, 3),  # padded to 63
+        (1, 18, 18, 7, 3),  # padded to 21: the last 3 rows and columns, as a 60×60 map's padding to 63
         (2, 12, 20, 7, 3),  # non-square, padded
         (2, 5, 11, 7, 3),  # window shrinks to 5×7, shift (0, 3)
-        (1, 24, 36, 12, 6),  # three tiles per window
+        (1, 24, 24, 12, 6),  # three tiles per window
         (1, 30, 17, 12, 6),  # three tiles, padded
-        (3, 9, 16, 4, 2),
+        (2, 9, 16, 4, 2),  # small windows, 12 to an image
         (2, 13, 10, (5, 3), (2, 1)),  # non-square window
     ],
 )
@@ -162,7 +162,8 @@ def _gpu_window_blocks() -> list[int]:
 @pytest.mark.parametrize("block", _gpu_window_blocks())
 def test_every_gpu_block_size(block, tmp_path, monkeypatch, device):
     """Each block size the GPU tiles use, run here through a table holding only it: a 7×7 window is one
-    64-token tile but two 32-token ones (the multi-tile backward), a 12×12 window three or five."""
+    64-token tile but two 32-token ones (the multi-tile backward), a 12×12 window three or five (on a
+    13×12 map: two windows, shifted along the height, the second padded)."""
     doc = json.loads(tables.tiles_path().read_text())
     for kernel in ("window.fwd", "window.bwd"):
         doc["tiles"][kernel] = [{"families": [*arch.FAMILIES, "interpreter"], "dtype": "any", "max_head_dim": None,
@@ -172,7 +173,7 @@ def test_every_gpu_block_size(block, tmp_path, monkeypatch, device):
     monkeypatch.setenv(tables.TILES_ENV, str(path))
     dispatch.reset()
     try:
-        for height, width, window, shift in ((9, 11, 7, 3), (13, 13, 12, 6)):
+        for height, width, window, shift in ((9, 11, 7, 3), (13, 12, 12, 6)):
             qkv, table, bias, dout = _case(1, height, width, 2, 32, window, torch.float32, device, height + block)
             assert_matches_oracle(qkv, table, bias, dout, num_heads=2, window_size=window, shift_size=shift)
     finally:
@@ -182,7 +183,8 @@ def test_every_gpu_block_size(block, tmp_path, monkeypatch, device):
 
 @pytest.mark.parametrize("height, width, window, shift, shrink", _random_geometries(8))
 def test_triton_random_geometries(height, width, window, shift, shrink, device):
-    qkv, table, bias, dout = _case(2, height, width, 2, 16, window, torch.float32, device, height * 31 + width)
+    # One image: these cases vary the geometry (up to 40 windows); the batch is every other test's.
+    qkv, table, bias, dout = _case(1, height, width, 2, 16, window, torch.float32, device, height * 31 + width)
     assert_matches_oracle(qkv, table, bias, dout, num_heads=2, window_size=window, shift_size=shift,
                           shrink_window=shrink)
 
@@ -208,28 +210,39 @@ def test_triton_reads_strided_inputs_and_fixed_windows(device):
     qkv = wide[..., : 3 * heads * 32]  # channel stride 1, row strides of the wide tensor
     dout = dout.transpose(1, 2).contiguous().transpose(1, 2)[..., : heads * 32]  # a transposed, sliced view
     assert not qkv.is_contiguous() and not dout.is_contiguous()
-    for shrink in (True, False):
-        assert_matches_oracle(qkv, table[:, :heads], bias[: 3 * heads * 32], dout, num_heads=heads,
-                              window_size=7, shift_size=3, shrink_window=shrink)
+    # Fixed windows (shrink_window=False); on this 10×13 map, larger than the window both ways, the
+    # default (shrink_window=True) gives the same geometry, so one run covers both.
+    assert_matches_oracle(qkv, table[:, :heads], bias[: 3 * heads * 32], dout, num_heads=heads,
+                          window_size=7, shift_size=3, shrink_window=False)
 
 
-@pytest.mark.parametrize("chunks", [2, 3, 7])
-def test_triton_backward_sums_chunks(chunks, monkeypatch, device):
+@pytest.mark.parametrize("window, height, width", [(7, 9, 15), (12, 13, 12)])
+def test_triton_backward_sums_chunks(window, height, width, monkeypatch, device):
     # On a GPU the backward splits the (image, window) items into chunks (backward_chunks); each
-    # chunk's bias and qkv_bias gradients are partial sums, and a chunk may span two images.
-    monkeypatch.setattr(sa, "backward_chunks", lambda items, heads, sm_count: chunks)
-    for window, height, width in ((7, 9, 15), (12, 13, 12)):
-        qkv, table, bias, dout = _case(3, height, width, 2, 32, window, torch.float32, device, window)
-        assert_matches_oracle(qkv, table, bias, dout, num_heads=2, window_size=window, shift_size=window // 2)
+    # chunk's bias and qkv_bias gradients are partial sums, and a chunk may span two images. The chunk
+    # count changes only the backward, so one forward (and one oracle) serves 2, 3 and 7 chunks of the
+    # 3 images' items (6 windows each of one tile, or 2 each of three tiles): 2 span images, 3 are whole
+    # images, 7 are 3 items each (window 7) or more than the 6 items (window 12: one each).
+    qkv, table, bias, dout = _case(3, height, width, 2, 32, window, torch.float32, device, window)
+    kw = dict(num_heads=2, window_size=window, shift_size=window // 2)
+    ref = _forward_backward("eager", qkv, table, bias, dout, cast=torch.float64, **kw)
+    eager = _forward_backward("eager", qkv, table, bias, dout, **kw)
+    leaves = [t.detach().clone().requires_grad_() for t in (qkv, table, bias)]
+    out = window_attention(leaves[0], leaves[1], qkv_bias=leaves[2], backend="triton", **kw)
+    for chunks in (2, 3, 7):
+        monkeypatch.setattr(sa, "backward_chunks", lambda items, heads, sm_count, n=chunks: n)
+        grads = torch.autograd.grad(out, leaves, dout, retain_graph=True)
+        oracle.assert_matches_oracle(NAMES, [out, *grads], ref, eager, likes=(dout, qkv, table, bias))
 
 
 @pytest.mark.parametrize("groups", [2, 3])
 def test_triton_forward_splits_heads(groups, monkeypatch, device):
     # A program walks a group of a window's heads; on a GPU with few windows the heads split into
     # groups (forward_head_groups), the last one short when they do not divide evenly (3 heads in 2).
+    # The groups are per program, whatever the batch: the 12×12 window (three tiles) takes one image.
     monkeypatch.setattr(sa, "forward_head_groups", lambda programs, heads, sm_count: groups)
-    for window, height, width in ((7, 9, 15), (12, 13, 12)):
-        qkv, table, bias, dout = _case(2, height, width, 3, 16, window, torch.float32, device, window + groups)
+    for batch, window, height, width in ((2, 7, 9, 15), (1, 12, 13, 12)):
+        qkv, table, bias, dout = _case(batch, height, width, 3, 16, window, torch.float32, device, window + groups)
         assert_matches_oracle(qkv, table, bias, dout, num_heads=3, window_size=window, shift_size=window // 2)
 
 

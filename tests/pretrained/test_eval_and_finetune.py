@@ -5,6 +5,7 @@ size runs; bad names, tags and a missing network are one line each."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,10 @@ import torch
 import torch.nn.functional as F
 from conftest import OPEN_CLIP, REVISION, TAGGED, TIMM_VIT
 from PIL import Image
+from typer.testing import CliRunner
 
 import vitfast
+from vitfast.cli import app
 from vitfast.imagenet import IMAGENET_CLASSNAMES, IMAGENET_SYNSETS, OPENAI_IMAGENET_TEMPLATES
 from vitfast.train import evaluate_folder
 
@@ -39,10 +42,59 @@ def _folder(root: Path, classes: list[str], per_class: int = 2) -> Path:
 
 
 def _vitfast(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "vitfast", *args], capture_output=True, text=True, timeout=600)
+    """`vitfast ARGS` in this process (typer's CliRunner): the `offline` fixture points the environment
+    and huggingface_hub's constants at the test cache, as a fresh process would read them. Tests whose point
+    is a process of its own (a refusal's whole stderr, an unreachable Hub) use `processes` below."""
+    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
     if check:
-        assert result.returncode == 0, result.stderr
-    return result
+        assert result.exit_code == 0, result.stderr
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+
+
+# (args, words of the one error line) of each refusal
+REFUSALS = [
+    (["eval", "--model", "vit_base_patch16_224", "--pretrained", "nope"], ["unknown pretrained tag 'nope'"]),
+    (["eval", "--model", "vit_small_patch16_224", "--pretrained"],
+     ["timm/vit_small_patch16_224.augreg_in21k_ft_in1k", "model.safetensors", "HF_HUB_OFFLINE"]),
+    (["eval"], ["give --model-dir"]),
+    (["train", "--model", "vit_base_patch16_224.augreg2_in21k_ft_in1k"], ["add --pretrained"]),
+    (["convert", "hf-hub:nobody/nothing", "x"], ["nobody/nothing", "config.json"]),
+    (["convert", "hf-hub:bad", "x"], ["is not a Hub repo"]),
+]
+
+
+@pytest.fixture(scope="module")
+def processes(hub, tmp_path_factory):
+    """`python -m vitfast` runs that need a process of their own: each refusal (its whole stderr is one
+    line, as a user sees it) and the two runs against an unreachable Hub (huggingface_hub reads HF_ENDPOINT
+    when imported). They start together, the first time a test asks; each test waits for its own. The
+    unreachable runs spend about 25 s asleep in huggingface_hub's retry back-off, which the others overlap.
+    Returns name -> a function that waits for that run and returns its CompletedProcess."""
+    tmp = tmp_path_factory.mktemp("processes")
+    base = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_HOME")}
+    # as the `offline` fixture sets it for a subprocess
+    offline = {**base, "HF_HUB_CACHE": str(hub["cache"]), "HF_HUB_OFFLINE": "1"}
+    unreachable = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9"}
+    unreachable.pop("HF_HUB_OFFLINE", None)
+    runs = {f"refusal-{i}": (args, offline) for i, (args, _) in enumerate(REFUSALS)}
+    runs["unreachable-empty-cache"] = (["convert", f"hf-hub:{TIMM_VIT}", str(tmp / "empty-out")],
+                                       {**unreachable, "HF_HUB_CACHE": str(tmp / "empty")})
+    runs["unreachable-cached"] = (["convert", f"hf-hub:{TIMM_VIT}", str(tmp / "cached-out"), "--json"],
+                                  {**unreachable, "HF_HUB_CACHE": str(hub["cache"])})
+    started = {name: subprocess.Popen([sys.executable, "-m", "vitfast", *args], env=env, cwd=tmp,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for name, (args, env) in runs.items()}
+
+    def wait(name: str) -> subprocess.CompletedProcess:
+        proc = started[name]
+        stdout, stderr = proc.communicate(timeout=600)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+    yield wait
+    for proc in started.values():  # those a failed or deselected test left running
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 @torch.no_grad()
@@ -151,42 +203,32 @@ def test_cli_clip_from_the_hub_converts_with_clips_bpe_and_evaluates(offline, tm
     assert "zeroshot_top1" in json.loads(out)
 
 
-@pytest.mark.parametrize("args, words", [
-    (["eval", "--model", "vit_base_patch16_224", "--pretrained", "nope"], ["unknown pretrained tag 'nope'"]),
-    (["eval", "--model", "vit_small_patch16_224", "--pretrained"],
-     ["timm/vit_small_patch16_224.augreg_in21k_ft_in1k", "model.safetensors", "HF_HUB_OFFLINE"]),
-    (["eval"], ["give --model-dir"]),
-    (["train", "--model", "vit_base_patch16_224.augreg2_in21k_ft_in1k"], ["add --pretrained"]),
-    (["convert", "hf-hub:nobody/nothing", "x"], ["nobody/nothing", "config.json"]),
-    (["convert", "hf-hub:bad", "x"], ["is not a Hub repo"]),
-])
-def test_cli_refusals_are_one_line(offline, tmp_path, args, words):
-    result = _vitfast(*args, check=False)
-    assert result.returncode in (1, 2)
+@pytest.mark.parametrize("case", range(len(REFUSALS)), ids=lambda i: f"args{i}")
+def test_cli_refusals_are_one_line(processes, case):
+    """Offline (the `offline` fixture's environment), in a process of its own."""
+    args, words = REFUSALS[case]
+    result = processes(f"refusal-{case}")
+    assert result.returncode in (1, 2), result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
     for word in words:
         assert word in lines[0]
 
 
-def test_no_network_is_one_line_naming_the_fix(hub, monkeypatch, tmp_path):
+def test_no_network_is_one_line_naming_the_fix(processes):
     """Online mode with an unreachable endpoint: huggingface_hub finds nothing in an empty cache."""
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    result = _vitfast("convert", f"hf-hub:{TIMM_VIT}", str(tmp_path / "out"), check=False)
-    assert result.returncode == 1
+    result = processes("unreachable-empty-cache")
+    assert result.returncode == 1, result.stderr
     line = result.stderr.strip()
     assert line.startswith("error:") and "\n" not in line and "could not be reached" in line and "HF_ENDPOINT" in line
 
 
-def test_no_network_with_the_files_cached_still_loads(hub, monkeypatch, tmp_path):
+def test_no_network_with_the_files_cached_still_loads(processes):
     """Not offline by flag, but the Hub unreachable: what the cache holds is enough (the optional files a
     layout probes for count as absent once the Hub has proved unreachable)."""
-    monkeypatch.setenv("HF_HUB_CACHE", str(hub["cache"]))
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    report = json.loads(_vitfast("convert", f"hf-hub:{TIMM_VIT}", str(tmp_path / "out"), "--json").stdout)
+    result = processes("unreachable-cached")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
     assert report["max_abs_diff"] <= 1e-4
 
 
