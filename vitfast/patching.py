@@ -203,27 +203,20 @@ def accelerate(model: nn.Module, *, attention: bool = True, window_attention: bo
     restore(model)
     result = Report()
     masks = _towers(model) if attention else {}
+    # (on, classes, why it cannot be served or None, the method patched, the patch, what it runs)
+    kinds = [(attention, TIMM_ATTENTION, _timm_attention_left, "forward", _timm_attention_forward, "packed_attention"),
+             (window_attention, TIMM_SWIN_BLOCK, _timm_swin_left, "_attn", _timm_swin_attn, "window_attention"),
+             (attention, OPEN_CLIP_BLOCK, lambda m: _open_clip_left(m, masks.get(id(m))), "attention",
+              _open_clip_attention, "packed_attention")]
     for name, module in list(model.named_modules()):
         name = name or type(model).__name__
-        if attention and _is(module, TIMM_ATTENTION):
-            why = _timm_attention_left(module)
+        kind = next((k for k in kinds if k[0] and _is(module, k[1])), None)
+        if kind is not None:
+            _, _, left, method, fn, runs = kind
+            why = left(module)
             if why is None:
-                _patch(module, "forward", _timm_attention_forward, backend)
-                result.patched.append((name, "packed_attention"))
-            else:
-                result.left.append((name, why))
-        elif window_attention and _is(module, TIMM_SWIN_BLOCK):
-            why = _timm_swin_left(module)
-            if why is None:
-                _patch(module, "_attn", _timm_swin_attn, backend)
-                result.patched.append((name, "window_attention"))
-            else:
-                result.left.append((name, why))
-        elif attention and _is(module, OPEN_CLIP_BLOCK):
-            why = _open_clip_left(module, masks.get(id(module)))
-            if why is None:
-                _patch(module, "attention", _open_clip_attention, backend)
-                result.patched.append((name, "packed_attention"))
+                _patch(module, method, fn, backend)
+                result.patched.append((name, runs))
             else:
                 result.left.append((name, why))
         elif _unknown_attention(module):
