@@ -371,13 +371,7 @@ def _check_resume_flags(saved: dict, cfg: TrainConfig, start_epoch: int, say: Ca
     for key, flag in RESUME_MUST_MATCH.items():
         old, new = saved.get(key, getattr(cfg, key)), getattr(cfg, key)
         if not same(key, old, new):
-            if isinstance(old, bool):
-                again = f"pass {flag} again" if old else f"leave {flag} out"
-            else:
-                again = f"pass {flag} {old} again" if old is not None else f"leave {flag} out"
-            raise TrainUsageError(
-                f"{flag} was {old!r} in the saved run and is {new!r} now; a resume must repeat it (the saved "
-                f"state was built on it): {again}, or start a new run with --overwrite or another --output.")
+            raise _must_repeat(flag, old, new)
     if start_epoch >= cfg.epochs:
         raise TrainUsageError(f"the saved run has finished {start_epoch} epochs and --epochs is {cfg.epochs}: "
                               f"nothing to do. Pass --epochs above {start_epoch} to train on.")
@@ -390,6 +384,17 @@ def _check_resume_flags(saved: dict, cfg: TrainConfig, start_epoch: int, say: Ca
             say(f"warning: {flag} was {saved[key]!r} in the saved run and is {getattr(cfg, key)!r} now: {effect}.")
 
 
+def _must_repeat(flag: str, old, new) -> TrainUsageError:
+    """The refusal of a resume that changed `flag` from `old` to `new`."""
+    if isinstance(old, bool):
+        again = f"pass {flag} again" if old else f"leave {flag} out"
+    else:
+        again = f"pass {flag} {old} again" if old is not None else f"leave {flag} out"
+    return TrainUsageError(f"{flag} was {old!r} in the saved run and is {new!r} now; a resume must repeat it (the "
+                           f"saved state was built on it): {again}, or start a new run with --overwrite or another "
+                           "--output.")
+
+
 def _resume_batch_size(saved: dict, cfg: TrainConfig, world: int, say: Callable[[str], None]) -> int:
     """The --batch-size a resume runs at: the saved one on the same number of processes; on another, the one
     that keeps the saved global batch (processes × --batch-size), so that every step sees the same samples
@@ -397,10 +402,7 @@ def _resume_batch_size(saved: dict, cfg: TrainConfig, world: int, say: Callable[
     old, old_world = saved["config"]["batch_size"], saved.get("world", world)
     if old_world == world:
         if old != cfg.batch_size:
-            raise TrainUsageError(
-                f"--batch-size was {old} in the saved run and is {cfg.batch_size} now; a resume must repeat it (the "
-                f"saved state was built on it): pass --batch-size {old} again, or start a new run with --overwrite or "
-                "another --output.")
+            raise _must_repeat("--batch-size", old, cfg.batch_size)
         return old
     total = old * old_world
     if total % world:

@@ -152,6 +152,7 @@ def restore(saved: Saved, model: nn.Module, optimizer: torch.optim.Optimizer, ra
         model.load_state_dict(saved.meta["model"])
         optimizer.load_state_dict(saved.meta["optimizer"])
         rngs = saved.meta.get("rank_rngs") or [saved.meta["rng"]]
+        set_rng_state(rngs[rank % len(rngs)])
     else:
         model_state, optimizer_state = get_state_dict(model, optimizer)
         try:
@@ -162,10 +163,7 @@ def restore(saved: Saved, model: nn.Module, optimizer: torch.optim.Optimizer, ra
             raise CheckpointError(f"cannot read the checkpoint {saved.path} ({' '.join(str(exc).split())[:300]})."
                                   ) from None
         set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state)
-        rngs = [_read(saved.path / f"rng-{r}.pt") for r in range(saved.meta.get("world", 1))
-                if r == rank % saved.meta.get("world", 1)]
-        rank = 0  # the one read is this rank's
-    set_rng_state(rngs[rank % len(rngs)])
+        set_rng_state(_read(saved.path / f"rng-{rank % saved.meta.get('world', 1)}.pt"))
 
 
 @contextlib.contextmanager
