@@ -537,12 +537,13 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
         """The model's state dict; under --fsdp gathered from the shards (a collective: every rank calls it)."""
         return fsdp.full_model_state(model) if cfg.fsdp else model.state_dict()
 
-    def save_checkpoint(epoch: int, step_in_epoch: int, stats: dict | None = None) -> None:
-        """The model folder (rank 0, gathered) and the training state: one file from rank 0, or a distributed
-        checkpoint every rank writes its part of (collectives: every rank calls this)."""
+    def save_checkpoint(epoch: int, step_in_epoch: int, stats: dict | None = None,
+                        weights: dict | None = None) -> None:
+        """The model folder (rank 0; `weights`, or gathered here) and the training state: one file from rank 0,
+        or a distributed checkpoint every rank writes its part of (collectives: every rank calls this)."""
         nonlocal serial
         saved_at[:] = [epoch, step_in_epoch]
-        weights = full_weights()
+        weights = full_weights() if weights is None else weights
         if rt.is_main:
             save_model(output, weights)
         serial += 1
@@ -612,12 +613,12 @@ def train(cfg: TrainConfig, *, progress_factory=None, log: Callable[[str], None]
                                         f"saving, so {kept()}. {_RESTART}")
                 metrics = {"epoch": epoch + 1, **stats, **{f"val_{k}": v for k, v in val.items()}}
                 key = task.best_key(val)
+                weights = full_weights()  # gathered once for best/ and the checkpoint
                 if best is None or not key or key > tuple(best["key"]):  # (): nothing measured, the last is best
                     best = {"epoch": epoch + 1, "key": list(key), "summary": task.summary(val)}
-                    weights = full_weights()
                     if rt.is_main:
                         save_model(output / BEST_DIR, weights)
-                save_checkpoint(epoch + 1, 0)
+                save_checkpoint(epoch + 1, 0, weights=weights)
                 if rt.is_main:
                     with open(output / METRICS_NAME, "a") as f:
                         f.write(_json_line(metrics) + "\n")
